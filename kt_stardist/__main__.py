@@ -1,0 +1,3 @@
+from kt_stardist.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,66 @@
+"""The ``kt-stardist`` command: argument parsing, progress and messages; it only calls the library.
+
+Each subcommand lives in its own module ``kt_stardist/cli/<name>.py`` defining
+
+- ``HELP``: one line for ``kt-stardist --help``,
+- ``add_arguments(parser)``: its argparse arguments,
+- ``run(args) -> int | None``: the work (imports heavy libraries lazily, inside ``run``).
+
+Modules are discovered, so adding a subcommand touches no other file. Importing a subcommand
+module must stay cheap (no TensorFlow, no numpy at module level) so ``kt-stardist --help`` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+#: order in ``--help``; discovered modules not listed here come after, alphabetically
+ORDER = [
+    "demo", "predict", "simulate", "labels", "evaluate", "polyfit", "pretrain", "finetune",
+    "pairs", "track", "report",
+]
+
+
+def _subcommand_modules():
+    names = [m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")]
+    names.sort(key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
+    return [(n, importlib.import_module(f"{__name__}.{n}")) for n in names]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from kt_stardist import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="kt-stardist",
+        description="Find kinetochores in 3D/4D fluorescence microscopy with StarDist. "
+        "Axis order z, y, x; default voxel size 0.3 x 0.13 x 0.13 µm.",
+    )
+    parser.add_argument("--version", action="version", version=f"kt-stardist {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, mod in _subcommand_modules():
+        p = sub.add_parser(name, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP))
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "_run", None) is None:
+        parser.print_help()
+        return 0
+    from kt_stardist.errors import KtError
+
+    try:
+        rc = args._run(args)
+    except KtError as e:
+        print(f"kt-stardist {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"kt-stardist {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
