@@ -513,6 +513,11 @@ def _finish_points(df, name):
         df[c] = _numeric(df, c, name)
     if "t" in df.columns:
         df["t"] = _numeric(df, "t", name, integer=True)
+    for c in ("z_um", "y_um", "x_um", "prob"):
+        if c in df.columns:
+            import pandas as pd
+
+            df[c] = pd.to_numeric(df[c], errors="coerce").astype(np.float64)
     first = [c for c in POINT_COLUMNS if c in df.columns]
     return df[first + [c for c in df.columns if c not in first]].reset_index(drop=True)
 

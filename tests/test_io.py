@@ -302,3 +302,13 @@ def test_points_missing_file(tmp_path):
         io.read_points(tmp_path / "nope.csv")
     with pytest.raises(InputError, match="lacks column"):
         io.points_zyx(pd.DataFrame({"z": [1.0]}))
+
+
+def test_empty_points_round_trip(tmp_path):
+    df = pd.DataFrame({"t": pd.Series([], dtype=int), "z": [], "y": [], "x": [], "prob": []})
+    io.write_points(df, tmp_path / "e.csv", voxel_size_um=VOXEL_SIZE_UM)
+    back = io.read_points(tmp_path / "e.csv")
+    assert len(back) == 0 and list(back.columns) == ["t", "z", "y", "x", "z_um", "y_um",
+                                                     "x_um", "prob"]
+    assert back["prob"].dtype == np.float64 and back["t"].dtype == np.int64
+    assert io.points_zyx(back).shape == (0, 3)
