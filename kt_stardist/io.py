@@ -149,10 +149,13 @@ class Image:
         return tuple(int(s) for s in self.data.shape[1:4])
 
     def frame(self, t: int) -> np.ndarray:
-        """Frame ``t`` as a ``(Z, Y, X, C)`` view."""
+        """Frame ``t`` as a ``(Z, Y, X, C)`` array (a view; read from disk for lazy images)."""
         if not -self.n_frames <= t < self.n_frames:
             raise IndexError(f"frame {t} out of range (image has {self.n_frames} frames)")
-        return self.data[t]
+        f = self.data[t]
+        if hasattr(f, "compute"):  # lazy (dask): read just this frame, here, in this process
+            return np.asarray(f.compute(scheduler="synchronous"))
+        return f
 
 
 def _normalize_axes(axes: str, name: str) -> str:
@@ -174,13 +177,14 @@ def _normalize_axes(axes: str, name: str) -> str:
     return ax
 
 
-def _to_tzyxc(data: np.ndarray, axes: str) -> np.ndarray:
-    """Reorder ``data`` laid out as ``axes`` (subset of TZCYX) to 5D ``(T, Z, Y, X, C)``."""
+def _to_tzyxc(data, axes: str):
+    """Reorder ``data`` laid out as ``axes`` (subset of TZCYX) to 5D ``(T, Z, Y, X, C)``
+    (numpy or dask arrays; lazy arrays stay lazy)."""
     for a in "TC":
         if a not in axes:
-            data = data[np.newaxis]
+            data = data[None]
             axes = a + axes
-    return np.transpose(data, [axes.index(a) for a in "TZYXC"])
+    return data.transpose([axes.index(a) for a in "TZYXC"])
 
 
 def _unit_factor(unit) -> float | None:
@@ -252,14 +256,23 @@ def check_voxel_size(voxel_size_um, name: str = "--voxel-size") -> tuple:
     return vs
 
 
-def _read_tiff(path: Path):
+def _read_tiff(path: Path, lazy: bool = False):
     import tifffile
 
     try:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             file_axes = series.axes
-            data = series.asarray()
+            data = None
+            if lazy:
+                try:  # uncompressed, contiguous data: map it, read frames on demand
+                    data = tifffile.memmap(path, mode="r")
+                    if data.shape != tuple(series.shape):
+                        data = None
+                except Exception:
+                    data = None
+            if data is None:
+                data = series.asarray()
             if tif.is_imagej:
                 kind, vs = "imagej", _imagej_voxel_size(tif)
             elif tif.is_ome:
@@ -279,11 +292,12 @@ def _split_h5(path: str):
     return Path(m.group("file")), (m.group("dataset") or None)
 
 
-def _read_h5(file: Path, dataset: str | None):
+def _read_h5(file: Path, dataset: str | None, lazy: bool = False):
     import h5py
 
     try:
-        with h5py.File(file, "r") as f:
+        f = h5py.File(file, "r")
+        with contextlib.ExitStack() if lazy else f:
             if dataset is None:
                 names = []
                 f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
@@ -294,7 +308,7 @@ def _read_h5(file: Path, dataset: str | None):
             if dataset not in f or not isinstance(f[dataset], h5py.Dataset):
                 raise InputError(f"{file}: no HDF5 dataset {dataset!r}")
             ds = f[dataset]
-            data = ds[()]
+            data = ds if lazy else ds[()]
             vs = ds.attrs.get("element_size_um")
             vs = tuple(np.ravel(vs)) if vs is not None and np.size(vs) == 3 else None
     except InputError:
@@ -304,7 +318,8 @@ def _read_h5(file: Path, dataset: str | None):
     return data, vs
 
 
-def read_image(path, axes: str | None = None, voxel_size_um=None, check: bool = True) -> Image:
+def read_image(path, axes: str | None = None, voxel_size_um=None, check: bool = True,
+               lazy: bool = False) -> Image:
     """Read a 3D or 4D image into an :class:`Image` with ``data`` of shape ``(T, Z, Y, X, C)``.
 
     Formats: TIFF (ImageJ hyperstacks, OME-TIFF, plain) and HDF5 as ``file.h5:/dataset``.
@@ -314,6 +329,11 @@ def read_image(path, axes: str | None = None, voxel_size_um=None, check: bool = 
     ``spacing`` + X/YResolution, OME ``PhysicalSize*`` or HDF5 ``element_size_um``;
     ``voxel_size_um`` overrides it. With ``check`` the values are checked by
     :func:`check_volume` (NaN/Inf, constant frame or channel).
+
+    With ``lazy``, ``data`` is a dask array over a memory map (uncompressed TIFF) or the HDF5
+    dataset, chunked one frame at a time: :meth:`Image.frame` reads only that frame, so
+    time-lapses larger than memory can be processed frame by frame (values are then checked
+    per frame by the caller, not here).
     """
     name = str(path)
     h5 = _split_h5(name)
@@ -324,10 +344,10 @@ def read_image(path, axes: str | None = None, voxel_size_um=None, check: bool = 
         raise InputError(f"{file}: is a folder; expected an image file (.tif or .h5:/dataset)")
 
     if h5:
-        data, vs = _read_h5(file, h5[1])
+        data, vs = _read_h5(file, h5[1], lazy)
         file_axes, kind = None, "hdf5"
     elif file.suffix.lower() in _TIFF_SUFFIXES:
-        data, file_axes, kind, vs = _read_tiff(file)
+        data, file_axes, kind, vs = _read_tiff(file, lazy)
     else:
         raise InputError(f"{file}: unknown image format {file.suffix!r}; "
                          "expected .tif/.tiff or .h5:/dataset")
@@ -345,9 +365,14 @@ def read_image(path, axes: str | None = None, voxel_size_um=None, check: bool = 
         vs = None
     if voxel_size_um is not None:
         vs = check_voxel_size(voxel_size_um)
+    if lazy:
+        import dask.array as da
+
+        chunks = tuple(1 if a == "T" else -1 for a in ax)
+        data = da.from_array(data, chunks=chunks, name=f"kt-image-{name}", asarray=True)
     image = Image(data=_to_tzyxc(data, ax), voxel_size_um=_clean_voxel(vs),
                   axes=ax, path=name)
-    if check:
+    if check and not lazy:
         check_volume(image.data, name)
     return image
 

@@ -312,3 +312,25 @@ def test_empty_points_round_trip(tmp_path):
                                                      "x_um", "prob"]
     assert back["prob"].dtype == np.float64 and back["t"].dtype == np.int64
     assert io.points_zyx(back).shape == (0, 3)
+
+
+def test_lazy_read_gives_the_same_frames_for_tiff_and_hdf5(tmp_path):
+    import h5py
+
+    from kt_stardist.io import read_image, write_image
+
+    rng = np.random.default_rng(3)
+    data = rng.integers(0, 1000, (4, 5, 16, 16), dtype=np.uint16)  # T Z Y X
+    tif = tmp_path / "movie.tif"
+    write_image(tif, data, axes="TZYX", voxel_size_um=(0.3, 0.13, 0.13))
+    h5 = tmp_path / "movie.h5"
+    with h5py.File(h5, "w") as f:
+        f["raw"] = data
+    eager = read_image(tif)
+    for path, axes in ((tif, None), (f"{h5}:/raw", "TZYX")):
+        lazy = read_image(path, axes=axes, lazy=True)
+        assert not isinstance(lazy.data, np.ndarray)  # nothing read yet
+        assert lazy.data.shape == eager.data.shape == (4, 5, 16, 16, 1)
+        for t in range(4):
+            np.testing.assert_array_equal(lazy.frame(t), eager.frame(t))
+    assert read_image(tif, lazy=True).voxel_size_um == (0.3, 0.13, 0.13)
