@@ -47,14 +47,10 @@ PAIR_COLUMNS = ["pair_id", "sister", "paired"]
 
 
 def check_voxel_size(voxel_size_um, name="voxel_size_um") -> np.ndarray:
-    """Return the voxel size as a float array (z, y, x) µm, or raise InputError."""
-    try:
-        v = np.asarray(voxel_size_um, dtype=float).reshape(-1)
-    except (TypeError, ValueError):
-        raise InputError(f"{name}: expected three numbers (z, y, x) in µm, got {voxel_size_um!r}")
-    if v.size != 3 or not np.all(np.isfinite(v)) or np.any(v <= 0):
-        raise InputError(f"{name}: expected three positive numbers (z, y, x) in µm, got {voxel_size_um!r}")
-    return v
+    """The voxel size as a float array (z, y, x) µm; InputError unless 3 positive numbers."""
+    from kt_stardist.io import check_voxel_size as _check
+
+    return np.asarray(_check(voxel_size_um, name), dtype=float)
 
 
 def check_points(df, name="points") -> None:
