@@ -171,8 +171,8 @@ def write_napari_tracks(df, path) -> None:
     from kt_stardist.io import atomic_write
 
     table = napari_tracks(df)
-    with atomic_write(path, "w") as f:
-        table.to_csv(f, index=False)
+    with atomic_write(path, "w", newline="") as f:
+        table.to_csv(f, index=False, float_format="%.4f", lineterminator="\n")
 
 
 _SPOT_FEATURES = [

@@ -42,8 +42,8 @@ def run(args):
     write_points(out, args.out, voxel_size_um=args.voxel_size)
     table = pairs_table(out, voxel_size_um=args.voxel_size)
     if args.pairs_table:
-        with atomic_write(args.pairs_table, "w") as f:
-            table.to_csv(f, index=False)
+        with atomic_write(args.pairs_table, "w", newline="") as f:
+            table.to_csv(f, index=False, float_format="%.4f", lineterminator="\n")
     n = len(out)
     med = table["distance_um"].median() if len(table) else float("nan")
     print(f"{int(out['paired'].sum())}/{n} points paired ({len(table)} pairs), "
