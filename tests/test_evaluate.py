@@ -116,3 +116,26 @@ def test_evaluate_points_per_frame_and_overall():
     assert len(per1) == 1 and "t" not in per1 and (ov1["tp"], ov1["fp"], ov1["fn"]) == (4, 1, 1)
     with pytest.raises(InputError, match="'t'"):
         evaluate_points(gt, pred.drop(columns="t"))
+
+
+def test_cli_evaluate(tmp_path, capsys):
+    pytest.importorskip("kt_stardist.io")
+    from kt_stardist.cli import main
+
+    gt, pred, js = tmp_path / "gt.csv", tmp_path / "pred.csv", tmp_path / "scores.json"
+    gt.write_text("t,z,y,x\n0,5,5,10\n0,5,5,30\n1,5,5,10\n")
+    pred.write_text("t,z,y,x,prob\n0,5,5,11,0.9\n0,6,5,30,0.8\n1,5,5,50,0.7\n")
+    assert main(["evaluate", str(gt), str(pred), "--json", str(js)]) == 0
+    out = capsys.readouterr().out
+    assert "TP" in out and "RMSE_nm" in out and "all" in out
+    doc = json.loads(js.read_text())
+    assert [(r["t"], r["tp"], r["fp"], r["fn"]) for r in doc["per_frame"]] == [(0, 2, 0, 0), (1, 0, 1, 1)]
+    o = doc["overall"]
+    assert (o["tp"], o["fp"], o["fn"]) == (2, 1, 1) and o["f1"] == pytest.approx(2 / 3)
+    assert o["rmse_nm"] == pytest.approx(math.sqrt((130**2 + 300**2) / 2))
+    assert doc["per_frame"][1]["rmse_nm"] is None  # NaN written as null
+    # a cutoff of 0.2 µm drops the 1-px z offset (0.3 µm)
+    assert main(["evaluate", str(gt), str(pred), "--cutoff-um", "0.2", "--json", str(js)]) == 0
+    assert json.loads(js.read_text())["overall"]["tp"] == 1
+    assert main(["evaluate", str(gt), str(tmp_path / "missing.csv")]) == 2
+    assert "missing.csv" in capsys.readouterr().err

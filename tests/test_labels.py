@@ -107,3 +107,32 @@ def test_bad_input():
     with pytest.raises(InputError, match="ids"):
         points_to_labels(np.zeros((2, 3)), (5, 5, 5), ids=[1, 1])
     assert points_to_labels(np.zeros((0, 3)), (2, 3, 4)).sum() == 0
+
+
+def test_cli_labels(tmp_path, capsys):
+    io = pytest.importorskip("kt_stardist.io")
+    from kt_stardist.cli import main
+
+    pts = tmp_path / "p.csv"
+    pts.write_text("t,z,y,x\n0,5,10,10\n0,5,10,30\n0,5,10,99\n2,3,4,5\n")
+    out = tmp_path / "labels.tif"
+    assert main(["labels", str(pts), "--shape", "10", "20", "40", "--out", str(out)]) == 0
+    cap = capsys.readouterr()
+    assert "2 objects, 1 points outside the volume: ids 3" in cap.out
+    assert "drawing t = 0" in cap.err
+    img = io.read_image(out, check=False)
+    assert img.shape_zyx == (10, 20, 40)
+    np.testing.assert_allclose(img.voxel_size_um, VOX, rtol=1e-5)
+    lab = img.data[0, ..., 0]
+    assert lab[5, 10, 10] == 1 and lab[5, 10, 30] == 2 and set(np.unique(lab)) == {0, 1, 2}
+
+    # --like takes shape and voxel size from the image; --all-frames writes T = last t + 1
+    # (a 3D --like image gives only the shape)
+    out4 = tmp_path / "labels4.tif"
+    assert main(["labels", str(pts), "--like", str(out), "--all-frames", "--out", str(out4)]) == 0
+    stack = io.read_image(out4, check=False)
+    assert stack.data.shape[:4] == (3, 10, 20, 40)
+    assert stack.data[1].max() == 0 and stack.data[2, 3, 4, 5, 0] == 1
+    assert main(["labels", str(pts), "--shape", "10", "20", "40", "--frame", "1",
+                 "--out", str(out4)]) == 2
+    assert "no points in frame 1" in capsys.readouterr().err
