@@ -36,16 +36,10 @@ REAL = Path(__file__).resolve().parents[1] / "kt_stardist" / "data" / "real_kine
 
 
 def match_to_gt(gt, pred, voxel_size_um, cutoff_um=MATCH_CUTOFF_UM):
-    """Per frame one-to-one matching of detections to ground truth (µm). Returns ``pred`` with
-    ``gt_row`` (index into ``gt``, -1 unmatched)."""
-    try:
-        from kt_stardist.evaluate import match_points
-    except ImportError:
-        match_points = None
-    from scipy.optimize import linear_sum_assignment
-    from scipy.spatial.distance import cdist
+    """Per frame one-to-one matching of detections to ground truth (``evaluate.match_points``,
+    µm). Returns ``pred`` with ``gt_row`` (index into ``gt``, -1 unmatched)."""
+    from kt_stardist.evaluate import match_points
 
-    vox = np.asarray(voxel_size_um, float)
     gt_row = np.full(len(pred), -1, np.int64)
     for t in np.union1d(gt["t"].unique(), pred["t"].unique()):
         gi = np.flatnonzero(gt["t"].to_numpy() == t)
@@ -54,14 +48,8 @@ def match_to_gt(gt, pred, voxel_size_um, cutoff_um=MATCH_CUTOFF_UM):
             continue
         g = gt.iloc[gi][["z", "y", "x"]].to_numpy(float)
         p = pred.iloc[pi][["z", "y", "x"]].to_numpy(float)
-        if match_points is not None:
-            m = match_points(g, p, voxel_size_um, cutoff_um=cutoff_um)
-            mg, mp = np.asarray(m.matched_gt), np.asarray(m.matched_pred)
-        else:
-            d = cdist(g * vox, p * vox)
-            mg, mp = linear_sum_assignment(np.where(d <= cutoff_um, d, 1e6))
-            ok = d[mg, mp] <= cutoff_um
-            mg, mp = mg[ok], mp[ok]
+        m = match_points(g, p, voxel_size_um, cutoff_um=cutoff_um)
+        mg, mp = np.asarray(m.gt_idx, int), np.asarray(m.pred_idx, int)
         gt_row[pi[mp]] = gi[mg]
     return pred.assign(gt_row=gt_row)
 
