@@ -1,0 +1,46 @@
+import numpy as np
+
+from kt_stardist.normalize import normalize, signal_region
+
+
+def _frame_with_cluster(shape=(20, 200, 200), rng=None):
+    rng = rng or np.random.default_rng(0)
+    vol = rng.normal(100, 3, shape).astype(np.float32)
+    zz, yy, xx = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    for _ in range(30):
+        c = rng.uniform([8, 90, 90], [12, 110, 110])
+        vol += 300 * np.exp(-((zz - c[0]) ** 2 / 2 + (yy - c[1]) ** 2 / 4 + (xx - c[2]) ** 2 / 4))
+    return vol
+
+
+def test_signal_region_finds_cluster_not_empty_space():
+    vol = _frame_with_cluster()
+    sl = signal_region(vol, voxel_size_um=(0.3, 0.13, 0.13), margin_um=2.0)
+    ys, xs = sl[1], sl[2]
+    assert ys.start > 40 and ys.stop < 160, sl
+    assert xs.start > 40 and xs.stop < 160, sl
+    assert ys.start <= 88 and ys.stop >= 112
+
+
+def test_whole_frame_normalised_like_its_crop():
+    vol = _frame_with_cluster()
+    crop = vol[:, 70:130, 70:130]
+    n_full = normalize(vol)
+    n_crop = normalize(crop)
+    # the same voxels get nearly the same values whether seen in the frame or in a crop
+    np.testing.assert_allclose(n_full[:, 70:130, 70:130], n_crop, atol=0.05)
+    # whereas plain percentiles over the whole (mostly empty) frame differ a lot
+    lo, hi = np.percentile(vol, [1, 99.8])
+    n_plain = (vol - lo) / (hi - lo)
+    assert np.abs(n_plain[:, 70:130, 70:130] - n_crop).max() > 0.5
+
+
+def test_channels_normalised_independently_and_empty_volume_is_whole():
+    rng = np.random.default_rng(1)
+    img = np.stack([rng.normal(10, 1, (8, 32, 32)), rng.normal(1000, 50, (8, 32, 32))], -1)
+    out = normalize(img, region="all")
+    assert out.dtype == np.float32 and out.shape == img.shape
+    for c in range(2):
+        lo, hi = np.percentile(out[..., c], [1, 99.8])
+        assert abs(lo) < 1e-4 and abs(hi - 1) < 1e-4
+    assert signal_region(rng.normal(0, 1, (8, 32, 32)), k_mad=50) == (slice(0, 8), slice(0, 32), slice(0, 32))
