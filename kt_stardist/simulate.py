@@ -47,8 +47,8 @@ REAL_POINTS_CSV = Path(__file__).resolve().parent / "data" / "real_kinetochores_
 #: gives for 48x128x128 volumes of the default plate layout (checked by the tests).
 SNR_PRESETS = {
     "easy": {"peak_photons": 300.0, "cell_photons": 15.0, "snr_range": (20.0, 80.0)},
-    "mid": {"peak_photons": 80.0, "cell_photons": 25.0, "snr_range": (8.0, 20.0)},
-    "hard": {"peak_photons": 30.0, "cell_photons": 35.0, "snr_range": (3.0, 8.0)},
+    "mid": {"peak_photons": 90.0, "cell_photons": 25.0, "snr_range": (8.0, 20.0)},
+    "hard": {"peak_photons": 36.0, "cell_photons": 35.0, "snr_range": (3.0, 8.0)},
     "very_hard": {"peak_photons": 12.0, "cell_photons": 40.0, "snr_range": (1.0, 3.0)},
 }
 
@@ -63,7 +63,7 @@ class SimParams:
     voxel_size_um: tuple = VOXEL_SIZE_UM
     snr: str = "mid"
     # --- spots (kinetochores)
-    peak_photons: float = 80.0          # median spot peak above background, photons/voxel
+    peak_photons: float = 90.0          # median spot peak above background, photons/voxel
     brightness_spread: float = 0.45     # sd of log(brightness) between spots (several-fold)
     sigma_lateral_um: float = 0.15      # PSF sigma, y and x
     sigma_axial_um: float = 0.40        # PSF sigma, z
@@ -531,7 +531,7 @@ def _fibre_points(plate, pos_um, sister, voxel_um, rng):
         pole = poles[side]
         L = np.linalg.norm(pole - q)
         k = max(2, int(L / step))
-        pts.append(q + np.linspace(0.05, 1, k)[:, None] * (pole - q))
+        pts.append(q + np.linspace(0.05, 0.85, k)[:, None] * (pole - q))  # fibres converge; stop short of the pole
     return np.concatenate(pts) if pts else np.zeros((0, 3))
 
 
