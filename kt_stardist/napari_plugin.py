@@ -72,6 +72,14 @@ def read_points_layers(path) -> list:
     return points_layers(io.read_points(p), name=Path(p).stem)
 
 
+def _property(series, column):
+    """A plain numpy column for napari: prob float, ids int with -1 where missing."""
+    values = np.asarray(series.to_numpy(dtype=float, na_value=np.nan))
+    if column == "prob":
+        return values
+    return np.where(np.isfinite(values), values, -1).astype(np.int64)
+
+
 def points_layers(df, name: str = "kinetochores") -> list:
     """Layer data tuples for a points table: ``points`` (+ ``tracks`` with t and track_id).
 
@@ -80,7 +88,7 @@ def points_layers(df, name: str = "kinetochores") -> list:
     """
     axes = [c for c in ("t", "z", "y", "x") if c in df.columns]
     data = df[axes].to_numpy(dtype=float)
-    props = {c: df[c].to_numpy() for c in PROPERTY_COLUMNS if c in df.columns}
+    props = {c: _property(df[c], c) for c in PROPERTY_COLUMNS if c in df.columns}
     meta = {"name": name, "properties": props, "size": 6, "symbol": "ring", "face_color": POINT_COLOR,
             "metadata": {"axes": "".join(axes), "units": "px"}}
     layers = [(data, meta, "points")]

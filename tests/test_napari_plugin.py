@@ -187,3 +187,12 @@ def test_manifest_entry_point_when_registered():
         pytest.skip("pyproject.toml has no [project.entry-points.\"napari.manifest\"] yet")
     assert eps == {"kt-stardist": "kt_stardist:napari.yaml"}
     assert "napari.yaml" in meta["tool"]["setuptools"]["package-data"]["kt_stardist"]
+
+
+def test_arivis_export_opens_with_plain_id_properties(shared_data):
+    path = str(shared_data / "arivis_format_example.csv")
+    layers = nap.get_points_reader(path)(path)
+    assert [kind for _, _, kind in layers] == ["points", "tracks"]
+    props = layers[0][1]["properties"]
+    assert all(v.dtype == np.int64 for k, v in props.items() if k != "prob")  # no pandas <NA> objects
+    assert layers[0][0].shape[1] == 4 and layers[0][0][:, 0].max() == 2  # 3 frames (t = 0, 1, 2)
