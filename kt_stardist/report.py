@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kt_stardist.defaults import MATCH_CUTOFF_UM, VOXEL_SIZE_UM
+from kt_stardist.defaults import MATCH_CUTOFF_UM
 from kt_stardist.errors import InputError
 
 __all__ = ["write_report", "COLORS", "crop_box"]
@@ -444,8 +444,8 @@ def _json_ready(x):
 def write_report(
     out_dir,
     image,
-    voxel_size_um=VOXEL_SIZE_UM,
-    points_df=None,
+    voxel_size_um,
+    points_df,
     gt_df=None,
     pair_table=None,
     meta=None,
@@ -465,7 +465,8 @@ def write_report(
         Raw intensities; only the crops that are shown are read (a dask or memory-mapped array
         is fine).
     voxel_size_um : (z, y, x) µm
-        Sets the aspect of the views and every µm number.
+        Sets the aspect of the views and every µm number (``defaults.VOXEL_SIZE_UM`` for the
+        reference microscope).
     points_df : DataFrame
         Detections: ``t`` (frame index into ``image``; may be absent for one frame),
         ``z, y, x`` px, optional ``prob``, ``pair_id``, ``sister``, ``track_id``.

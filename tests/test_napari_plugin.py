@@ -196,3 +196,10 @@ def test_arivis_export_opens_with_plain_id_properties(shared_data):
     props = layers[0][1]["properties"]
     assert all(v.dtype == np.int64 for k, v in props.items() if k != "prob")  # no pandas <NA> objects
     assert layers[0][0].shape[1] == 4 and layers[0][0][:, 0].max() == 2  # 3 frames (t = 0, 1, 2)
+
+
+def test_manifest_validates_with_npe2():
+    npe2 = pytest.importorskip("npe2", reason="npe2 not installed (add it to the test extra)")
+    mf = npe2.PluginManifest.from_file(MANIFEST)
+    assert mf.name == "kt-stardist"
+    assert {r.command for r in mf.contributions.readers} == {"kt-stardist.read_points", "kt-stardist.read_labels"}

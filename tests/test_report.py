@@ -114,6 +114,23 @@ def test_bad_inputs_raise_one_line_errors(tmp_path):
     assert not any(tmp_path.iterdir())  # nothing written
 
 
+def test_failed_rewrite_keeps_the_old_page(tmp_path, monkeypatch):
+    import kt_stardist.report as rep
+
+    img, gt, pred = _scene(n_t=1)
+    index = write_report(tmp_path / "r", img, VS, pred)
+    before = index.read_bytes()
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(rep, "_html", boom)
+    with pytest.raises(RuntimeError):
+        write_report(tmp_path / "r", img, VS, pred.iloc[:3])
+    assert index.read_bytes() == before  # index.html is written last, atomically
+    assert not [p.name for p in index.parent.iterdir() if p.name.startswith(".")]  # no temp files
+
+
 def test_cli_report(tmp_path, capsys):
     from kt_stardist import io
     from kt_stardist.cli import main
