@@ -38,7 +38,9 @@ DEFAULT_RAYS = (32, 64, 128, 256, 512, 1024)
 DEFAULT_GRIDS = ((1, 1, 1), (1, 2, 2), (1, 4, 4), (1, 8, 8), (1, 16, 16))
 #: thresholds of the recommendation
 MIN_IOU = 0.7
-MIN_LEARNABLE = 0.9
+MIN_LEARNABLE = 0.95
+#: largest label radius recommended: sisters are ~1 µm apart, larger spheres would touch
+MAX_RADIUS_UM = 0.5
 
 COLUMNS = ["radius_um", "n_rays", "anisotropy", "grid", "n_objects", "n_fitted", "mean_iou",
            "learnable", "any_on_grid", "centre_on_grid", "ms_per_object"]
@@ -204,17 +206,26 @@ def _grid_size(gstr) -> int:
     return int(np.prod([float(v) for v in gstr.split(",")]))
 
 
-def recommend(table: pd.DataFrame, min_iou=MIN_IOU, min_learnable=MIN_LEARNABLE):
+def recommend(table: pd.DataFrame, min_iou=MIN_IOU, min_learnable=MIN_LEARNABLE, max_radius_um=MAX_RADIUS_UM,
+              anisotropy=None):
     """The smallest configuration that fits and can be learnt: (row as dict or None, one line).
 
-    Among rows with mean_iou ≥ ``min_iou`` and learnable ≥ ``min_learnable``: fewest rays, then
-    coarsest grid, then the most learnable, then the best fit. For point detection
+    Among rows with mean_iou ≥ ``min_iou``, learnable ≥ ``min_learnable`` and radius ≤
+    ``max_radius_um`` (sister kinetochores are ~1 µm apart; None: no limit): fewest rays, then
+    coarsest grid, then the best fit, then the most learnable. ``anisotropy`` (e.g. '2.31,1,1'):
+    consider only that one — the CLI passes the physical one (from the voxel size), because
+    with isotropic (1,1,1) the training target ``edt_prob`` is measured in px, dominated by the
+    thin z extent, and hardly falls off in y/x, so it would call far-off lattice voxels central. For point detection
     learnability matters more than a perfect fit, so when nothing passes both thresholds the
     most learnable row (then the best fit, fewest rays) is named instead.
     """
     if len(table) == 0:
         return None, "no results"
     t = table.assign(_g=table["grid"].map(_grid_size))
+    if anisotropy is not None:
+        t = t[t["anisotropy"] == anisotropy]
+    if max_radius_um is not None:
+        t = t[t["radius_um"].isna() | (t["radius_um"] <= max_radius_um + 1e-9)]
     ok = t[(t["mean_iou"] >= min_iou) & (t["learnable"] >= min_learnable)]
 
     def describe(row):
@@ -223,10 +234,11 @@ def recommend(table: pd.DataFrame, min_iou=MIN_IOU, min_learnable=MIN_LEARNABLE)
                 f"mean IoU {row['mean_iou']:.2f}, learnable {row['learnable']:.2f}")
 
     if len(ok):
-        best = ok.sort_values(["n_rays", "_g", "learnable", "mean_iou"],
+        best = ok.sort_values(["n_rays", "_g", "mean_iou", "learnable"],
                               ascending=[True, False, False, False]).iloc[0]
         text = (f"recommended: {describe(best)} — the fewest rays and coarsest grid with mean IoU ≥ "
-                f"{min_iou:g} and learnable ≥ {min_learnable:g}. For point detection learnability "
+                f"{min_iou:g} and learnable ≥ {min_learnable:g}"
+                + (f" (radius ≤ {max_radius_um:g} µm)" if max_radius_um is not None else "") + ". For point detection learnability "
                 f"matters more than a perfect fit: more rays only sharpen the shape.")
     else:
         best = t.sort_values(["learnable", "mean_iou", "n_rays"], ascending=[False, False, True]).iloc[0]
@@ -333,7 +345,7 @@ def grid_lcm(grids) -> tuple:
     return tuple(lcm(*[int(g[i]) for g in grids]) for i in range(3))
 
 
-__all__ = ["DEFAULT_RADII_UM", "DEFAULT_RAYS", "DEFAULT_GRIDS", "MIN_IOU", "MIN_LEARNABLE", "COLUMNS",
+__all__ = ["DEFAULT_RADII_UM", "DEFAULT_RAYS", "DEFAULT_GRIDS", "MIN_IOU", "MIN_LEARNABLE", "MAX_RADIUS_UM", "COLUMNS",
            "fit_iou", "grid_fractions", "sweep", "recommend", "plot_sweep", "select_objects",
            "labels_from_points", "crop_to_points", "example_labels", "check_labels", "grid_lcm",
            "fmt_triple", "VOXEL_SIZE_UM"]

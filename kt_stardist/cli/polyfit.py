@@ -47,7 +47,9 @@ def add_arguments(p):
                    help="fit at most this many randomly sampled objects per label image (default 200; 0 = all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--min-iou", type=float, default=0.7, help="recommendation: minimum mean IoU")
-    p.add_argument("--min-learnable", type=float, default=0.9, help="recommendation: minimum learnable fraction")
+    p.add_argument("--min-learnable", type=float, default=0.95, help="recommendation: minimum learnable fraction (0.95)")
+    p.add_argument("--max-radius", type=float, default=0.5,
+                   help="recommendation: largest label radius um (0.5: sisters are ~1 um apart; 0 = no limit)")
     p.add_argument("--csv", metavar="OUT.csv", help="write the table")
     p.add_argument("--plot", metavar="OUT.png", help="write a plot")
 
@@ -153,7 +155,8 @@ def run(args):
         print(f"note: mean IoU from {int(sampled['n_fitted'].iloc[0])} randomly sampled objects "
               f"(--max-objects {max_obj}, seed {args.seed}) of {int(sampled['n_objects'].max())}; "
               f"learnable fractions from all objects")
-    _, text = polyfit.recommend(table, args.min_iou, args.min_learnable)
+    _, text = polyfit.recommend(table, args.min_iou, args.min_learnable, args.max_radius or None,
+                               anisotropy=polyfit.fmt_triple(anis[0]))
     print(text)
     if args.csv:
         from kt_stardist.io import atomic_write
