@@ -102,7 +102,7 @@ def _labels(args, voxel, radii, align):
     n_points = 0
     gap = align[0] * max(1, -(-4 // align[0]))
     for i in range(args.simulate):
-        _, pts = simulate_volume(shape, seed=args.seed + i, snr="high")
+        _, pts = simulate_volume(shape, seed=args.seed + i, snr="mid")
         n_points += len(pts)
         for r in radii:
             lab = points_to_labels(pts[["z", "y", "x"]].to_numpy(float), shape, voxel, r)
