@@ -837,8 +837,9 @@ def training_pairs(shape_px=(32, 96, 96), seed=None, randomize=True, channels=1,
 
     Each example has its own child seed of ``seed`` (reproducible). With ``randomize`` every
     parameter is drawn from wide ranges. With ``temporal`` the image holds EGFP at t-1, t, t+1 as
-    3 channels (6 with ``channels=2``: egfp t-1, t, t+1, mCherry t-1, t, t+1) and the points are
-    those of frame t.
+    3 channels (6 with ``channels=2``), stacked time-major as every model input is
+    (``kt_stardist.configs.CHANNEL_LAYOUTS``: egfp t-1, mCherry t-1, egfp t, mCherry t, ...), and
+    the points are those of frame t.
     """
     shape = _check_shape(shape_px)
     ss = np.random.SeedSequence(seed)
@@ -848,7 +849,7 @@ def training_pairs(shape_px=(32, 96, 96), seed=None, randomize=True, channels=1,
         if temporal:
             img, pts = simulate_timelapse(3, shape, seed=child, snr=snr, channels=channels,
                                           randomize=randomize, voxel_size_um=voxel_size_um)
-            image = np.concatenate([img[..., c].transpose(1, 2, 3, 0) for c in range(channels)], axis=-1)
+            image = np.concatenate([img[0], img[1], img[2]], axis=-1)  # time-major
             points = pts[pts["t"] == 1].drop(columns=["t"]).reset_index(drop=True)
         else:
             image, points = simulate_volume(shape, seed=child, snr=snr, channels=channels,

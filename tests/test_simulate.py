@@ -102,6 +102,11 @@ def test_training_pairs_temporal_channels():
     assert x.shape == (16, 48, 48, 6) and x.dtype == np.float32
     assert "t" not in p.columns and {"z", "y", "x", "pair_id"} <= set(p.columns)
     assert len(list(S.training_pairs((8, 32, 32), seed=0, n=3))) == 3
+    # time-major, as every model input: [egfp t-1, mch t-1, egfp t, mch t, egfp t+1, mch t+1]
+    child = np.random.SeedSequence(0).spawn(1)[0]
+    movie, _ = S.simulate_timelapse(3, (16, 48, 48), seed=child, snr="mid", channels=2, randomize=True)
+    for k, (t, c) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1)]):
+        np.testing.assert_array_equal(x[..., k], movie[t, ..., c])
 
 
 def test_real_layout_pairs_and_missing_sister():
