@@ -33,12 +33,13 @@ from kt_stardist.errors import InputError
 PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
 DEFAULT_MODEL_DIR = PRETRAINED_DIR / "kt-default"
 
-#: channel layouts: number of network input channels -> (name, fluorophore channels, temporal)
+#: channel layouts by number of network input channels -> (name in kt_stardist.configs, fluorophore
+#: channels, temporal)
 CHANNEL_LAYOUTS = {
-    1: ("single", 1, False),
-    2: ("dual", 2, False),
-    3: ("single-temporal", 1, True),
-    6: ("dual-temporal", 2, True),
+    1: ("egfp", 1, False),
+    2: ("egfp+mcherry", 2, False),
+    3: ("egfp@t-1,t,t+1", 1, True),
+    6: ("egfp+mcherry@t-1,t,t+1", 2, True),
 }
 
 #: normalisation every model of this package is trained with (kt_stardist.normalize.normalize)
@@ -327,7 +328,7 @@ def build_model(kt_config, basedir, name, *, voxel_size_um=None, label_radius_um
         radius = label_radius_um or LABEL_RADIUS_UM
         cname = config_name
     else:
-        conf = config_with(kt_config.to_stardist(), **overrides)
+        conf = kt_config.to_stardist(**overrides)
         vs = voxel_size_um or getattr(kt_config, "voxel_size_um", None) or VOXEL_SIZE_UM
         radius = label_radius_um or getattr(kt_config, "label_radius_um", None) or LABEL_RADIUS_UM
         cname = config_name or getattr(kt_config, "name", None)

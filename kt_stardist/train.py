@@ -41,36 +41,10 @@ def _log(msg):
 # configurations
 # --------------------------------------------------------------------------------------------
 
-def _builtin_config(name):
-    """Stand-in for ``kt_stardist.configs`` (used only when that module is not available)."""
-    from types import SimpleNamespace
-
-    from stardist.models import Config3D
-
-    aniso = tuple(float(v) / VOXEL_SIZE_UM[2] for v in VOXEL_SIZE_UM)
-    common = dict(grid=(1, 2, 2), unet_n_depth=2, train_batch_size=2, train_learning_rate=LEARNING_RATE,
-                  train_foreground_only=0.9, train_patch_size=(24, 64, 64))
-    rays = {"kt-default": 32, "kt-256": 256, "example-nuclei-48": 48}.get(name)
-    if rays is None:
-        raise InputError(f"--config: unknown configuration {name!r} (kt-default, kt-256, example-nuclei-48)")
-    if name == "example-nuclei-48":
-        common.update(train_patch_size=(24, 48, 48))
-        aniso = (2.0, 1.0, 1.0)
-
-    def to_stardist(**overrides):
-        kw = {**common, "anisotropy": aniso, **overrides}
-        return Config3D(rays=kw.pop("n_rays", rays), n_channel_in=kw.pop("n_channel_in", 1), **kw)
-
-    return SimpleNamespace(name=name, voxel_size_um=VOXEL_SIZE_UM, label_radius_um=LABEL_RADIUS_UM,
-                           channels=1, to_stardist=to_stardist)
-
-
 def get_config(name_or_path):
-    """A named configuration (``kt_stardist.configs.load_config``; built-in stand-in before it lands)."""
-    try:
-        from kt_stardist.configs import load_config
-    except ImportError:
-        return _builtin_config(str(name_or_path))
+    """A named configuration or JSON path (:func:`kt_stardist.configs.load_config`)."""
+    from kt_stardist.configs import load_config
+
     return load_config(name_or_path)
 
 
@@ -159,7 +133,10 @@ def simulated_pairs(n, shape_px, seed, n_fluor=1, temporal=False, randomize=True
     gen = training_pairs(tuple(shape_px), seed=seed, randomize=randomize, channels=n_fluor, temporal=temporal)
     out = []
     for img, df in islice(gen, int(n)):
-        out.append((np.asarray(img, np.float32), points_zyx(df), VOXEL_SIZE_UM))
+        img = np.asarray(img, np.float32)
+        if temporal and n_fluor > 1:  # simulate stacks channel-major; models take time-major
+            img = img[..., [c * 3 + t for t in range(3) for c in range(n_fluor)]]
+        out.append((img, points_zyx(df), VOXEL_SIZE_UM))
     return out
 
 
@@ -558,8 +535,12 @@ def pretrain(out, *, config="example-nuclei-48", data="example", epochs=10, step
         X_val, Y_val = (X[-n_val:], Y[-n_val:]) if n_val else (X, Y)
         X, Y = (X[:-n_val], Y[:-n_val]) if n_val else (X, Y)
     kt = get_config(config) if isinstance(config, str) else config
-    if patch_size is not None:
-        overrides["train_patch_size"] = tuple(int(p) for p in patch_size)
+    if patch_size is None:  # the config's patch, capped at the smallest image (divisibility kept)
+        ps = tuple(kt.stardist.get("train_patch_size", (24, 64, 64)))
+        div = kt.patch_divisible_by(**overrides)
+        small = np.min([x.shape[:3] for x in X + X_val], axis=0)
+        patch_size = tuple(int(min(p, s // d * d)) for p, s, d in zip(ps, small, div))
+    overrides["train_patch_size"] = tuple(int(p) for p in patch_size)
     if batch_size is not None:
         overrides["train_batch_size"] = int(batch_size)
     overrides.setdefault("train_learning_rate", lr)
@@ -610,7 +591,7 @@ def finetune(out, *, from_model=None, config="kt-default", n_rays=None, grid=Non
 
     t0 = time.time()
     kt = get_config(config) if isinstance(config, str) else config
-    n_in = int(channels) if channels is not None else int(getattr(kt, "n_channel_in", None) or _cfg_channels(kt))
+    n_in = int(channels) if channels is not None else int(kt.stardist.get("n_channel_in", 1))
     _, n_fluor, temporal = channel_layout(n_in)
     radius = float(getattr(kt, "label_radius_um", None) or LABEL_RADIUS_UM)
     if not images and not simulate:
@@ -676,13 +657,3 @@ def finetune(out, *, from_model=None, config="kt-default", n_rays=None, grid=Non
             th["table"].to_csv(f, index=False, float_format="%.4f")
     return model, dict(transfer=transfer, thresholds={k: th[k] for k in ("prob", "nms", "f1")}, history=hist,
                        seconds=time.time() - t0, steps=info["steps"])
-
-
-def _cfg_channels(kt):
-    ch = getattr(kt, "channels", 1)
-    if isinstance(ch, int):
-        return ch
-    try:
-        return int(ch)
-    except (TypeError, ValueError):
-        return 1
