@@ -364,7 +364,9 @@ def transfer_weights(src, dst, log=None) -> dict:
     """Copy every layer of ``src`` whose weight shapes match ``dst``; the others stay fresh.
 
     Uses ``keras_model.load_weights(h5, skip_mismatch=True)`` (layers matched in topological
-    order), then compares arrays to report what was copied.
+    order), then compares arrays: a layer is copied when all its arrays equal the source's;
+    any other layer is put back to its fresh initial weights (Keras would copy e.g. the bias of
+    a layer whose kernel does not fit), so a layer is either wholly transferred or wholly fresh.
 
     Parameters
     ----------
@@ -387,6 +389,7 @@ def transfer_weights(src, dst, log=None) -> dict:
         raise InputError(
             f"transfer: source has {len(src_layers)} weighted layers, target {len(dst_layers)} "
             "(U-Net depth and grid must match; rays and channels may differ)")
+    initial = [layer.get_weights() for layer in dst_layers]
     with tempfile.TemporaryDirectory() as tmp:
         h5 = os.path.join(tmp, "src_weights.h5")
         src.keras_model.save_weights(h5)
@@ -397,6 +400,8 @@ def transfer_weights(src, dst, log=None) -> dict:
     for k, (ls, ld) in enumerate(zip(src_layers, dst_layers)):
         ws, wd = ls.get_weights(), ld.get_weights()
         same = len(ws) == len(wd) and all(a.shape == b.shape and np.array_equal(a, b) for a, b in zip(ws, wd))
+        if not same:  # keras copies matching arrays of a mismatched layer too (its bias): undo, all fresh
+            ld.set_weights(initial[k])
         (copied if same else fresh).append(f"{k}:{ld.name}")
     if log is not None:
         log(f"weights: copied {len(copied)} of {len(dst_layers)} layers; fresh: {', '.join(fresh) or 'none'}")

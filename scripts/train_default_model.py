@@ -29,54 +29,17 @@ SHIP = ["config.json", "weights_best.h5", "thresholds.json", "model.json", "hist
         "thresholds_search.csv", "evaluation.csv"]
 
 
-def evaluate_presets(model, n=4, shape=(48, 128, 128), seed=20261125, presets=None):
-    """F1 / precision / recall / RMSE (nm) per SNR preset on held-out simulated volumes."""
-    import numpy as np
-    import pandas as pd
-
-    from kt_stardist.defaults import MATCH_CUTOFF_UM, VOXEL_SIZE_UM
-    from kt_stardist.evaluate import match_points
-    from kt_stardist.io import points_zyx
-    from kt_stardist.model import model_input
-    from kt_stardist.normalize import normalize
-    from kt_stardist.simulate import SNR_PRESETS, simulate_volume, simulate_timelapse
-    from kt_stardist.train import predict_points
-
-    info = model.kt_info
-    rows = []
-    for snr in presets or list(SNR_PRESETS):
-        tp = fp = fn = 0
-        d = []
-        for i in range(n):
-            s = seed + 1000 * i
-            if info.get("temporal"):
-                img, pts = simulate_timelapse(3, shape, seed=s, snr=snr, channels=1)
-                x = model_input(img, 1, temporal=True)
-                pts = pts[pts["t"] == 1]
-            else:
-                x, pts = simulate_volume(shape, seed=s, snr=snr, channels=1)
-            pred = predict_points(model, normalize(x, voxel_size_um=VOXEL_SIZE_UM))
-            m = match_points(points_zyx(pts), pred, VOXEL_SIZE_UM, MATCH_CUTOFF_UM)
-            tp, fp, fn = tp + m.tp, fp + m.fp, fn + m.fn
-            d.append(np.asarray(m.dist_um, float) * 1000)
-        dist = np.concatenate(d) if d else np.zeros(0)
-        rows.append(dict(snr=snr, volumes=n, tp=tp, fp=fp, fn=fn, precision=tp / max(tp + fp, 1),
-                         recall=tp / max(tp + fn, 1), f1=2 * tp / max(2 * tp + fp + fn, 1),
-                         rmse_nm=float(np.sqrt(np.mean(dist ** 2))) if dist.size else float("nan")))
-    return pd.DataFrame(rows)
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", default=str(ROOT / "build" / "default-model"), help="work folder")
     ap.add_argument("--out", default=str(ROOT / "kt_stardist" / "pretrained" / "kt-default"))
-    ap.add_argument("--pretrain-epochs", type=int, default=4)
+    ap.add_argument("--pretrain-epochs", type=int, default=1)
     ap.add_argument("--pretrain-steps", type=int, default=25)
     ap.add_argument("--simulate", type=int, default=40, help="simulated training volumes")
     ap.add_argument("--val", type=int, default=6, help="simulated validation volumes")
     ap.add_argument("--shape", type=int, nargs=3, default=(32, 128, 128), metavar=("Z", "Y", "X"))
-    ap.add_argument("--epochs", type=int, default=20)
-    ap.add_argument("--steps-per-epoch", type=int, default=40)
+    ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--steps-per-epoch", type=int, default=30)
     ap.add_argument("--freeze", type=int, default=1)
     ap.add_argument("--channels", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
@@ -95,6 +58,12 @@ def main(argv=None):
         pre = work / "pretrain"
         if not (a.resume and (pre / "weights_best.h5").is_file() and (pre / "model.json").is_file()):
             train.pretrain(pre, epochs=a.pretrain_epochs, steps_per_epoch=a.pretrain_steps, seed=a.seed)
+        elif "job" not in load_model(pre).kt_info:  # interrupted after its first checkpoint: describe it
+            from kt_stardist.model import update_info
+
+            n = sum(1 for _ in open(pre / "history.csv")) - 1
+            update_info(load_model(pre), job="pretrain", steps=n * a.pretrain_steps, seed=a.seed,
+                        training_data="stardist.data.test_image_nuclei_3d (synthetic nuclei)")
         print(f"pretrain done after {time.time() - t0:.0f} s", flush=True)
         t1 = time.time()
         model, rep = train.finetune(work / "finetune", from_model=pre, config="kt-default", channels=a.channels,
@@ -110,7 +79,7 @@ def main(argv=None):
         src = Path(a.out)
         model = load_model(src)
     model = load_model(src)
-    ev = evaluate_presets(model, n=a.eval_volumes)
+    ev = train.evaluate_simulated(model, n=a.eval_volumes)
     print(ev.to_string(index=False, float_format=lambda v: f"{v:.3f}"), flush=True)
     with atomic_write(src / "evaluation.csv", "w") as f:
         ev.to_csv(f, index=False, float_format="%.4f")
