@@ -332,8 +332,11 @@ def _read_history(folder):
 
 
 def _set_backbone_trainable(model, trainable, keep):
-    for layer in model.keras_model.layers:
-        if layer.weights and layer.name not in HEAD_LAYERS and layer.name not in keep:
+    """Set ``trainable`` on the weighted layers except the heads and the indices in ``keep``."""
+    from kt_stardist.model import weighted_layers
+
+    for k, layer in enumerate(weighted_layers(model)):
+        if layer.name not in HEAD_LAYERS and k not in keep:
             layer.trainable = trainable
 
 
@@ -386,7 +389,7 @@ def fit(model, X, Y, X_val, Y_val, *, epochs, steps_per_epoch, lr=LEARNING_RATE,
     if freeze_epochs > initial_epoch:
         phases.append((False, initial_epoch, min(freeze_epochs, epochs)))
     phases.append((True, max(initial_epoch, min(freeze_epochs, epochs)), epochs))
-    keep = {name.split(":", 1)[-1] for name in fresh}
+    keep = {int(str(name).split(":", 1)[0]) for name in fresh}  # "k:layer name" -> k
     stopped = False
     for trainable, e0, e1 in phases:
         if e1 <= e0 or stopped:
@@ -643,10 +646,11 @@ def finetune(out, *, from_model=None, config="kt-default", n_rays=None, grid=Non
         if from_model is not None:
             transfer = transfer_weights(from_model, model, log=_log)
             update_info(model, transferred_from=str(from_model), transfer=transfer)
-    fresh = transfer["fresh"] if transfer else ()
+    fresh = transfer["fresh"] if transfer else model.kt_info.get("transfer", {}).get("fresh", ())
     aug = make_augmenter()
     hist = fit(model, X, Y, X_val, Y_val, epochs=epochs, steps_per_epoch=steps_per_epoch, lr=lr, augmenter=aug,
-               seed=seed, freeze_epochs=freeze if from_model is not None else 0, fresh=fresh, patience=patience,
+               seed=seed, freeze_epochs=freeze if (from_model is not None or fresh) else 0, fresh=fresh,
+               patience=patience,
                resume=resume, tensorboard=tensorboard, progress=progress)
     th = choose_thresholds(model, X_val, P_val, vs_val)
     _log(f"thresholds: prob {th['prob']:.3f}, nms {th['nms']:.2f} (validation point F1 {th['f1']:.3f})")
