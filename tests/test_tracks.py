@@ -1,0 +1,142 @@
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kt_stardist.errors import InputError
+from kt_stardist.pairs import assign_pairs
+from kt_stardist.tracks import (link_pair_tracks, link_recovery, napari_tracks, track_points,
+                                track_edges, trackmate_xml)
+
+VOX = np.array([0.3, 0.13, 0.13])
+
+
+def drifting_layout(n_pairs=20, n_frames=6, seed=0, drift_um=(0.05, 0.25, 0.1), jitter_um=0.05,
+                    drop=((3, 5),)):
+    """Sister pairs on a plate (normal along x) drifting over frames; ``drop`` (t, gt track)
+    detections are removed. Returns a px table with gt_track_id and gt_pair_id."""
+    rng = np.random.default_rng(seed)
+    centres = []
+    while len(centres) < n_pairs:
+        c = rng.uniform(-4, 4, 2)
+        if np.hypot(*c) < 4.5 and all(np.hypot(*(c - o)) > 1.2 for o in centres):
+            centres.append(c)
+    c = np.array([[6.0 + cz, 60 + cy, 60.0] for cz, cy in centres])
+    half = np.array([0, 0, 0.45])
+    base = np.concatenate([c - half, c + half])
+    frames = []
+    for t in range(n_frames):
+        um = base + np.asarray(drift_um) * t + rng.normal(0, jitter_um, base.shape)
+        d = pd.DataFrame(um / VOX, columns=["z", "y", "x"])
+        d.insert(0, "t", t)
+        d["gt_track_id"] = np.arange(len(base))
+        d["gt_pair_id"] = np.r_[np.arange(n_pairs), np.arange(n_pairs)]
+        frames.append(d)
+    df = pd.concat(frames, ignore_index=True)
+    for t, k in drop:
+        df = df[~((df.t == t) & (df.gt_track_id == k))]
+    return df.reset_index(drop=True)
+
+
+def test_drifting_layout_tracked_with_gap_closed():
+    df = drifting_layout()
+    out = track_points(df, VOX, max_disp_um=1.0, gap=1)
+    rec = link_recovery(out)
+    assert rec["n_gt"] == 40 * 5 - 1  # the gapped track has one link t2 -> t4
+    assert rec["recovered"] == 1.0 and rec["precision"] == 1.0
+    assert out["track_id"].nunique() == 40
+    gapped = out[out.gt_track_id == 5]
+    assert gapped["track_id"].nunique() == 1
+    assert sorted(gapped.t) == [0, 1, 2, 4, 5]
+    # without gap closing the gapped track breaks in two and its jump is lost
+    no_gap = track_points(df, VOX, max_disp_um=1.0, gap=0)
+    assert no_gap["track_id"].nunique() == 41
+    assert link_recovery(no_gap)["n_correct"] == rec["n_gt"] - 1
+
+
+def test_max_displacement_in_um():
+    # one point moving 0.8 µm per frame along z (= 2.67 px): linked at 1.0 µm, not at 0.5 µm
+    df = pd.DataFrame({"t": [0, 1, 2], "z": [10.0, 10 + 0.8 / 0.3, 10 + 1.6 / 0.3],
+                       "y": 50.0, "x": 50.0})
+    assert track_points(df, VOX, max_disp_um=1.0)["track_id"].nunique() == 1
+    assert track_points(df, VOX, max_disp_um=0.5, gap=0)["track_id"].nunique() == 3
+
+
+def test_sister_tracks_linked():
+    df = drifting_layout(drop=())
+    out = assign_pairs(track_points(df, VOX), VOX)
+    out = link_pair_tracks(out)
+    assert (out["pair_track_id"] >= 0).all()
+    # each pair track holds exactly the two tracks of one true pair
+    per_pair = out.groupby("pair_track_id").agg(n_tracks=("track_id", "nunique"),
+                                                n_gt=("gt_pair_id", "nunique"))
+    assert len(per_pair) == 20
+    assert (per_pair["n_tracks"] == 2).all() and (per_pair["n_gt"] == 1).all()
+
+
+def test_trackmate_xml_structure():
+    df = track_points(drifting_layout(), VOX)
+    df["prob"] = 0.9
+    root = ET.fromstring(trackmate_xml(df, VOX, shape_px=(20, 200, 200)))
+    assert root.tag == "TrackMate"
+    model = root.find("Model")
+    spots = model.findall("AllSpots/SpotsInFrame/Spot")
+    assert int(model.find("AllSpots").get("nspots")) == len(spots) == len(df) == 239
+    assert len(model.findall("AllSpots/SpotsInFrame")) == 6
+    tracks = model.findall("AllTracks/Track")
+    assert len(tracks) == 40
+    edges = model.findall("AllTracks/Track/Edge")
+    assert len(edges) == len(df) - 40
+    assert len(model.findall("FilteredTracks/TrackID")) == 40
+    by_id = {int(s.get("ID")): s for s in spots}
+    for e in edges:
+        a, b = by_id[int(e.get("SPOT_SOURCE_ID"))], by_id[int(e.get("SPOT_TARGET_ID"))]
+        assert int(a.get("FRAME")) < int(b.get("FRAME"))
+    # positions in µm
+    s0 = by_id[0]
+    assert float(s0.get("POSITION_Z")) == pytest.approx(df.z[0] * 0.3)
+    assert float(s0.get("POSITION_X")) == pytest.approx(df.x[0] * 0.13)
+    assert float(s0.get("QUALITY")) == pytest.approx(0.9)
+    gapped = [t for t in tracks if t.get("NUMBER_GAPS") == "1"]
+    assert len(gapped) == 1 and gapped[0].get("NUMBER_SPOTS") == "5"
+    img = root.find("Settings/ImageData")
+    assert (img.get("nslices"), img.get("height"), img.get("width")) == ("20", "200", "200")
+    assert float(img.get("voxeldepth")) == pytest.approx(0.3)
+
+
+def test_napari_tracks_layout():
+    df = track_points(drifting_layout(), VOX)
+    nt = napari_tracks(df)
+    assert list(nt.columns) == ["track_id", "t", "z", "y", "x"]
+    assert len(nt) == len(df)
+    assert (nt.groupby("track_id")["t"].apply(lambda s: s.is_monotonic_increasing)).all()
+    assert len(track_edges(df)) == len(df) - 40
+
+
+def test_bad_input():
+    with pytest.raises(InputError, match="t"):
+        track_points(pd.DataFrame({"z": [1.0], "y": [1.0], "x": [1.0]}), VOX)
+    with pytest.raises(InputError, match="max_disp_um"):
+        track_points(drifting_layout(n_frames=2), VOX, max_disp_um=0)
+
+
+def test_cli_round_trip(tmp_path):
+    io = pytest.importorskip("kt_stardist.io")
+    from kt_stardist.cli import main
+
+    src = tmp_path / "points.csv"
+    df = drifting_layout()
+    df.to_csv(src, index=False)
+    pairs = tmp_path / "pairs.csv"
+    assert main(["pairs", str(src), "--out", str(pairs)]) == 0
+    out, xml, nap = tmp_path / "tracks.csv", tmp_path / "tracks.xml", tmp_path / "napari.csv"
+    rc = main(["track", str(pairs), "--max-disp-um", "1.0", "--gap", "1", "--out", str(out),
+               "--trackmate", str(xml), "--napari-tracks", str(nap)])
+    assert rc == 0
+    got = io.read_points(out)
+    assert link_recovery(got)["recovered"] == 1.0
+    assert (got["pair_track_id"] >= 0).sum() == len(got)
+    root = ET.parse(xml).getroot()
+    assert len(root.findall("Model/AllTracks/Track")) == 40
+    assert list(pd.read_csv(nap).columns) == ["track_id", "t", "z", "y", "x"]
