@@ -1,0 +1,99 @@
+"""Train the shipped default model ``kt_stardist/pretrained/kt-default`` end to end (CPU).
+
+1. pretrain StarDist 3D on StarDist's example nuclei (``stardist.data.test_image_nuclei_3d``),
+2. finetune on randomized kinetochore simulations (config ``kt-default``: 32 rays, grid (1,2,2),
+   0.5 µm sphere labels), weights transferred from step 1, thresholds chosen by point F1,
+3. evaluate on held-out simulations at each SNR preset (match_points, 0.5 µm), and
+4. copy the model folder (config, weights_best, thresholds, model.json, history, evaluation)
+   into the package. Work files (TensorBoard logs, weights_last) stay in ``--work``.
+
+    python scripts/train_default_model.py                 # ~30 min on 2 cores
+    python scripts/train_default_model.py --resume        # continue an interrupted run
+    python scripts/train_default_model.py --evaluate-only # re-evaluate the shipped model
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+SHIP = ["config.json", "weights_best.h5", "thresholds.json", "model.json", "history.csv", "history.png",
+        "thresholds_search.csv", "evaluation.csv"]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", default=str(ROOT / "build" / "default-model"), help="work folder")
+    ap.add_argument("--out", default=str(ROOT / "kt_stardist" / "pretrained" / "kt-default"))
+    ap.add_argument("--pretrain-epochs", type=int, default=1)
+    ap.add_argument("--pretrain-steps", type=int, default=25)
+    ap.add_argument("--simulate", type=int, default=40, help="simulated training volumes")
+    ap.add_argument("--val", type=int, default=6, help="simulated validation volumes")
+    ap.add_argument("--shape", type=int, nargs=3, default=(32, 128, 128), metavar=("Z", "Y", "X"))
+    ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--steps-per-epoch", type=int, default=30)
+    ap.add_argument("--freeze", type=int, default=1)
+    ap.add_argument("--channels", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--evaluate-only", action="store_true")
+    ap.add_argument("--eval-volumes", type=int, default=4)
+    a = ap.parse_args(argv)
+
+    from kt_stardist import train
+    from kt_stardist.io import atomic_write
+    from kt_stardist.model import load_model
+
+    work = Path(a.work)
+    t0 = time.time()
+    if not a.evaluate_only:
+        pre = work / "pretrain"
+        if not (a.resume and (pre / "weights_best.h5").is_file() and (pre / "model.json").is_file()):
+            train.pretrain(pre, epochs=a.pretrain_epochs, steps_per_epoch=a.pretrain_steps, seed=a.seed)
+        elif "job" not in load_model(pre).kt_info:  # interrupted after its first checkpoint: describe it
+            from kt_stardist.model import update_info
+
+            n = sum(1 for _ in open(pre / "history.csv")) - 1
+            update_info(load_model(pre), job="pretrain", steps=n * a.pretrain_steps, seed=a.seed,
+                        training_data="stardist.data.test_image_nuclei_3d (synthetic nuclei)")
+        print(f"pretrain done after {time.time() - t0:.0f} s", flush=True)
+        t1 = time.time()
+        model, rep = train.finetune(work / "finetune", from_model=pre, config="kt-default", channels=a.channels,
+                                    simulate=a.simulate, n_val_sim=a.val, sim_shape=tuple(a.shape),
+                                    epochs=a.epochs, steps_per_epoch=a.steps_per_epoch, freeze=a.freeze,
+                                    seed=a.seed, resume=a.resume, patience=6)
+        n_steps = rep["steps"]
+        print(f"finetune done: {n_steps} steps in {time.time() - t1:.0f} s "
+              f"({(time.time() - t1) / max(n_steps, 1):.2f} s/step incl. data, validation, thresholds); "
+              f"thresholds {rep['thresholds']}", flush=True)
+        src = work / "finetune"
+    else:
+        src = Path(a.out)
+        model = load_model(src)
+    model = load_model(src)
+    ev = train.evaluate_simulated(model, n=a.eval_volumes)
+    print(ev.to_string(index=False, float_format=lambda v: f"{v:.3f}"), flush=True)
+    with atomic_write(src / "evaluation.csv", "w") as f:
+        ev.to_csv(f, index=False, float_format="%.4f")
+    if not a.evaluate_only:
+        out = Path(a.out)
+        out.mkdir(parents=True, exist_ok=True)
+        for name in SHIP:
+            if (src / name).is_file():
+                with atomic_write(out / name, "wb") as f, open(src / name, "rb") as g:
+                    shutil.copyfileobj(g, f)
+        print(f"model folder written: {out} ({sum((out / n).stat().st_size for n in SHIP if (out / n).is_file()) / 1e6:.1f} MB), "
+              f"total {time.time() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
