@@ -153,3 +153,79 @@ def test_temporal_input_repeats_edges():
     x3 = P.model_input(frames, 3, facts)
     assert x0.shape == (2, 3, 3, 3)
     assert list(x0[0, 0, 0]) == [0, 0, 1] and list(x3[0, 0, 0]) == [2, 3, 3]
+
+
+# ------------------------------------------------------------------------------------------
+# CLI: 3D, 4D and 2-channel files (needs kt_stardist.io)
+# ------------------------------------------------------------------------------------------
+
+TRUTH = np.array([[4.3, 20.2, 30.7], [6.0, 50.6, 12.1], [3.5, 40.0, 52.4]])
+
+
+def _cli(monkeypatch, argv, model):
+    from kt_stardist.cli import main
+
+    monkeypatch.setattr(P, "load", lambda path=None: model)
+    return main(["predict", *argv])
+
+
+def _near_truth(df, vs=VOX):
+    got = df[["z", "y", "x"]].to_numpy()
+    d = np.linalg.norm((got[:, None] - TRUTH[None]) * np.array(vs), axis=2)
+    return len(got) == len(TRUTH) and bool(np.all(d.min(0) < 0.05))
+
+
+def test_cli_3d_4d_and_two_channels(tmp_path, monkeypatch):
+    io = pytest.importorskip("kt_stardist.io")
+    shape = (10, 64, 64)
+    vol = spots(shape, TRUTH, noise=3)
+    io.write_image(tmp_path / "a.tif", vol, axes="ZYX", voxel_size_um=VOX)
+    assert _cli(monkeypatch, [str(tmp_path / "a.tif"), "--out", str(tmp_path / "a.csv")], SpotModel()) == 0
+    df = pd.read_csv(tmp_path / "a.csv")
+    assert list(df.columns[:7]) == ["z", "y", "x", "z_um", "y_um", "x_um", "prob"] and "t" not in df
+    assert _near_truth(df)
+    assert df.sort_values(["z", "y", "x"]).index.tolist() == list(range(len(df)))
+
+    # time-lapse, temporal model (t-1, t, t+1 as channels): every frame
+    tl = np.stack([vol, vol * 0.9 + 10, vol])
+    io.write_image(tmp_path / "b.tif", tl, axes="TZYX", voxel_size_um=VOX)
+    assert _cli(monkeypatch, [str(tmp_path / "b.tif"), "--out-dir", str(tmp_path / "o")], SpotModel(3)) == 0
+    df = pd.read_csv(tmp_path / "o" / "b.csv")
+    assert sorted(df.t.unique()) == [0, 1, 2]
+    assert all(_near_truth(g) for _, g in df.groupby("t"))
+
+    # 2 channels, spots in channel 1 only: --channel 1 finds them, channel 0 (noise) does not
+    two = np.stack([np.random.default_rng(1).normal(100, 3, shape).astype(np.float32), vol], axis=1)
+    io.write_image(tmp_path / "c.tif", two, axes="ZCYX", voxel_size_um=VOX)
+    out = tmp_path / "c.csv"
+    assert _cli(monkeypatch, [str(tmp_path / "c.tif"), "--channel", "1", "--out", str(out)], SpotModel()) == 0
+    assert _near_truth(pd.read_csv(out))
+
+
+def test_cli_real_stardist_model_and_mismatch_error(tmp_path, capsys):
+    io = pytest.importorskip("kt_stardist.io")
+    from stardist import Rays_GoldenSpiral
+    from stardist.models import Config3D, StarDist3D
+
+    from kt_stardist.cli import main
+
+    conf = Config3D(rays=Rays_GoldenSpiral(16, anisotropy=(2.3, 1, 1)), grid=(1, 2, 2), anisotropy=(2.3, 1, 1),
+                    n_channel_in=2, backbone="unet", unet_n_depth=1, unet_n_filter_base=4,
+                    train_patch_size=(8, 32, 32))
+    m = StarDist3D(conf, name="tiny", basedir=str(tmp_path))
+    m.keras_model.save_weights(str(tmp_path / "tiny" / "weights_best.weights.h5"))
+    (tmp_path / "tiny" / "thresholds.json").write_text(json.dumps({"prob": 0.5, "nms": 0.3}))
+    vol = spots((8, 48, 48), TRUTH[:1] / [1, 1.5, 1.5], noise=3)
+    io.write_image(tmp_path / "one.tif", vol, axes="ZYX", voxel_size_um=VOX)
+    rc = main(["predict", str(tmp_path / "one.tif"), "--model", str(tmp_path / "tiny"), "--out", str(tmp_path / "x.csv")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "1 channel" in err[0] and "takes 2" in err[0], err
+    assert not (tmp_path / "x.csv").exists()
+    two = np.stack([vol, vol], axis=1)
+    io.write_image(tmp_path / "two.tif", two, axes="ZCYX", voxel_size_um=VOX)
+    rc = main(["predict", str(tmp_path / "two.tif"), "--model", str(tmp_path / "tiny"), "--out", str(tmp_path / "x.csv"),
+               "--prob-thresh", "0.9", "--labels-out", str(tmp_path / "lab.tif")])
+    assert rc == 0
+    df = pd.read_csv(tmp_path / "x.csv")
+    assert {"z", "y", "x", "prob"} <= set(df.columns) and (df.prob > 0.9).all()
+    assert io.read_image(tmp_path / "lab.tif", check=False).data.shape[1:4] == (8, 48, 48)
