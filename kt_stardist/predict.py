@@ -1,0 +1,571 @@
+"""From a volume or time-lapse to kinetochore points with a StarDist3D model.
+
+The flow for one frame (axis order z, y, x; channel last)::
+
+    raw frame (image px) ─ rescale to the model's voxel size ─ normalize (signal region, whole frame)
+      ─ screen (DoG, where can spots be?) ─ blocks with halo (stardist.big.Block cover)
+      ─ StarDist predict_sparse + NMS per block, each detection kept by the one block that owns
+        its centre ─ map back to image px ─ refine (sub-voxel, raw intensities) ─ points table
+
+A whole 61 × 1000 × 1000 frame is never pushed densely through the network: only blocks whose
+core holds screen candidates are predicted, and only candidates above ``prob_thresh`` are kept
+(``predict_sparse``), so memory is bounded by a block whatever the volume size.
+
+TensorFlow/stardist are imported lazily (inside functions).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+from kt_stardist.defaults import LABEL_RADIUS_UM, VOXEL_SIZE_UM
+from kt_stardist.errors import InputError
+from kt_stardist.normalize import normalize
+
+#: default block (read region) size, px at the model's voxel size (z, y, x)
+BLOCK_SIZE_PX = (64, 192, 192)
+
+#: refinement window half-size, µm (z, y, x): about one PSF width on each side
+REFINE_HALF_UM = (0.6, 0.4, 0.4)
+
+
+# --------------------------------------------------------------------------------------------
+# model facts
+# --------------------------------------------------------------------------------------------
+
+def model_facts(model) -> dict:
+    """What prediction needs to know of a model: ``voxel_size_um`` (z, y, x), ``n_channel_in``,
+    ``temporal`` (frames t-1, t, t+1 stacked as channels), ``n_image_channels`` (channels per
+    frame) and ``thresholds`` (prob, nms).
+
+    Uses :func:`kt_stardist.model.model_info` when that module is present; otherwise the
+    StarDist config (``n_channel_in``; 3 or 6 channels mean temporal context) and the default
+    voxel size.
+    """
+    info = {}
+    try:
+        from kt_stardist.model import model_info
+    except ImportError:  # model module not present (development)
+        model_info = None
+    if model_info is not None:
+        info = dict(model_info(model))
+    n_in = int(info.get("n_channel_in", getattr(model.config, "n_channel_in", 1)))
+    temporal = bool(info.get("temporal", n_in in (3, 6)))
+    vs = info.get("voxel_size_um") or VOXEL_SIZE_UM
+    per_frame = n_in // 3 if temporal else n_in
+    thr = getattr(model, "thresholds", None)
+    return dict(
+        voxel_size_um=tuple(float(v) for v in vs),
+        n_channel_in=n_in,
+        temporal=temporal,
+        n_image_channels=int(info.get("n_image_channels", per_frame)),
+        thresholds=dict(prob=float(getattr(thr, "prob", 0.5)), nms=float(getattr(thr, "nms", 0.4))),
+        name=str(info.get("name", getattr(model, "name", "model"))),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# rescaling between the image's and the model's voxel size
+# --------------------------------------------------------------------------------------------
+
+def zoom_factors(image_voxel_um, model_voxel_um, tol=1e-3) -> tuple | None:
+    """Zoom factors (z, y, x) that bring an image to the model's voxel size; None if equal."""
+    f = tuple(float(i) / float(m) for i, m in zip(image_voxel_um, model_voxel_um))
+    return None if all(abs(v - 1.0) < tol for v in f) else f
+
+
+def rescale_volume(volume, factors):
+    """Zoom a ``(Z, Y, X[, C])`` volume by ``factors`` (z, y, x), linear interpolation, float32."""
+    vol = np.asarray(volume, np.float32)
+    if factors is None:
+        return vol
+    if vol.ndim == 4:
+        return np.stack([ndimage.zoom(vol[..., c], factors, order=1) for c in range(vol.shape[-1])], -1)
+    return ndimage.zoom(vol, factors, order=1)
+
+
+def points_to_image_px(points_model_px, shape_image, shape_model):
+    """Map ``(N, 3)`` positions from the rescaled grid back to the image's own px.
+
+    Follows :func:`scipy.ndimage.zoom` (corners aligned): model index ``o`` came from image
+    coordinate ``o * (in - 1) / (out - 1)``.
+    """
+    p = np.asarray(points_model_px, np.float64).reshape(-1, 3)
+    s = np.array([(i - 1) / max(o - 1, 1) for i, o in zip(shape_image, shape_model)], np.float64)
+    return p * s
+
+
+# --------------------------------------------------------------------------------------------
+# screen and blocks
+# --------------------------------------------------------------------------------------------
+
+def screen(volume, voxel_size_um=VOXEL_SIZE_UM, spot_sigma_um=(0.25, 0.12, 0.12), k=6.0, floor=0.05):
+    """Boolean ``(Z, Y, X)`` mask of where spots can be: a conservative difference of Gaussians.
+
+    ``volume`` is the normalised first (EGFP) channel. The DoG (spot-sized minus 4× larger
+    Gaussian) is thresholded at ``max(k * robust noise, floor)`` (normalised units). It only
+    decides which blocks reach the network, so it errs on the side of keeping.
+    """
+    v = np.asarray(volume, np.float32)
+    s1 = np.array(spot_sigma_um) / np.array(voxel_size_um)
+    small = ndimage.gaussian_filter(v, s1, mode="nearest")
+    dog = small - ndimage.gaussian_filter(small, 4 * s1, mode="nearest")
+    sub = dog[:: max(1, dog.shape[0] // 16), :: 4, :: 4]  # noise estimate on a subsample
+    med = float(np.median(sub))
+    mad = 1.4826 * float(np.median(np.abs(sub - med)))
+    return dog > med + max(k * mad, floor)
+
+
+@dataclass
+class Block:
+    """One block: ``read`` slices (z, y, x) sent to the network and the ``own`` interval per axis,
+    ``[lo, hi)`` in px: a detection belongs to this block only if its centre lies inside."""
+
+    read: tuple
+    own: tuple
+
+
+def _cover_axis(size, block_size, min_overlap, context, grid):
+    """1D cover: list of (read slice, (own_lo, own_hi)). Uses :class:`stardist.big.Block`."""
+    if size <= block_size or size <= min_overlap + 2 * context + grid:
+        return [(slice(0, size), (-np.inf, np.inf))]
+    from stardist.big import Block as SDBlock
+
+    bs = max(block_size, min_overlap + 2 * context + grid)
+    chain = SDBlock.cover(size, bs, min_overlap, context, grid=grid, verbose=False)
+    bounds = [-np.inf]
+    for a, b in zip(chain[:-1], chain[1:]):
+        # middle of the overlap of the write regions: at least min_overlap/2 from either edge
+        bounds.append(0.5 * (a.slice_write.stop + b.slice_write.start))
+    bounds.append(np.inf)
+    return [(t.slice_read, (bounds[i], bounds[i + 1])) for i, t in enumerate(chain)]
+
+
+def block_cover(shape, block_size, min_overlap, context, grid=(1, 1, 1)):
+    """All :class:`Block` s covering a ``(Z, Y, X)`` shape (px); owned intervals partition it."""
+    axes = [_cover_axis(int(s), int(b), int(o), int(c), int(g))
+            for s, b, o, c, g in zip(shape, block_size, min_overlap, context, grid)]
+    blocks = []
+    for rz, oz in axes[0]:
+        for ry, oy in axes[1]:
+            for rx, ox in axes[2]:
+                blocks.append(Block(read=(rz, ry, rx), own=(oz, oy, ox)))
+    return blocks
+
+
+def _trimmed_read(mask, block, margin, context, grid):
+    """Read slices of ``block`` cut down to its screen candidates, or None when it has none.
+
+    Candidates are looked for in the block's owned region widened by ``margin`` px (an object
+    owned by the block lies within that); the read region is their bounding box widened by
+    ``margin + context`` px (the network's receptive field), start aligned to the grid, and
+    never larger than the block's own read region.
+    """
+    own = []
+    for ax, (lo, hi) in enumerate(block.own):
+        n = mask.shape[ax]
+        a = 0 if not np.isfinite(lo) else max(0, int(np.floor(lo)) - margin[ax])
+        b = n if not np.isfinite(hi) else min(n, int(np.ceil(hi)) + margin[ax])
+        own.append(slice(a, b))
+    sub = mask[tuple(own)]
+    if not sub.any():
+        return None
+    read = []
+    for ax in range(3):
+        hit = np.flatnonzero(sub.any(axis=tuple(i for i in range(3) if i != ax)))
+        lo = own[ax].start + hit[0] - margin[ax] - context[ax]
+        hi = own[ax].start + hit[-1] + 1 + margin[ax] + context[ax]
+        r = block.read[ax]
+        lo = max(r.start, (max(lo, 0) // grid[ax]) * grid[ax])
+        read.append(slice(lo, min(r.stop, hi)))
+    return tuple(read)
+
+
+def owns(block, points_px):
+    """Boolean mask: which ``(N, 3)`` global positions (px) this block owns."""
+    p = np.asarray(points_px, np.float64).reshape(-1, 3)
+    keep = np.ones(len(p), bool)
+    for ax, (lo, hi) in enumerate(block.own):
+        keep &= (p[:, ax] >= lo) & (p[:, ax] < hi)
+    return keep
+
+
+def block_geometry(model, block_size=BLOCK_SIZE_PX, object_um=2 * LABEL_RADIUS_UM, voxel_size_um=VOXEL_SIZE_UM):
+    """(block_size, min_overlap, context, grid) px for a model: context = StarDist's own
+    receptive-field estimate (``_axes_tile_overlap``), min_overlap = object diameter + 2 px."""
+    grid = tuple(int(g) for g in model.config.grid)
+    context = tuple(int(c) for c in model._axes_tile_overlap("ZYX"))
+    min_overlap = tuple(int(np.ceil(object_um / v)) + 2 for v in voxel_size_um)
+
+    def up(v, g):
+        return int(np.ceil(v / g) * g)
+
+    context = tuple(up(c, g) for c, g in zip(context, grid))
+    min_overlap = tuple(up(o, g) for o, g in zip(min_overlap, grid))
+    block_size = tuple(max(up(b, g), o + 2 * c + 2 * g) for b, o, c, g in zip(block_size, min_overlap, context, grid))
+    return block_size, min_overlap, context, grid
+
+
+# --------------------------------------------------------------------------------------------
+# one normalised volume at the model's voxel size -> instances
+# --------------------------------------------------------------------------------------------
+
+def detect_instances(model, x, prob_thresh=None, nms_thresh=None, block_size=BLOCK_SIZE_PX,
+                     voxel_size_um=VOXEL_SIZE_UM, screen_mask=None, show_progress=False):
+    """StarDist instances of a normalised ``(Z, Y, X, C)`` volume at the model's voxel size.
+
+    Blocks (read region = core + halo of StarDist's receptive field) are predicted only where
+    ``screen_mask`` (``(Z, Y, X)`` bool; None: :func:`screen` of channel 0) has candidates;
+    NMS (``b=0``: objects at the volume border are kept) runs per block and each detection is
+    kept by the one block owning its centre.
+
+    Returns
+    -------
+    dict with ``points`` (N, 3) px (z, y, x, NMS centres), ``prob`` (N,), ``dist`` (N, n_rays),
+    ``n_blocks`` (predicted) and ``n_blocks_total``.
+    """
+    from stardist import rays_from_json
+    from stardist.nms import non_maximum_suppression_3d_sparse
+    from tqdm.auto import tqdm
+
+    th = model.thresholds
+    prob_thresh = float(th.prob if prob_thresh is None else prob_thresh)
+    nms_thresh = float(th.nms if nms_thresh is None else nms_thresh)
+    rays = rays_from_json(model.config.rays_json)
+    shape = x.shape[:3]
+    bsz, ovl, ctx, grid = block_geometry(model, block_size, voxel_size_um=voxel_size_um)
+    blocks = block_cover(shape, bsz, ovl, ctx, grid)
+    if screen_mask is None:
+        screen_mask = screen(x[..., 0], voxel_size_um)
+    margin = tuple(o // 2 for o in ovl)
+    todo = []
+    for b in blocks:
+        r = _trimmed_read(screen_mask, b, margin, ctx, grid)
+        if r is not None:
+            todo.append((b, r))
+
+    pts, probs, dists = [], [], []
+    n_vox = 0
+    for b, read in tqdm(todo, desc="blocks", disable=not show_progress, leave=False):
+        n_vox += int(np.prod([s.stop - s.start for s in read]))
+        prob, dist, p = _sparse(model, x[read], prob_thresh)
+        if len(prob) == 0:
+            continue
+        p, pr, d, _ = non_maximum_suppression_3d_sparse(dist, prob, p, rays, nms_thresh=nms_thresh)
+        offset = np.array([s.start for s in read], np.float64)
+        g = p.astype(np.float64) + offset
+        keep = owns(b, g)
+        pts.append(g[keep]), probs.append(pr[keep]), dists.append(d[keep])
+    n_rays = len(rays)
+    return dict(
+        points=np.concatenate(pts) if pts else np.zeros((0, 3)),
+        prob=np.concatenate(probs) if probs else np.zeros(0, np.float32),
+        dist=np.concatenate(dists) if dists else np.zeros((0, n_rays), np.float32),
+        n_blocks=len(todo), n_blocks_total=len(blocks), n_voxels_read=n_vox, rays=rays,
+    )
+
+
+def _sparse(model, xb, prob_thresh):
+    """``predict_sparse`` of one block with ``b=0`` (keep candidates at the block border)."""
+    r = model.predict_sparse(xb, axes="ZYXC", prob_thresh=prob_thresh, b=0, show_tile_progress=False)
+    prob, dist, points = r[0], r[1], r[-1]
+    return np.asarray(prob), np.asarray(dist), np.asarray(points)
+
+
+# --------------------------------------------------------------------------------------------
+# refine: sub-voxel positions from the raw intensities
+# --------------------------------------------------------------------------------------------
+
+def _window(shape, center, half):
+    c = np.round(center).astype(int)
+    lo = np.maximum(c - half, 0)
+    hi = np.minimum(c + half + 1, shape)
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi)), lo
+
+
+def _own_mask(coords, i, points_um, tree, voxel_size_um, radius_um):
+    """Voxels of a window nearer (µm) to point ``i`` than to any other detection (Voronoi cell)."""
+    near = [j for j in tree.query_ball_point(points_um[i], radius_um) if j != i]
+    if not near:
+        return None
+    vs = np.asarray(voxel_size_um)
+    c_um = coords * vs
+    d_self = np.sum((c_um - points_um[i]) ** 2, axis=1)
+    d_other = np.min(np.sum((c_um[:, None, :] - points_um[near][None]) ** 2, axis=2), axis=1)
+    return d_self <= d_other
+
+
+def _centroid(vals, coords, start, n_iter=5, half=None):
+    w = vals - np.percentile(vals, 20)
+    w = np.clip(w, 0, None)
+    p = np.asarray(start, np.float64)
+    for _ in range(n_iter):
+        # weight by a soft window around the current estimate, so a neighbour does not pull
+        d2 = np.sum(((coords - p) / np.maximum(half, 1)) ** 2, axis=1)
+        ww = w * np.exp(-2.0 * d2)
+        s = ww.sum()
+        if s <= 0:
+            break
+        p = (ww[:, None] * coords).sum(0) / s
+    return p
+
+
+def _gauss_fit(vals, coords, start, sigma0, max_shift):
+    from scipy.optimize import least_squares
+
+    bg0 = float(np.percentile(vals, 20))
+    amp0 = max(float(vals.max()) - bg0, 1e-6)
+    x0 = np.r_[start, sigma0, amp0, bg0]
+    scale = max(amp0, 1e-6)
+
+    def res(q):
+        z, y, x, sz, sy, sx, a, b = q
+        d = ((coords[:, 0] - z) / sz) ** 2 + ((coords[:, 1] - y) / sy) ** 2 + ((coords[:, 2] - x) / sx) ** 2
+        return (b + a * np.exp(-0.5 * d) - vals) / scale
+
+    lo = np.r_[start - max_shift, 0.3 * sigma0, 0, -np.inf]
+    hi = np.r_[start + max_shift, 3.0 * sigma0, np.inf, np.inf]
+    x0 = np.clip(x0, lo + 1e-9, hi - 1e-9)
+    try:
+        r = least_squares(res, x0, bounds=(lo, hi), method="trf", x_scale="jac", max_nfev=60)
+    except Exception:
+        return None
+    return r.x[:3] if r.success or r.status == 0 else None
+
+
+def refine_points(volume, points_px, voxel_size_um=VOXEL_SIZE_UM, method="gauss", half_um=REFINE_HALF_UM,
+                  psf_sigma_um=(0.25, 0.11, 0.11), max_shift_um=(0.45, 0.3, 0.3)):
+    """Sub-voxel positions from raw intensities around each detection.
+
+    Parameters
+    ----------
+    volume : ndarray (Z, Y, X)
+        Raw (or normalised) intensities of the spot channel, image px.
+    points_px : (N, 3) float px (z, y, x)
+        Starting positions (NMS centres, on the network's grid).
+    voxel_size_um : (z, y, x) µm of ``volume``.
+    method : "gauss" (least-squares 3D Gaussian + background), "centroid" (background-subtracted
+        intensity-weighted centroid, iterated in a soft window) or "none".
+    half_um : window half-size (z, y, x) µm.
+    psf_sigma_um : starting Gaussian sigma (z, y, x) µm for "gauss".
+    max_shift_um : (z, y, x) µm; a fit that moves further than this from the start, or fails,
+        falls back to the centroid (and that, if it too moves too far, to the start).
+
+    Voxels nearer to another detection than to this one are left out of its window, so a
+    close sister does not pull the estimate.
+
+    Returns
+    -------
+    (N, 3) float64 px.
+    """
+    from scipy.spatial import cKDTree
+
+    vol = np.asarray(volume)
+    pts = np.asarray(points_px, np.float64).reshape(-1, 3)
+    if method == "none" or len(pts) == 0:
+        return pts.copy()
+    if method not in ("gauss", "centroid"):
+        raise ValueError(f"refine method must be 'gauss', 'centroid' or 'none', got {method!r}")
+    vs = np.asarray(voxel_size_um, np.float64)
+    half = np.maximum(np.round(np.asarray(half_um) / vs).astype(int), 1)
+    sigma0 = np.asarray(psf_sigma_um) / vs
+    max_shift = np.asarray(max_shift_um) / vs
+    pts_um = pts * vs
+    tree = cKDTree(pts_um)
+    radius = float(np.linalg.norm(np.asarray(half_um)) * 2)
+    out = pts.copy()
+    for i, p in enumerate(pts):
+        sl, lo = _window(vol.shape, p, half)
+        sub = vol[sl].astype(np.float64)
+        if sub.size < 8:
+            continue
+        coords = np.stack(np.meshgrid(*[np.arange(s.start, s.stop) for s in sl], indexing="ij"), -1).reshape(-1, 3)
+        vals = sub.ravel()
+        m = _own_mask(coords.astype(np.float64), i, pts_um, tree, vs, radius)
+        if m is not None and m.sum() >= 8:
+            coords, vals = coords[m], vals[m]
+        coords = coords.astype(np.float64)
+        c = _centroid(vals, coords, p, half=half)
+        q = _gauss_fit(vals, coords, p, sigma0, max_shift) if method == "gauss" else c
+        if q is None or np.any(np.abs(q - p) > max_shift) or not np.all(np.isfinite(q)):
+            q = c if np.all(np.abs(c - p) <= max_shift) else p
+        out[i] = q
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# frames and images
+# --------------------------------------------------------------------------------------------
+
+def _points_frame(points, prob, voxel_size_um, t=None):
+    df = pd.DataFrame(points, columns=["z", "y", "x"])
+    for c, v in zip("zyx", voxel_size_um):
+        df[f"{c}_um"] = df[c] * v
+    df["prob"] = np.asarray(prob, np.float64)
+    if t is not None:
+        df.insert(0, "t", int(t))
+    keys = [k for k in ("t", "z", "y", "x") if k in df.columns]
+    return df.sort_values(keys, kind="stable").reset_index(drop=True)
+
+
+def predict_volume(model, volume, voxel_size_um=None, prob_thresh=None, nms_thresh=None, refine="gauss",
+                   spot_channel=0, block_size=BLOCK_SIZE_PX, return_instances=False, show_progress=False,
+                   normalized=False):
+    """Points of one volume.
+
+    Parameters
+    ----------
+    model : StarDist3D
+    volume : ndarray (Z, Y, X, C), raw intensities, image px; C == the model's ``n_channel_in``
+        (for temporal models: frames t-1, t, t+1 already stacked as channels, see
+        :func:`model_input`).
+    voxel_size_um : (z, y, x) µm of ``volume``; None: the model's. Another voxel size than the
+        model's is rescaled to it (``scipy.ndimage.zoom``, linear) and points are mapped back.
+    prob_thresh, nms_thresh : None: the model's thresholds.
+    refine : "gauss", "centroid" or "none" (see :func:`refine_points`).
+    spot_channel : channel of ``volume`` refined on (the EGFP channel of the centre frame).
+    normalized : the volume is already normalised (skip :func:`kt_stardist.normalize.normalize`).
+
+    Returns
+    -------
+    DataFrame ``z, y, x`` (float px of ``volume``), ``z_um, y_um, x_um``, ``prob``, sorted;
+    with ``return_instances`` also the instance dict of :func:`detect_instances` (positions
+    in the model's px) and the zoom factors.
+    """
+    facts = model_facts(model)
+    vol = np.asarray(volume)
+    if vol.ndim == 3:
+        vol = vol[..., None]
+    if vol.ndim != 4 or vol.shape[-1] != facts["n_channel_in"]:
+        raise InputError(f"volume of shape {np.shape(volume)} does not fit model {facts['name']}: "
+                         f"it takes {facts['n_channel_in']} channel(s) (Z, Y, X, C)")
+    vs_model = facts["voxel_size_um"]
+    vs_img = vs_model if voxel_size_um is None else tuple(float(v) for v in voxel_size_um)
+    f = zoom_factors(vs_img, vs_model)
+    x = rescale_volume(vol, f)
+    if not normalized:
+        x = normalize(x, voxel_size_um=vs_model)
+    inst = detect_instances(model, x, prob_thresh, nms_thresh, block_size=block_size, voxel_size_um=vs_model,
+                            show_progress=show_progress)
+    pts = inst["points"]
+    if f is not None:
+        pts = points_to_image_px(pts, vol.shape[:3], x.shape[:3])
+    del x
+    pts = refine_points(vol[..., spot_channel], pts, vs_img, method=refine)
+    df = _points_frame(pts, inst["prob"], vs_img)
+    if return_instances:
+        return df, inst, f
+    return df
+
+
+def model_input(frames, t, facts, channel=None):
+    """The model's input for frame ``t`` of a ``(T, Z, Y, X, C)`` array, ``(Z, Y, X, C_in)``.
+
+    1-channel-per-frame models take ``channel`` (default 0) of a multichannel image; temporal
+    models get frames t-1, t, t+1 (first/last repeated at the ends) stacked as channels,
+    frame-major (``[t-1 c0, t-1 c1, t c0, ...]``). Checked: raises :class:`InputError`.
+    """
+    T, C = frames.shape[0], frames.shape[-1]
+    per = facts["n_image_channels"]
+    if per == 1:
+        c = 0 if channel is None else int(channel)
+        if not 0 <= c < C:
+            raise InputError(f"--channel {c} out of range: the image has {C} channel(s)")
+        chans = [c]
+    else:
+        if C != per:
+            raise InputError(f"model {facts['name']} takes {per} channels per frame, the image has {C}")
+        chans = list(range(C))
+    if facts["temporal"]:
+        idx = [min(max(t + d, 0), T - 1) for d in (-1, 0, 1)]
+        return np.concatenate([frames[i][..., chans] for i in idx], axis=-1)
+    return frames[t][..., chans]
+
+
+def check_image_for_model(image, facts, channel=None):
+    """One-line :class:`InputError` when an image's channels or dimensionality do not fit a model."""
+    name = getattr(image, "path", None) or "image"
+    T, C = image.data.shape[0], image.data.shape[-1]
+    per = facts["n_image_channels"]
+    if facts["temporal"] and T < 2:
+        raise InputError(f"{name}: model {facts['name']} is temporal (takes frames t-1, t, t+1) "
+                         f"but the image is a single 3D volume; give a time-lapse (T > 1)")
+    if per > 1 and C != per:
+        raise InputError(f"{name}: image has {C} channel(s), model {facts['name']} takes {per} per frame")
+    if per == 1 and channel is not None and not 0 <= int(channel) < C:
+        raise InputError(f"{name}: --channel {channel} out of range, the image has {C} channel(s)")
+
+
+def predict_image(model, image, voxel_size_um=None, channel=None, prob_thresh=None, nms_thresh=None,
+                  refine="gauss", show_progress=True, labels=False, **kwargs):
+    """Points of every frame of an :class:`kt_stardist.io.Image` (``data`` TZYXC).
+
+    ``voxel_size_um`` overrides the image's; without either the model's voxel size is assumed.
+    Time-lapses (T > 1) get a ``t`` column; temporal models get frames t-1, t, t+1.
+    With ``labels`` also returns an int32 label image (T, Z, Y, X) in image px.
+    """
+    from tqdm.auto import tqdm
+
+    facts = model_facts(model)
+    check_image_for_model(image, facts, channel)
+    vs = voxel_size_um if voxel_size_um is not None else getattr(image, "voxel_size_um", None)
+    data = image.data
+    T = data.shape[0]
+    per = facts["n_image_channels"]
+    spot = 0 if per > 1 else 0
+    # refine on the spot channel of the centre frame
+    spot = per * (1 if facts["temporal"] else 0) + (0 if per > 1 else 0)
+    frames, lab = [], None
+    for t in tqdm(range(T), desc="frames", disable=not show_progress or T == 1):
+        x = model_input(data, t, facts, channel)
+        df, inst, f = predict_volume(model, x, vs, prob_thresh, nms_thresh, refine=refine, spot_channel=spot,
+                                     return_instances=True, show_progress=show_progress and T == 1, **kwargs)
+        if T > 1:
+            df.insert(0, "t", t)
+        frames.append(df)
+        if labels:
+            if lab is None:
+                lab = np.zeros(data.shape[:4], np.int32)
+            lab[t] = render_labels(inst, data.shape[1:4], f)
+    out = pd.concat(frames, ignore_index=True) if frames else _points_frame(np.zeros((0, 3)), [], vs or VOXEL_SIZE_UM)
+    return (out, lab) if labels else out
+
+
+def render_labels(instances, shape_px, factors=None):
+    """Label image (int32, ``shape_px`` image px) of the instances of :func:`detect_instances`
+    (polyhedra drawn by StarDist; rescaled back to image px when the model's voxel size differs)."""
+    from stardist.geometry import polyhedron_to_label
+
+    pts, dist, rays = instances["points"], instances["dist"], instances["rays"]
+    if len(pts) == 0:
+        return np.zeros(shape_px, np.int32)
+    if factors is not None:
+        pts = pts / np.asarray(factors)
+        rays = rays.copy(scale=tuple(1.0 / np.asarray(factors)))
+    return polyhedron_to_label(dist, pts, rays=rays, prob=instances["prob"], shape=tuple(shape_px),
+                               verbose=False).astype(np.int32)
+
+
+def load(path=None):
+    """A StarDist3D model folder (None: the shipped default), via :func:`kt_stardist.model.load_model`
+    when present; raises :class:`InputError` for a folder that is not a model."""
+    try:
+        from kt_stardist.model import load_model
+    except ImportError:  # model module not present (development)
+        load_model = None
+    if load_model is not None:
+        return load_model(path)
+    from pathlib import Path
+
+    if path is None:
+        raise InputError("no --model given and no shipped default model in this build")
+    p = Path(path)
+    if not (p / "config.json").is_file():
+        raise InputError(f"{p}: not a model folder (no config.json)")
+    from stardist.models import StarDist3D
+
+    return StarDist3D(None, name=p.name, basedir=str(p.parent))

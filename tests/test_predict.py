@@ -1,0 +1,231 @@
+"""predict: blocks and ownership, border objects, refinement, rescaling, CLI (3D, 4D, 2 channels).
+
+Block logic is tested with a tiny stand-in model whose probability is the smoothed input (a real
+StarDist NMS runs on it); the CLI runs with a real, random-initialised StarDist3D saved in a tmp
+folder for the plumbing, and with the stand-in for the numbers.
+"""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import ndimage
+
+from kt_stardist import predict as P
+from kt_stardist.errors import InputError
+
+VOX = (0.3, 0.13, 0.13)
+SIGMA_PX = (0.25 / 0.3, 0.11 / 0.13, 0.11 / 0.13)
+
+
+def spots(shape, pts, amp=200.0, bg=100.0, noise=0.0, seed=0, sigma=SIGMA_PX):
+    """Gaussian spots at sub-voxel ``pts`` (px) on a flat background (+ optional Gaussian noise)."""
+    zz, yy, xx = np.meshgrid(*[np.arange(s, dtype=np.float32) for s in shape], indexing="ij")
+    img = np.full(shape, bg, np.float32)
+    for p in np.atleast_2d(pts):
+        img += amp * np.exp(-0.5 * (((zz - p[0]) / sigma[0]) ** 2 + ((yy - p[1]) / sigma[1]) ** 2
+                                    + ((xx - p[2]) / sigma[2]) ** 2))
+    if noise:
+        img += np.random.default_rng(seed).normal(0, noise, shape).astype(np.float32)
+    return img
+
+
+class SpotModel:
+    """Stand-in for StarDist3D: prob = smoothed normalised intensity on the (1, 2, 2) grid,
+    every candidate a 0.5 µm sphere; enough for StarDist's NMS to keep one per spot."""
+
+    def __init__(self, n_channel_in=1, context=(4, 8, 8)):
+        from stardist import Rays_GoldenSpiral
+
+        self.rays = Rays_GoldenSpiral(32, anisotropy=(2.3, 1, 1))
+        self.config = SimpleNamespace(grid=(1, 2, 2), n_channel_in=n_channel_in, rays_json=self.rays.to_json())
+        self.thresholds = SimpleNamespace(prob=0.6, nms=0.3)
+        self.name = "spotmodel"
+        self._context = context
+        self.calls = []
+
+    def _axes_tile_overlap(self, axes):
+        return self._context
+
+    def predict_sparse(self, x, axes=None, prob_thresh=0.5, b=2, show_tile_progress=False):
+        self.calls.append(tuple(x.shape[:3]))
+        c = x.shape[-1] // 3 if x.shape[-1] in (3, 6) else 0  # centre frame of temporal stacks
+        v = ndimage.gaussian_filter(x[..., c].astype(np.float32), 0.5)
+        v = ndimage.maximum_filter(v, (1, 2, 2), origin=(0, -1, -1))  # max over each grid cell
+        v = np.clip(v, 0, None)[:, ::2, ::2]
+        prob = v / (v + 0.2)  # monotonic, no ties
+        inds = prob > prob_thresh
+        pts = np.stack(np.nonzero(inds), 1) * np.array([1, 2, 2])
+        r = np.sqrt(np.sum((self.rays.vertices / np.array([2.5, 3.8, 3.8])) ** 2, axis=1))
+        dist = np.tile((1 / r)[None], (len(pts), 1)).astype(np.float32)
+        return prob[inds], dist, pts
+
+
+def test_block_cover_owned_regions_partition_the_volume():
+    blocks = P.block_cover((40, 300, 250), (64, 128, 128), (6, 10, 10), (8, 16, 16), (1, 2, 2))
+    assert len(blocks) > 4
+    pts = np.random.default_rng(0).uniform(0, 1, (2000, 3)) * np.array([40, 300, 250])
+    counts = np.sum([P.owns(b, pts) for b in blocks], axis=0)
+    assert np.all(counts == 1)
+    # the owned interval is at least min_overlap/2 inside the write region, context beyond
+    for b in blocks:
+        for ax, (lo, hi) in enumerate(b.own):
+            if np.isfinite(lo):
+                assert lo - b.read[ax].start >= 16 + 5
+            if np.isfinite(hi):
+                assert b.read[ax].stop - hi >= 16 + 5
+
+
+def test_detection_on_block_boundary_appears_once_and_border_objects_kept():
+    model = SpotModel()
+    shape = (12, 200, 200)
+    geo = P.block_geometry(model, (64, 64, 64), voxel_size_um=VOX)
+    blocks = P.block_cover(shape, *geo)
+    bounds = sorted({b.own[1][1] for b in blocks if np.isfinite(b.own[1][1])})
+    assert bounds, "expected more than one block along y"
+    yb = bounds[0]
+    truth = np.array([[6, yb, 100.3], [6, yb - 0.5, 40], [6, 0.2, 150], [0.2, 120, 199.6], [11.6, 199.5, 0.4]])
+    x = P.normalize(spots(shape, truth)[..., None], voxel_size_um=VOX)
+    inst = P.detect_instances(model, x, block_size=(64, 64, 64), voxel_size_um=VOX)
+    assert inst["n_blocks"] < inst["n_blocks_total"]  # empty blocks skipped
+    pts = inst["points"]
+    assert len(pts) == len(truth)
+    d = np.linalg.norm((pts[:, None] - truth[None]) * np.array(VOX), axis=2)
+    assert np.all(d.min(0) < 0.35) and np.all(d.min(1) < 0.35)  # µm: NMS centres on the grid
+
+
+def test_refine_beats_grid_positions():
+    rng = np.random.default_rng(1)
+    shape = (15, 31, 31)
+    errs = {"grid": [], "gauss": [], "centroid": []}
+    for _ in range(12):
+        true = np.array([7, 15, 15]) + rng.uniform(-0.5, 0.5, 3)
+        img = spots(shape, true, amp=300, bg=100, noise=8, seed=int(rng.integers(1e6)))
+        start = np.round(true / [1, 2, 2]) * [1, 2, 2]  # NMS centres lie on the (1, 2, 2) grid
+        errs["grid"].append(np.linalg.norm((start - true) * VOX))
+        for m in ("gauss", "centroid"):
+            q = P.refine_points(img, start[None], VOX, method=m)[0]
+            errs[m].append(np.linalg.norm((q - true) * VOX))
+    rms = {k: float(np.sqrt(np.mean(np.square(v)))) for k, v in errs.items()}
+    assert rms["gauss"] < 0.5 * rms["grid"], rms
+    assert rms["gauss"] < 0.04, rms  # µm
+    assert rms["centroid"] < rms["grid"], rms
+
+
+def test_rescaling_maps_points_back_to_image_px():
+    model = SpotModel()
+    vs_img = (0.3, 0.07, 0.07)
+    shape = (12, 160, 150)
+    truth = np.array([[5.3, 40.2, 50.7], [7.0, 120.6, 100.1], [4.5, 80.0, 20.4]])
+    sigma = (0.25 / 0.3, 0.11 / 0.07, 0.11 / 0.07)
+    img = spots(shape, truth, sigma=sigma)[..., None]
+    df, inst, f = P.predict_volume(model, img, vs_img, return_instances=True)
+    assert f is not None and abs(f[1] - 0.07 / 0.13) < 1e-6
+    got = df[["z", "y", "x"]].to_numpy()
+    assert len(got) == 3
+    d = np.linalg.norm((got[:, None] - truth[None]) * np.array(vs_img), axis=2).min(1)
+    assert np.all(d < 0.05), d  # µm, in the image's own px
+    assert np.allclose(df["y_um"], df["y"] * 0.07)
+
+
+def test_mismatch_errors_name_model_and_image():
+    model = SpotModel(n_channel_in=2)
+    facts = P.model_facts(model)
+    img = SimpleNamespace(data=np.zeros((1, 4, 8, 8, 1), np.float32), path="a.tif")
+    with pytest.raises(InputError, match=r"a.tif: image has 1 channel\(s\), model spotmodel takes 2"):
+        P.check_image_for_model(img, facts)
+    tm = SpotModel(n_channel_in=3)
+    with pytest.raises(InputError, match="temporal.*single 3D volume"):
+        P.check_image_for_model(img, P.model_facts(tm))
+    with pytest.raises(InputError, match="--channel 3 out of range"):
+        P.check_image_for_model(SimpleNamespace(data=np.zeros((1, 4, 8, 8, 2)), path="b.tif"),
+                                P.model_facts(SpotModel()), channel=3)
+
+
+def test_temporal_input_repeats_edges():
+    facts = P.model_facts(SpotModel(n_channel_in=3))
+    frames = np.arange(4)[:, None, None, None, None] * np.ones((4, 2, 3, 3, 1))
+    x0 = P.model_input(frames, 0, facts)
+    x3 = P.model_input(frames, 3, facts)
+    assert x0.shape == (2, 3, 3, 3)
+    assert list(x0[0, 0, 0]) == [0, 0, 1] and list(x3[0, 0, 0]) == [2, 3, 3]
+
+
+# ------------------------------------------------------------------------------------------
+# CLI: 3D, 4D and 2-channel files (needs kt_stardist.io)
+# ------------------------------------------------------------------------------------------
+
+TRUTH = np.array([[4.3, 20.2, 30.7], [6.0, 50.6, 12.1], [3.5, 40.0, 52.4]])
+
+
+def _cli(monkeypatch, argv, model):
+    from kt_stardist.cli import main
+
+    monkeypatch.setattr(P, "load", lambda path=None: model)
+    return main(["predict", *argv])
+
+
+def _near_truth(df, vs=VOX):
+    got = df[["z", "y", "x"]].to_numpy()
+    d = np.linalg.norm((got[:, None] - TRUTH[None]) * np.array(vs), axis=2)
+    return len(got) == len(TRUTH) and bool(np.all(d.min(0) < 0.05))
+
+
+def test_cli_3d_4d_and_two_channels(tmp_path, monkeypatch):
+    io = pytest.importorskip("kt_stardist.io")
+    shape = (10, 64, 64)
+    vol = spots(shape, TRUTH, noise=3)
+    io.write_image(tmp_path / "a.tif", vol, axes="ZYX", voxel_size_um=VOX)
+    assert _cli(monkeypatch, [str(tmp_path / "a.tif"), "--out", str(tmp_path / "a.csv")], SpotModel()) == 0
+    df = pd.read_csv(tmp_path / "a.csv")
+    assert list(df.columns[:7]) == ["z", "y", "x", "z_um", "y_um", "x_um", "prob"] and "t" not in df
+    assert _near_truth(df)
+    assert df.sort_values(["z", "y", "x"]).index.tolist() == list(range(len(df)))
+
+    # time-lapse, temporal model (t-1, t, t+1 as channels): every frame
+    tl = np.stack([vol, vol * 0.9 + 10, vol])
+    io.write_image(tmp_path / "b.tif", tl, axes="TZYX", voxel_size_um=VOX)
+    assert _cli(monkeypatch, [str(tmp_path / "b.tif"), "--out-dir", str(tmp_path / "o")], SpotModel(3)) == 0
+    df = pd.read_csv(tmp_path / "o" / "b.csv")
+    assert sorted(df.t.unique()) == [0, 1, 2]
+    assert all(_near_truth(g) for _, g in df.groupby("t"))
+
+    # 2 channels, spots in channel 1 only: --channel 1 finds them, channel 0 (noise) does not
+    two = np.stack([np.random.default_rng(1).normal(100, 3, shape).astype(np.float32), vol], axis=1)
+    io.write_image(tmp_path / "c.tif", two, axes="ZCYX", voxel_size_um=VOX)
+    out = tmp_path / "c.csv"
+    assert _cli(monkeypatch, [str(tmp_path / "c.tif"), "--channel", "1", "--out", str(out)], SpotModel()) == 0
+    assert _near_truth(pd.read_csv(out))
+
+
+def test_cli_real_stardist_model_and_mismatch_error(tmp_path, capsys):
+    io = pytest.importorskip("kt_stardist.io")
+    from stardist import Rays_GoldenSpiral
+    from stardist.models import Config3D, StarDist3D
+
+    from kt_stardist.cli import main
+
+    conf = Config3D(rays=Rays_GoldenSpiral(16, anisotropy=(2.3, 1, 1)), grid=(1, 2, 2), anisotropy=(2.3, 1, 1),
+                    n_channel_in=2, backbone="unet", unet_n_depth=1, unet_n_filter_base=4,
+                    train_patch_size=(8, 32, 32))
+    m = StarDist3D(conf, name="tiny", basedir=str(tmp_path))
+    m.keras_model.save_weights(str(tmp_path / "tiny" / "weights_best.weights.h5"))
+    (tmp_path / "tiny" / "thresholds.json").write_text(json.dumps({"prob": 0.5, "nms": 0.3}))
+    vol = spots((8, 48, 48), TRUTH[:1] / [1, 1.5, 1.5], noise=3)
+    io.write_image(tmp_path / "one.tif", vol, axes="ZYX", voxel_size_um=VOX)
+    rc = main(["predict", str(tmp_path / "one.tif"), "--model", str(tmp_path / "tiny"), "--out", str(tmp_path / "x.csv")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "1 channel" in err[0] and "takes 2" in err[0], err
+    assert not (tmp_path / "x.csv").exists()
+    two = np.stack([vol, vol], axis=1)
+    io.write_image(tmp_path / "two.tif", two, axes="ZCYX", voxel_size_um=VOX)
+    rc = main(["predict", str(tmp_path / "two.tif"), "--model", str(tmp_path / "tiny"), "--out", str(tmp_path / "x.csv"),
+               "--prob-thresh", "0.9", "--labels-out", str(tmp_path / "lab.tif")])
+    assert rc == 0
+    df = pd.read_csv(tmp_path / "x.csv")
+    assert {"z", "y", "x", "prob"} <= set(df.columns) and (df.prob > 0.9).all()
+    assert io.read_image(tmp_path / "lab.tif", check=False).data.shape[1:4] == (8, 48, 48)
