@@ -117,6 +117,7 @@ def _cached_model(model_dir):
 
 
 def run_frame(task: FrameTask, model_dir=None, axes=None, voxel_size_um=None, predict_kwargs=None):
+    # (a worker process: one TensorFlow thread pool per worker, not one per core per worker)
     """Predict one frame and write its part atomically; returns ``(n_points, seconds)``.
 
     Runs on a worker: the model is loaded once per process and cached; the image is opened
@@ -168,7 +169,7 @@ def run_batch(inputs, out_dir, model_dir=None, axes=None, voxel_size_um=None, pr
     Parameters
     ----------
     inputs : list of paths (TIFF, ``file.h5:/dataset``)
-    out_dir : folder for ``parts/`` and the merged CSVs (``<stem>_points.csv``, ``all_points.csv``)
+    out_dir : folder for ``parts/`` and the merged CSVs (``<stem>.csv``, ``all_points.csv``)
     model_dir : model folder, None for the shipped default
     scheduler : address of a running dask scheduler (``tcp://host:port``)
     workers : number of local worker processes (1: in this process, no dask), or jobs for ``cluster``
@@ -223,7 +224,7 @@ def run_batch(inputs, out_dir, model_dir=None, axes=None, voxel_size_um=None, pr
 
 
 def merge(tasks, out_dir):
-    """Write ``<stem>_points.csv`` per input and ``all_points.csv`` from the parts that are done.
+    """Write ``<stem>.csv`` per input and ``all_points.csv`` from the parts that are done.
 
     Returns ``(paths written, number of points)``. An input with a missing frame still gets its
     file (the summary lists the failure); rerunning the batch fills it in.
@@ -240,7 +241,7 @@ def merge(tasks, out_dir):
         if not parts:
             continue
         df = pd.concat(parts, ignore_index=True)
-        dest = out_dir / f"{_stem(path)}_points.csv"
+        dest = out_dir / f"{_stem(path)}.csv"
         write_points(df, dest)
         written.append(str(dest))
         frames.append(df.assign(source=str(path)))

@@ -42,17 +42,12 @@ def model_facts(model) -> dict:
     ``temporal`` (frames t-1, t, t+1 stacked as channels), ``n_image_channels`` (channels per
     frame) and ``thresholds`` (prob, nms).
 
-    Uses :func:`kt_stardist.model.model_info` when that module is present; otherwise the
-    StarDist config (``n_channel_in``; 3 or 6 channels mean temporal context) and the default
-    voxel size.
+    From :func:`kt_stardist.model.model_info` (``model.json``; plain StarDist folders get
+    defaults: 3 or 6 channels mean temporal context, the default voxel size).
     """
-    info = {}
-    try:
-        from kt_stardist.model import model_info
-    except ImportError:  # model module not present (development)
-        model_info = None
-    if model_info is not None:
-        info = dict(model_info(model))
+    from kt_stardist.model import model_info
+
+    info = dict(model_info(model))
     n_in = int(info.get("n_channel_in", getattr(model.config, "n_channel_in", 1)))
     temporal = bool(info.get("temporal", n_in in (3, 6)))
     vs = info.get("voxel_size_um") or VOXEL_SIZE_UM
@@ -323,15 +318,22 @@ def _gauss_fit(vals, coords, start, sigma0, max_shift):
     scale = max(amp0, 1e-6)
 
     def res(q):
-        z, y, x, sz, sy, sx, a, b = q
-        d = ((coords[:, 0] - z) / sz) ** 2 + ((coords[:, 1] - y) / sy) ** 2 + ((coords[:, 2] - x) / sx) ** 2
-        return (b + a * np.exp(-0.5 * d) - vals) / scale
+        c, sg, a, b = q[:3], q[3:6], q[6], q[7]
+        g = np.exp(-0.5 * np.sum(((coords - c) / sg) ** 2, axis=1))
+        return (b + a * g - vals) / scale
+
+    def jac(q):  # analytic: ~10x faster than finite differences
+        c, sg, a = q[:3], q[3:6], q[6]
+        u = (coords - c) / sg
+        g = np.exp(-0.5 * np.sum(u ** 2, axis=1))
+        ag = (a * g)[:, None]
+        return np.hstack([ag * u / sg, ag * u ** 2 / sg, g[:, None], np.ones((len(g), 1))]) / scale
 
     lo = np.r_[start - max_shift, 0.3 * sigma0, 0, -np.inf]
     hi = np.r_[start + max_shift, 3.0 * sigma0, np.inf, np.inf]
     x0 = np.clip(x0, lo + 1e-9, hi - 1e-9)
     try:
-        r = least_squares(res, x0, bounds=(lo, hi), method="trf", x_scale="jac", max_nfev=60)
+        r = least_squares(res, x0, jac=jac, bounds=(lo, hi), method="trf", x_scale="jac", max_nfev=60)
     except Exception:
         return None
     return r.x[:3] if r.success or r.status == 0 else None
@@ -467,23 +469,20 @@ def model_input(frames, t, facts, channel=None):
 
     1-channel-per-frame models take ``channel`` (default 0) of a multichannel image; temporal
     models get frames t-1, t, t+1 (first/last repeated at the ends) stacked as channels,
-    frame-major (``[t-1 c0, t-1 c1, t c0, ...]``). Checked: raises :class:`InputError`.
+    time-major (:func:`kt_stardist.model.model_input`). Checked: raises :class:`InputError`.
     """
-    T, C = frames.shape[0], frames.shape[-1]
-    per = facts["n_image_channels"]
-    if per == 1:
+    from kt_stardist.model import model_input as stack
+
+    C = frames.shape[-1]
+    if facts["n_image_channels"] == 1:
         c = 0 if channel is None else int(channel)
         if not 0 <= c < C:
             raise InputError(f"--channel {c} out of range: the image has {C} channel(s)")
-        chans = [c]
-    else:
-        if C != per:
-            raise InputError(f"model {facts['name']} takes {per} channels per frame, the image has {C}")
-        chans = list(range(C))
-    if facts["temporal"]:
-        idx = [min(max(t + d, 0), T - 1) for d in (-1, 0, 1)]
-        return np.concatenate([frames[i][..., chans] for i in idx], axis=-1)
-    return frames[t][..., chans]
+        frames = frames[..., c:c + 1]
+    elif C != facts["n_image_channels"]:
+        raise InputError(f"model {facts['name']} takes {facts['n_image_channels']} channels per frame, "
+                         f"the image has {C}")
+    return stack(frames, t, temporal=facts["temporal"])
 
 
 def check_image_for_model(image, facts, channel=None):
@@ -500,6 +499,32 @@ def check_image_for_model(image, facts, channel=None):
         raise InputError(f"{name}: --channel {channel} out of range, the image has {C} channel(s)")
 
 
+def _spot_channel(facts):
+    """Input channel holding the spot (EGFP) signal of the centre frame (time-major stacking)."""
+    return facts["n_image_channels"] if facts["temporal"] else 0
+
+
+def predict_frame(model, image, t, voxel_size_um=None, channel=None, prob_thresh=None, nms_thresh=None,
+                  refine="gauss", show_progress=False, return_instances=False, **kwargs):
+    """Points of frame ``t`` of an :class:`kt_stardist.io.Image` (``data`` TZYXC, may be lazy:
+    only frames t-1, t, t+1 are read). Returns a DataFrame ``t, z, y, x`` (image px),
+    ``z_um, y_um, x_um``, ``prob``; with ``return_instances`` also the instances and zoom factors.
+    """
+    facts = model_facts(model)
+    check_image_for_model(image, facts, channel)
+    vs = voxel_size_um if voxel_size_um is not None else getattr(image, "voxel_size_um", None)
+    T = image.data.shape[0]
+    idx = sorted({min(max(t + d, 0), T - 1) for d in ((-1, 0, 1) if facts["temporal"] else (0,))})
+    frames = np.stack([np.asarray(image.frame(i)) if hasattr(image, "frame") else np.asarray(image.data[i])
+                       for i in idx])
+    x = model_input(frames, idx.index(t), facts, channel)
+    df, inst, f = predict_volume(model, x, vs, prob_thresh, nms_thresh, refine=refine,
+                                 spot_channel=_spot_channel(facts), return_instances=True,
+                                 show_progress=show_progress, **kwargs)
+    df.insert(0, "t", int(t))
+    return (df, inst, f) if return_instances else df
+
+
 def predict_image(model, image, voxel_size_um=None, channel=None, prob_thresh=None, nms_thresh=None,
                   refine="gauss", show_progress=True, labels=False, **kwargs):
     """Points of every frame of an :class:`kt_stardist.io.Image` (``data`` TZYXC).
@@ -512,26 +537,18 @@ def predict_image(model, image, voxel_size_um=None, channel=None, prob_thresh=No
 
     facts = model_facts(model)
     check_image_for_model(image, facts, channel)
-    vs = voxel_size_um if voxel_size_um is not None else getattr(image, "voxel_size_um", None)
-    data = image.data
-    T = data.shape[0]
-    per = facts["n_image_channels"]
-    spot = 0 if per > 1 else 0
-    # refine on the spot channel of the centre frame
-    spot = per * (1 if facts["temporal"] else 0) + (0 if per > 1 else 0)
+    T = image.data.shape[0]
     frames, lab = [], None
     for t in tqdm(range(T), desc="frames", disable=not show_progress or T == 1):
-        x = model_input(data, t, facts, channel)
-        df, inst, f = predict_volume(model, x, vs, prob_thresh, nms_thresh, refine=refine, spot_channel=spot,
-                                     return_instances=True, show_progress=show_progress and T == 1, **kwargs)
-        if T > 1:
-            df.insert(0, "t", t)
-        frames.append(df)
+        df, inst, f = predict_frame(model, image, t, voxel_size_um, channel, prob_thresh, nms_thresh,
+                                    refine=refine, show_progress=show_progress and T == 1,
+                                    return_instances=True, **kwargs)
+        frames.append(df if T > 1 else df.drop(columns="t"))
         if labels:
             if lab is None:
-                lab = np.zeros(data.shape[:4], np.int32)
-            lab[t] = render_labels(inst, data.shape[1:4], f)
-    out = pd.concat(frames, ignore_index=True) if frames else _points_frame(np.zeros((0, 3)), [], vs or VOXEL_SIZE_UM)
+                lab = np.zeros(image.data.shape[:4], np.int32)
+            lab[t] = render_labels(inst, image.data.shape[1:4], f)
+    out = pd.concat(frames, ignore_index=True)
     return (out, lab) if labels else out
 
 
@@ -551,21 +568,7 @@ def render_labels(instances, shape_px, factors=None):
 
 
 def load(path=None):
-    """A StarDist3D model folder (None: the shipped default), via :func:`kt_stardist.model.load_model`
-    when present; raises :class:`InputError` for a folder that is not a model."""
-    try:
-        from kt_stardist.model import load_model
-    except ImportError:  # model module not present (development)
-        load_model = None
-    if load_model is not None:
-        return load_model(path)
-    from pathlib import Path
+    """A model folder (None: the shipped default); see :func:`kt_stardist.model.load_model`."""
+    from kt_stardist.model import load_model
 
-    if path is None:
-        raise InputError("no --model given and no shipped default model in this build")
-    p = Path(path)
-    if not (p / "config.json").is_file():
-        raise InputError(f"{p}: not a model folder (no config.json)")
-    from stardist.models import StarDist3D
-
-    return StarDist3D(None, name=p.name, basedir=str(p.parent))
+    return load_model(path)

@@ -26,6 +26,14 @@ def add_arguments(p):
     p.add_argument("--nms-thresh", type=float, metavar="T", help="NMS overlap threshold (default: model's)")
     p.add_argument("--refine", choices=["gauss", "centroid", "none"], default="gauss",
                    help="sub-voxel refinement (default gauss)")
+    b = p.add_argument_group("batch (with --out-dir: one task per frame, resumable, on dask)")
+    b.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="local worker processes (default 1: in this process); jobs with --cluster")
+    b.add_argument("--scheduler", metavar="ADDRESS", help="a running dask scheduler, e.g. tcp://host:8786")
+    b.add_argument("--cluster", choices=["slurm", "pbs", "sge", "lsf"],
+                   help="start workers through dask-jobqueue (pip install dask-jobqueue)")
+    b.add_argument("--cluster-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="dask-jobqueue option, e.g. queue=gpu, memory=16GB, walltime=01:00:00 (repeat)")
 
 
 def _out_path(args, image_path):
@@ -56,6 +64,11 @@ def run(args) -> int:
     if args.nms_thresh is not None and not 0 < args.nms_thresh < 1:
         raise InputError(f"--nms-thresh must be in (0, 1), got {args.nms_thresh}")
 
+    if args.out_dir and not args.labels_out:
+        return _run_batch(args)
+    if args.workers != 1 or args.scheduler or args.cluster:
+        raise InputError("--workers/--scheduler/--cluster need --out-dir DIR")
+
     from kt_stardist import io
     from kt_stardist import predict as P
 
@@ -82,3 +95,30 @@ def run(args) -> int:
         print(f"{path}: {len(df)} points" + (f" in {n_t} frames" if n_t > 1 else "") + f" -> {out}",
               file=sys.stderr)
     return 0
+
+
+def _run_batch(args) -> int:
+    """--out-dir: every frame of every IMAGE as its own task, resumable (kt_stardist.distributed)."""
+    import sys
+
+    from kt_stardist import distributed, io
+    from kt_stardist.errors import InputError
+
+    if args.workers < 1:
+        raise InputError(f"--workers must be at least 1, got {args.workers}")
+    opts = {}
+    for kv in args.cluster_option:
+        if "=" not in kv:
+            raise InputError(f"--cluster-option: expected KEY=VALUE, got {kv!r}")
+        k, v = kv.split("=", 1)
+        opts[k.strip()] = v.strip()
+    vs = io.check_voxel_size(args.voxel_size) if args.voxel_size else None
+    kw = dict(channel=args.channel, prob_thresh=args.prob_thresh, nms_thresh=args.nms_thresh, refine=args.refine)
+    summary = distributed.run_batch(args.images, args.out_dir, model_dir=args.model, axes=args.axes,
+                                    voxel_size_um=vs, predict_kwargs=kw, scheduler=args.scheduler,
+                                    workers=args.workers, cluster=args.cluster, cluster_kwargs=opts)
+    for line in summary.lines():
+        print(line, file=sys.stderr)
+    for path in summary.outputs:
+        print(f"-> {path}", file=sys.stderr)
+    return 1 if summary.failures else 0
