@@ -8,11 +8,14 @@
 4. copy the model folder (config, weights_best, thresholds, model.json, history, evaluation)
    into the package. Work files (TensorBoard logs, weights_last) stay in ``--work``.
 
-Why from scratch by default: a 25-step nuclei pretraining followed by 360 finetuning steps
-left the probability map flat (max 0.07, validation F1 0), while from scratch the
-probability loss left the background plateau within 60 steps.
+Status (2026-11-25, 2 shared CPU cores, ~3-6 s/step): NOT yet trained to a usable model.
+Two runs left the probability map flat (no peaks at the spots, validation point F1 0):
+25 pretraining + 360 finetuning steps with transfer (patch 24x64x64, full augmentation), and
+300 steps from scratch (these defaults except --epochs 10). The earlier measurement that
+reached F1 0.97 needed 600 steps, so the default is now 20 epochs x 30 steps (~45-60 min here);
+check ``thresholds_search.csv`` (tp > 0) before shipping.
 
-    python scripts/train_default_model.py                 # ~35 min on 2 shared cores
+    python scripts/train_default_model.py                 # ~45-60 min on 2 shared cores
     python scripts/train_default_model.py --resume        # continue an interrupted run
     python scripts/train_default_model.py --skip-training # evaluate + ship an existing work folder
     python scripts/train_default_model.py --evaluate-only # re-evaluate the shipped model
@@ -48,7 +51,7 @@ def main(argv=None):
     ap.add_argument("--val", type=int, default=4, help="simulated validation volumes")
     ap.add_argument("--patch", type=int, nargs=3, default=(16, 64, 64), metavar=("Z", "Y", "X"))
     ap.add_argument("--shape", type=int, nargs=3, default=(32, 128, 128), metavar=("Z", "Y", "X"))
-    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--steps-per-epoch", type=int, default=30)
     ap.add_argument("--freeze", type=int, default=0)
     ap.add_argument("--channels", type=int, default=1)
