@@ -567,7 +567,8 @@ def pretrain(out, *, config="example-nuclei-48", data="example", epochs=10, step
 def finetune(out, *, from_model=None, config="kt-default", n_rays=None, grid=None, channels=None, images=(),
              points=(), simulate=0, sim_shape=(32, 128, 128), val_fraction=0.2, n_val_sim=None, epochs=20,
              steps_per_epoch=50, freeze=0, seed=0, lr=LEARNING_RATE, patch_size=None, batch_size=None,
-             patience=10, resume=False, tensorboard=True, progress=True, randomize=True, axes=None, **overrides):
+             patience=10, resume=False, tensorboard=True, progress=True, randomize=True, axes=None, augment=None,
+             **overrides):
     """Finetune on kinetochores: user (image, points) pairs and/or ``simulate`` simulated volumes.
 
     Points become sphere labels of the config's label radius (µm). Weights come from
@@ -588,6 +589,7 @@ def finetune(out, *, from_model=None, config="kt-default", n_rays=None, grid=Non
     val_fraction : share of user pairs held out for validation; simulations add
         ``n_val_sim`` (default max(2, simulate // 5)) validation volumes of their own
     epochs, steps_per_epoch, freeze : training length; ``freeze`` epochs with the backbone fixed
+    augment : keyword arguments of :func:`make_augmenter` (default: its defaults)
 
     Returns
     -------
@@ -647,7 +649,7 @@ def finetune(out, *, from_model=None, config="kt-default", n_rays=None, grid=Non
             transfer = transfer_weights(from_model, model, log=_log)
             update_info(model, transferred_from=str(from_model), transfer=transfer)
     fresh = transfer["fresh"] if transfer else model.kt_info.get("transfer", {}).get("fresh", ())
-    aug = make_augmenter()
+    aug = make_augmenter(**(augment or {}))
     hist = fit(model, X, Y, X_val, Y_val, epochs=epochs, steps_per_epoch=steps_per_epoch, lr=lr, augmenter=aug,
                seed=seed, freeze_epochs=freeze if (from_model is not None or fresh) else 0, fresh=fresh,
                patience=patience,

@@ -50,7 +50,8 @@ def main(argv=None):
         model, rep = train.finetune(work / mode, from_model=from_model, config="kt-default", n_rays=a.rays,
                                     simulate=a.simulate, n_val_sim=a.val, epochs=epochs,
                                     steps_per_epoch=a.steps_per_epoch, seed=a.seed, patience=0,
-                                    tensorboard=False)
+                                    tensorboard=False, patch_size=(16, 64, 64),
+                                    augment=dict(gamma=None, noise=0.02, offset=0.05))
         secs = time.time() - t0
         ev = train.evaluate_simulated(model, snrs=a.snr, n=a.eval_volumes)
         row = dict(mode=mode, steps=rep["steps"], s_per_step=secs / max(rep["steps"], 1),
