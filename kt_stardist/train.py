@@ -123,21 +123,27 @@ def read_pairs(image_paths, points_paths, n_fluor=1, temporal=False, axes=None):
 
 
 def simulated_pairs(n, shape_px, seed, n_fluor=1, temporal=False, randomize=True):
-    """``n`` simulated (image ZYXC, points (N, 3) px, voxel size µm) from ``simulate.training_pairs``."""
-    from itertools import islice
+    """``n`` simulated (image ZYXC, points (N, 3) px, voxel size µm) from ``simulate.training_pairs``.
 
+    ``randomize``: True — every volume domain-randomised; False — SNR presets easy, mid, hard in
+    turn; a fraction in (0, 1) — that share randomised, the rest presets (a curriculum that keeps
+    enough clearly visible spots for the network to start learning from).
+    """
     from kt_stardist.io import points_zyx
     from kt_stardist.simulate import training_pairs
 
     if n <= 0:
         return []
-    gen = training_pairs(tuple(shape_px), seed=seed, randomize=randomize, channels=n_fluor, temporal=temporal)
+    share = 1.0 if randomize is True else 0.0 if randomize is False else float(randomize)
+    n_rand = int(round(n * share))
+    gens = [training_pairs(tuple(shape_px), seed=[seed, 0], randomize=True, channels=n_fluor, temporal=temporal)]
+    gens += [training_pairs(tuple(shape_px), seed=[seed, k + 1], randomize=False, snr=snr, channels=n_fluor,
+                            temporal=temporal) for k, snr in enumerate(("easy", "mid", "hard"))]
+    picks = [0] * n_rand + [1 + i % 3 for i in range(n - n_rand)]
     out = []
-    for img, df in islice(gen, int(n)):
-        img = np.asarray(img, np.float32)
-        if temporal and n_fluor > 1:  # simulate stacks channel-major; models take time-major
-            img = img[..., [c * 3 + t for t in range(3) for c in range(n_fluor)]]
-        out.append((img, points_zyx(df), VOXEL_SIZE_UM))
+    for g in picks:
+        img, df = next(gens[g])
+        out.append((np.asarray(img, np.float32), points_zyx(df), VOXEL_SIZE_UM))
     return out
 
 

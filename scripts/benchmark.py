@@ -52,11 +52,7 @@ def main():
     from kt_stardist.evaluate import match_points
 
     vox = _simdata.VOX
-    try:
-        from kt_stardist.simulate import SNR_PRESETS
-        snrs = list(SNR_PRESETS)
-    except ImportError:
-        snrs = list(_simdata.AMPS)
+    snrs = list(_simdata.PRESETS)
     shape = tuple(a.shape)
     model = P.load(a.model)
 

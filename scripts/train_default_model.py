@@ -47,12 +47,15 @@ def main(argv=None):
     ap.add_argument("--pretrain", action="store_true", help="pretrain on example nuclei and transfer")
     ap.add_argument("--name", default="finetune", help="training folder name inside --work")
     ap.add_argument("--skip-training", action="store_true", help="use the trained folder in --work")
-    ap.add_argument("--simulate", type=int, default=24, help="simulated training volumes")
+    ap.add_argument("--simulate", type=int, default=32, help="simulated training volumes")
+    ap.add_argument("--filters", type=int, default=None, help="U-Net base filters (default: the config's)")
+    ap.add_argument("--randomize", type=float, default=0.5,
+                    help="share of domain-randomised volumes; the rest are SNR presets easy/mid/hard")
     ap.add_argument("--val", type=int, default=4, help="simulated validation volumes")
-    ap.add_argument("--patch", type=int, nargs=3, default=(16, 64, 64), metavar=("Z", "Y", "X"))
+    ap.add_argument("--patch", type=int, nargs=3, default=(24, 64, 64), metavar=("Z", "Y", "X"))
     ap.add_argument("--shape", type=int, nargs=3, default=(32, 128, 128), metavar=("Z", "Y", "X"))
     ap.add_argument("--epochs", type=int, default=20)
-    ap.add_argument("--steps-per-epoch", type=int, default=30)
+    ap.add_argument("--steps-per-epoch", type=int, default=40)
     ap.add_argument("--freeze", type=int, default=0)
     ap.add_argument("--channels", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
@@ -78,7 +81,8 @@ def main(argv=None):
         model, rep = train.finetune(src, from_model=pre, config="kt-default", channels=a.channels,
                                     simulate=a.simulate, n_val_sim=a.val, sim_shape=tuple(a.shape),
                                     patch_size=tuple(a.patch), epochs=a.epochs, steps_per_epoch=a.steps_per_epoch,
-                                    freeze=a.freeze, seed=a.seed, resume=a.resume, patience=0,
+                                    freeze=a.freeze, seed=a.seed, resume=a.resume, patience=0, randomize=a.randomize,
+                                    **({"unet_n_filter_base": a.filters} if a.filters else {}),
                                     augment=dict(gamma=None, noise=0.02, offset=0.05))
         n_steps = rep["steps"]
         print(f"training done: {n_steps} steps in {time.time() - t1:.0f} s "
