@@ -176,7 +176,7 @@ def _near_truth(df, vs=VOX):
 
 
 def test_cli_3d_4d_and_two_channels(tmp_path, monkeypatch):
-    io = pytest.importorskip("kt_stardist.io")
+    from kt_stardist import io
     shape = (10, 64, 64)
     vol = spots(shape, TRUTH, noise=3)
     io.write_image(tmp_path / "a.tif", vol, axes="ZYX", voxel_size_um=VOX)
@@ -203,7 +203,7 @@ def test_cli_3d_4d_and_two_channels(tmp_path, monkeypatch):
 
 
 def test_cli_real_stardist_model_and_mismatch_error(tmp_path, capsys):
-    io = pytest.importorskip("kt_stardist.io")
+    from kt_stardist import io
     from stardist import Rays_GoldenSpiral
     from stardist.models import Config3D, StarDist3D
 
