@@ -111,23 +111,24 @@ def plan(inputs, out_dir, axes=None, voxel_size_um=None):
 
 @functools.lru_cache(maxsize=4)
 def _cached_model(model_dir):
-    from kt_stardist.model import load_model
+    """The model of a worker process, loaded once and kept."""
+    from kt_stardist.predict import load
 
-    return load_model(model_dir)
+    return load(model_dir)
 
 
-def run_frame(task: FrameTask, model_dir=None, axes=None, voxel_size_um=None, predict_kwargs=None):
-    # (a worker process: one TensorFlow thread pool per worker, not one per core per worker)
+def run_frame(task: FrameTask, model_dir=None, axes=None, voxel_size_um=None, predict_kwargs=None, model=None):
     """Predict one frame and write its part atomically; returns ``(n_points, seconds)``.
 
-    Runs on a worker: the model is loaded once per process and cached; the image is opened
-    lazily and only the frames needed are read.
+    On a worker the model is loaded once per process and cached (``model`` None); the image is
+    opened lazily and only the frames needed are read.
     """
     from kt_stardist.io import read_image, write_points
     from kt_stardist.predict import predict_frame
 
     t0 = time.perf_counter()
-    model = _cached_model(None if model_dir is None else str(model_dir))
+    if model is None:
+        model = _cached_model(None if model_dir is None else str(model_dir))
     image = read_image(task.path, axes=axes, voxel_size_um=voxel_size_um, lazy=True)
     df = predict_frame(model, image, task.t, **(predict_kwargs or {}))
     df = df.assign(t=task.t)
@@ -190,9 +191,12 @@ def run_batch(inputs, out_dir, model_dir=None, axes=None, voxel_size_um=None, pr
     client, cluster_obj = _client(scheduler, workers, cluster, cluster_kwargs)
     try:
         if client is None:
+            from kt_stardist.predict import load
+
+            model = load(kw["model_dir"]) if todo else None
             for tk in todo:
                 try:
-                    run_frame(tk, **kw)
+                    run_frame(tk, **kw, model=model)
                     summary.computed += 1
                 except KtError as e:
                     summary.failures.append((tk.path, tk.t, str(e)))
