@@ -144,7 +144,7 @@ def _client(scheduler=None, workers=1, cluster=None, cluster_kwargs=None):
     from dask.distributed import Client, LocalCluster
 
     if scheduler is not None:
-        return Client(scheduler, set_as_default=False), None
+        return Client(scheduler), None
     if cluster is not None:
         try:
             import dask_jobqueue
@@ -157,10 +157,10 @@ def _client(scheduler=None, workers=1, cluster=None, cluster_kwargs=None):
         kw.update(cluster_kwargs or {})
         c = getattr(dask_jobqueue, kinds[cluster])(**kw)
         c.scale(jobs=max(1, workers or 1))
-        return Client(c, set_as_default=False), c
+        return Client(c), c
     c = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                      host="127.0.0.1", dashboard_address=None)
-    return Client(c, set_as_default=False), c
+    return Client(c), c
 
 
 def run_batch(inputs, out_dir, model_dir=None, axes=None, voxel_size_um=None, predict_kwargs=None,
