@@ -193,6 +193,12 @@ def test_cli_3d_4d_and_two_channels(tmp_path, monkeypatch):
     df = pd.read_csv(tmp_path / "o" / "b.csv")
     assert sorted(df.t.unique()) == [0, 1, 2]
     assert all(_near_truth(g) for _, g in df.groupby("t"))
+    # chained: sister pairs and tracks in the same command
+    assert _cli(monkeypatch, [str(tmp_path / "b.tif"), "--out", str(tmp_path / "bt.csv"), "--pairs", "--track"],
+                SpotModel(3)) == 0
+    bt = pd.read_csv(tmp_path / "bt.csv")
+    assert {"pair_id", "sister", "track_id"} <= set(bt.columns)
+    assert bt.track_id.notna().all() and len(bt) == 3 * len(TRUTH)
 
     # 2 channels, spots in channel 1 only: --channel 1 finds them, channel 0 (noise) does not
     two = np.stack([np.random.default_rng(1).normal(100, 3, shape).astype(np.float32), vol], axis=1)

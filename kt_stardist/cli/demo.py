@@ -18,6 +18,9 @@ def add_arguments(parser):
                         help="SNR preset of the simulation (default mid)")
     parser.add_argument("--seed", type=int, default=2026, help="simulation seed (default 2026)")
     parser.add_argument("--model", default=None, metavar="DIR", help="model folder (default: the shipped model)")
+    parser.add_argument("--detector", default="auto", choices=["auto", "model", "log"],
+                        help="auto: the model when one is available, else the LoG baseline (tuned on "
+                             "separate simulations); model; log (default auto)")
 
 
 def run(args) -> int:
@@ -51,18 +54,26 @@ def run(args) -> int:
     io.write_image(image_path, movie, axes="TZYXC", voxel_size_um=VOXEL_SIZE_UM)
     io.write_points(truth, truth_path, voxel_size_um=VOXEL_SIZE_UM)
 
-    step("loading the model (TensorFlow)")
-    from kt_stardist.model import load_model, model_info
+    from kt_stardist.model import DEFAULT_MODEL_DIR
     from kt_stardist.pairs import assign_pairs, pairs_table
-    from kt_stardist.predict import predict_image
     from kt_stardist.tracks import track_points, write_trackmate_xml
 
-    model = load_model(args.model)
-    info = model_info(model)
     image = io.read_image(image_path)
-    step(f"finding kinetochores with model {info.get('name', model.name)}")
-    points = predict_image(model, image, channel=0, show_progress=True)
+    use_model = args.detector == "model" or (
+        args.detector == "auto" and (args.model is not None or (DEFAULT_MODEL_DIR / "config.json").is_file()))
+    if use_model:
+        step("loading the model (TensorFlow)")
+        from kt_stardist.model import load_model, model_info
+        from kt_stardist.predict import predict_image
 
+        model = load_model(args.model)
+        info = model_info(model)
+        step(f"finding kinetochores with model {info.get('name', model.name)}")
+        points = predict_image(model, image, channel=0, show_progress=True)
+        detector = {"model": str(getattr(model, "logdir", args.model)),
+                    "thresholds": {"prob": float(model.thresholds.prob), "nms": float(model.thresholds.nms)}}
+    else:
+        points, detector = _log_baseline(image, args.seed, step)
     step("pairing sisters and tracking")
     vs = image.voxel_size_um or VOXEL_SIZE_UM
     points = assign_pairs(points, voxel_size_um=vs)
@@ -80,9 +91,7 @@ def run(args) -> int:
     step("writing the report")
     from kt_stardist.report import write_report
 
-    thresholds = {"prob": float(model.thresholds.prob), "nms": float(model.thresholds.nms)}
-    meta = {"model": str(getattr(model, "logdir", info.get("name", ""))), "thresholds": thresholds,
-            "command": " ".join(["kt-stardist", "demo"] + sys.argv[2:]),
+    meta = {**detector, "command": " ".join(["kt-stardist", "demo"] + sys.argv[2:]),
             "simulation": f"{args.frames} frames, {args.shape} px, SNR {args.snr}, seed {args.seed}"}
     report = write_report(out / "report", image.data, vs, points, gt_df=truth, pair_table=ptable, meta=meta,
                           title="kt-stardist demo")
@@ -101,3 +110,31 @@ def run(args) -> int:
     print(f"files:  {out.resolve()} (demo_timelapse.tif, truth.csv, points.csv, pairs.csv, tracks.xml)")
     step("done")
     return 0
+
+
+def _log_baseline(image, seed, step):
+    """Points of every frame by the LoG baseline, its threshold tuned on separate simulations
+    (used when no trained model is available)."""
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from kt_stardist import baselines, simulate
+    from kt_stardist.defaults import VOXEL_SIZE_UM
+
+    step("no trained model available: using the LoG baseline detector "
+         "(threshold tuned on 3 separate simulated volumes)")
+    tune = [simulate.simulate_volume(image.shape_zyx, seed=[seed, 1000 + i], snr=snr, layout="real")
+            for i, snr in enumerate(("easy", "mid", "hard"))]
+    thr, f1 = baselines.tune_log_threshold([v[..., 0] for v, _ in tune],
+                                           [p[["z", "y", "x"]].to_numpy(float) for _, p in tune])
+    vs = image.voxel_size_um or VOXEL_SIZE_UM
+    frames = []
+    for t in tqdm(range(image.n_frames), desc="frames"):
+        df = baselines.log_detect(image.frame(t)[..., 0], vs, threshold=thr)
+        df.insert(0, "t", t)
+        frames.append(df)
+    points = pd.concat(frames, ignore_index=True)
+    for c, v in zip("zyx", vs):
+        points[f"{c}_um"] = points[c] * v
+    return points, {"model": "LoG baseline (kt_stardist.baselines.log_detect); no trained model available",
+                    "thresholds": {"log": thr, "tuning F1": f1}}

@@ -26,6 +26,8 @@ def add_arguments(p):
     p.add_argument("--nms-thresh", type=float, metavar="T", help="NMS overlap threshold (default: model's)")
     p.add_argument("--refine", choices=["gauss", "centroid", "none"], default="gauss",
                    help="sub-voxel refinement (default gauss)")
+    p.add_argument("--pairs", action="store_true", help="also assign sister pairs (pair_id, sister), as `pairs`")
+    p.add_argument("--track", action="store_true", help="also link points over frames (track_id), as `track`")
     b = p.add_argument_group("batch (with --out-dir: one task per frame, resumable, on dask)")
     b.add_argument("--workers", type=int, default=1, metavar="N",
                    help="local worker processes (default 1: in this process); jobs with --cluster")
@@ -64,7 +66,7 @@ def run(args) -> int:
     if args.nms_thresh is not None and not 0 < args.nms_thresh < 1:
         raise InputError(f"--nms-thresh must be in (0, 1), got {args.nms_thresh}")
 
-    if args.out_dir and not args.labels_out:
+    if args.out_dir and not args.labels_out and not (args.pairs or args.track):
         return _run_batch(args)
     if args.workers != 1 or args.scheduler or args.cluster:
         raise InputError("--workers/--scheduler/--cluster need --out-dir DIR")
@@ -86,6 +88,7 @@ def run(args) -> int:
                               prob_thresh=args.prob_thresh, nms_thresh=args.nms_thresh,
                               refine=args.refine, labels=bool(args.labels_out))
         df, lab = res if args.labels_out else (res, None)
+        df = _chain(df, args, vs)
         out = _out_path(args, path)
         io.write_points(df, out, voxel_size_um=vs)
         if lab is not None:
@@ -95,6 +98,19 @@ def run(args) -> int:
         print(f"{path}: {len(df)} points" + (f" in {n_t} frames" if n_t > 1 else "") + f" -> {out}",
               file=sys.stderr)
     return 0
+
+
+def _chain(df, args, voxel_size_um):
+    """--pairs / --track: sister pairs and tracks on the detections (pairs first, then tracks)."""
+    if args.pairs and len(df):
+        from kt_stardist.pairs import assign_pairs
+
+        df = assign_pairs(df, voxel_size_um=voxel_size_um)
+    if args.track and len(df):
+        from kt_stardist.tracks import track_points
+
+        df = track_points(df if "t" in df else df.assign(t=0), voxel_size_um=voxel_size_um)
+    return df
 
 
 def _run_batch(args) -> int:
