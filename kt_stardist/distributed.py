@@ -62,9 +62,11 @@ class BatchSummary:
             yield f"  failed: {where}: {err}"
 
 
-def _stem(path: str) -> str:
-    name = Path(str(path).split(":")[0] if ".h5:" in str(path) else str(path)).name
-    for suf in (".ome.tif", ".ome.tiff", ".tiff", ".tif", ".h5", ".hdf5"):
+def file_stem(path) -> str:
+    """Name of an image file without folder and image suffix (``a/cell1.ome.tif`` → ``cell1``,
+    ``b/movie.h5:/raw`` → ``movie``): the name its output CSVs get."""
+    name = Path(str(path).split(".h5:")[0]).name
+    for suf in (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".hdf5", ".h5"):
         if name.lower().endswith(suf):
             return name[: -len(suf)]
     return name
@@ -72,7 +74,7 @@ def _stem(path: str) -> str:
 
 def part_path(out_dir, path, t) -> Path:
     """Where the points of frame ``t`` of ``path`` go."""
-    return Path(out_dir) / "parts" / _stem(path) / f"t{int(t):05d}.csv"
+    return Path(out_dir) / "parts" / file_stem(path) / f"t{int(t):05d}.csv"
 
 
 def part_is_done(part) -> bool:
@@ -94,7 +96,7 @@ def plan(inputs, out_dir, axes=None, voxel_size_um=None):
 
     stems = {}
     for p in inputs:
-        s = _stem(p)
+        s = file_stem(p)
         if s in stems:
             raise InputError(f"{p}: same file name as {stems[s]}; outputs would collide")
         stems[s] = p
@@ -245,7 +247,7 @@ def merge(tasks, out_dir):
         if not parts:
             continue
         df = pd.concat(parts, ignore_index=True)
-        dest = out_dir / f"{_stem(path)}.csv"
+        dest = out_dir / f"{file_stem(path)}.csv"
         write_points(df, dest)
         written.append(str(dest))
         frames.append(df.assign(source=str(path)))

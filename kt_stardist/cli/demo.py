@@ -133,8 +133,6 @@ def _log_baseline(image, seed, step):
         df = baselines.log_detect(image.frame(t)[..., 0], vs, threshold=thr)
         df.insert(0, "t", t)
         frames.append(df)
-    points = pd.concat(frames, ignore_index=True)
-    for c, v in zip("zyx", vs):
-        points[f"{c}_um"] = points[c] * v
+    points = pd.concat(frames, ignore_index=True)  # io.write_points adds z_um, y_um, x_um
     return points, {"model": "LoG baseline (kt_stardist.baselines.log_detect); no trained model available",
                     "thresholds": {"log": thr, "tuning F1": f1}}

@@ -41,14 +41,11 @@ def add_arguments(p):
 def _out_path(args, image_path):
     from pathlib import Path
 
+    from kt_stardist.distributed import file_stem
+
     if args.out:
         return Path(args.out)
-    name = Path(str(image_path).split(".h5:")[0]).name
-    for suf in (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".h5"):
-        if name.lower().endswith(suf):
-            name = name[: -len(suf)]
-            break
-    return Path(args.out_dir) / f"{name}.csv"
+    return Path(args.out_dir) / f"{file_stem(image_path)}.csv"
 
 
 def run(args) -> int:
