@@ -122,28 +122,37 @@ def read_pairs(image_paths, points_paths, n_fluor=1, temporal=False, axes=None):
     return pairs
 
 
-def simulated_pairs(n, shape_px, seed, n_fluor=1, temporal=False, randomize=True):
-    """``n`` simulated (image ZYXC, points (N, 3) px, voxel size µm) from ``simulate.training_pairs``.
+#: simulated training mix: SNR presets and ``"random"`` (domain-randomised), cycled in this order
+SIM_SNRS = ("easy", "mid", "random", "hard")
+#: presets the warm-up epochs train on (spots clearly visible: a network starting from scratch
+#: on the full mix keeps its probability map flat for hundreds of steps)
+WARMUP_SNRS = ("easy", "mid")
 
-    ``randomize``: True — every volume domain-randomised; False — SNR presets easy, mid, hard in
-    turn; a fraction in (0, 1) — that share randomised, the rest presets (a curriculum that keeps
-    enough clearly visible spots for the network to start learning from).
+
+def simulated_pairs(n, shape_px, seed, n_fluor=1, temporal=False, snrs=SIM_SNRS):
+    """``n`` simulated (image ZYXC, points (N, 3) px, voxel size µm, snr) from ``simulate.training_pairs``.
+
+    ``snrs``: the kinds of volume, cycled: SNR preset names (``easy``, ``mid``, ``hard``,
+    ``very_hard``) or ``random`` (every parameter drawn from wide ranges, incl. bright uneven
+    background). Each kind has its own reproducible stream of seeds.
     """
     from kt_stardist.io import points_zyx
-    from kt_stardist.simulate import training_pairs
+    from kt_stardist.simulate import SNR_PRESETS, training_pairs
 
     if n <= 0:
         return []
-    share = 1.0 if randomize is True else 0.0 if randomize is False else float(randomize)
-    n_rand = int(round(n * share))
-    gens = [training_pairs(tuple(shape_px), seed=[seed, 0], randomize=True, channels=n_fluor, temporal=temporal)]
-    gens += [training_pairs(tuple(shape_px), seed=[seed, k + 1], randomize=False, snr=snr, channels=n_fluor,
-                            temporal=temporal) for k, snr in enumerate(("easy", "mid", "hard"))]
-    picks = [0] * n_rand + [1 + i % 3 for i in range(n - n_rand)]
+    snrs = (snrs,) if isinstance(snrs, str) else tuple(snrs)
+    bad = [s for s in snrs if s != "random" and s not in SNR_PRESETS]
+    if not snrs or bad:
+        raise InputError(f"simulation kinds: expected names from {', '.join(SNR_PRESETS)} or random, got {list(snrs)}")
+    gens = {s: training_pairs(tuple(shape_px), seed=[seed, k], randomize=s == "random",
+                              snr="mid" if s == "random" else s, channels=n_fluor, temporal=temporal)
+            for k, s in enumerate(dict.fromkeys(snrs))}
     out = []
-    for g in picks:
-        img, df = next(gens[g])
-        out.append((np.asarray(img, np.float32), points_zyx(df), VOXEL_SIZE_UM))
+    for i in range(n):
+        s = snrs[i % len(snrs)]
+        img, df = next(gens[s])
+        out.append((np.asarray(img, np.float32), points_zyx(df), VOXEL_SIZE_UM, s))
     return out
 
 
@@ -152,7 +161,7 @@ def to_arrays(pairs, radius_um=LABEL_RADIUS_UM):
     from kt_stardist.labels import points_to_labels
 
     X, Y, P = [], [], []
-    for img, pts, vs in pairs:
+    for img, pts, vs, *_ in pairs:
         X.append(normalize(img, voxel_size_um=vs))
         Y.append(points_to_labels(pts, img.shape[:3], voxel_size_um=vs, radius_um=radius_um).astype(np.int32))
         P.append(np.asarray(pts, float).reshape(-1, 3))
@@ -347,8 +356,8 @@ def _set_backbone_trainable(model, trainable, keep):
 
 
 def fit(model, X, Y, X_val, Y_val, *, epochs, steps_per_epoch, lr=LEARNING_RATE, augmenter=None, seed=0,
-        freeze_epochs=0, fresh=(), patience=10, reduce_lr_patience=5, n_val_patches=8, resume=False,
-        tensorboard=True, progress=True):
+        freeze_epochs=0, fresh=(), warmup_epochs=0, warmup_data=None, patience=10, reduce_lr_patience=5,
+        n_val_patches=8, resume=False, tensorboard=True, progress=True):
     """Train ``model`` on normalised images ``X`` (ZYXC) and labels ``Y`` (ZYX).
 
     Patches come from StarDist's sampler (``config.train_patch_size``; a fraction
@@ -356,7 +365,9 @@ def fit(model, X, Y, X_val, Y_val, *, epochs, steps_per_epoch, lr=LEARNING_RATE,
     ``augmenter(x, y)``. Each epoch writes ``weights_last.h5``, ``weights_best.h5`` (best
     ``val_loss``) and ``history.csv`` into the model folder (atomically). ``freeze_epochs``
     keeps the U-Net backbone (layers other than the heads and the ``fresh`` ones) fixed for the
-    first epochs. ``resume`` continues after the epochs in ``history.csv`` from
+    first epochs. ``warmup_data=(X_warm, Y_warm)`` replaces the training data for the first
+    ``warmup_epochs`` (a curriculum: easy examples first). ``resume`` continues after the epochs
+    in ``history.csv`` from
     ``weights_last.h5``. Early stopping after ``patience`` epochs without a better val_loss.
 
     Returns the training history (list of dicts, one per epoch, also earlier epochs on resume).
@@ -387,29 +398,31 @@ def fit(model, X, Y, X_val, Y_val, *, epochs, steps_per_epoch, lr=LEARNING_RATE,
     reps = max(1, math.ceil(n_val_patches / len(X_val)))
     Xv, Yv = list(X_val) * reps, list(Y_val) * reps
     data_val = StarDistData3D(Xv, Yv, batch_size=len(Xv), length=1, **kw)[0]
-    data_train = StarDistData3D(X, Y, batch_size=model.config.train_batch_size, augmenter=augmenter,
-                                length=(epochs - initial_epoch + 2) * steps_per_epoch, **kw)
-    it = iter(data_train)
-
-    phases = []
-    if freeze_epochs > initial_epoch:
-        phases.append((False, initial_epoch, min(freeze_epochs, epochs)))
-    phases.append((True, max(initial_epoch, min(freeze_epochs, epochs)), epochs))
+    if warmup_data is None or not len(warmup_data[0]):
+        warmup_epochs = 0
+    cuts = sorted({initial_epoch, epochs} | {e for e in (freeze_epochs, warmup_epochs) if initial_epoch < e < epochs})
     keep = {int(str(name).split(":", 1)[0]) for name in fresh}  # "k:layer name" -> k
     stopped = False
-    for trainable, e0, e1 in phases:
-        if e1 <= e0 or stopped:
-            continue
+    for e0, e1 in zip(cuts[:-1], cuts[1:]):
+        if stopped:
+            break
+        trainable = e0 >= freeze_epochs
+        warm = e0 < warmup_epochs
+        Xt, Yt = warmup_data if warm else (X, Y)
+        data_train = StarDistData3D(Xt, Yt, batch_size=model.config.train_batch_size, augmenter=augmenter,
+                                    length=(e1 - e0 + 2) * steps_per_epoch, **kw)
         _set_backbone_trainable(model, trainable, keep)
         if not trainable:
             n_frozen = sum(1 for layer in model.keras_model.layers if layer.weights and not layer.trainable)
             _log(f"epochs {e0 + 1}-{e1}: backbone frozen ({n_frozen} layers)")
+        if warm:
+            _log(f"epochs {e0 + 1}-{e1}: warm-up on {len(Xt)} easy volumes")
         model.prepare_for_training(optimizer=keras.optimizers.Adam(lr))
         cbs = _callbacks(model, folder, epochs, steps_per_epoch, patience, reduce_lr_patience, tensorboard,
                          history, best, progress)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*shuffle=True.*")  # StarDist's sampler shuffles
-            hist = model.keras_model.fit(it, validation_data=data_val, epochs=e1, initial_epoch=e0,
+            hist = model.keras_model.fit(iter(data_train), validation_data=data_val, epochs=e1, initial_epoch=e0,
                                          steps_per_epoch=steps_per_epoch, callbacks=cbs, verbose=0,
                                          validation_batch_size=model.config.train_batch_size)
         stopped = len(hist.epoch) < (e1 - e0)
@@ -573,7 +586,8 @@ def pretrain(out, *, config="example-nuclei-48", data="example", epochs=10, step
 def finetune(out, *, from_model=None, config="kt-default", n_rays=None, grid=None, channels=None, images=(),
              points=(), simulate=0, sim_shape=(32, 128, 128), val_fraction=0.2, n_val_sim=None, epochs=20,
              steps_per_epoch=50, freeze=0, seed=0, lr=LEARNING_RATE, patch_size=None, batch_size=None,
-             patience=10, resume=False, tensorboard=True, progress=True, randomize=True, axes=None, augment=None,
+             patience=10, resume=False, tensorboard=True, progress=True, sim_snrs=SIM_SNRS, warmup=None, axes=None,
+             augment=None,
              **overrides):
     """Finetune on kinetochores: user (image, points) pairs and/or ``simulate`` simulated volumes.
 
@@ -592,6 +606,10 @@ def finetune(out, *, from_model=None, config="kt-default", n_rays=None, grid=Non
     channels : network input channels 1, 2, 3 or 6 (3, 6: t-1, t, t+1); default from the config
     images, points : user training files (equal length)
     simulate : number of simulated training volumes of ``sim_shape`` px (z, y, x)
+    sim_snrs : kinds of simulated volume, cycled (SNR presets and/or ``random``; :data:`SIM_SNRS`)
+    warmup : epochs trained only on the simulated volumes of the :data:`WARMUP_SNRS` presets
+        (plus the user's frames) before the full mix; default ``max(2, epochs // 4)`` when the
+        mix has both kinds (a resumed run continues the same schedule)
     val_fraction : share of user pairs held out for validation; simulations add
         ``n_val_sim`` (default max(2, simulate // 5)) validation volumes of their own
     epochs, steps_per_epoch, freeze : training length; ``freeze`` epochs with the backbone fixed
@@ -622,10 +640,14 @@ def finetune(out, *, from_model=None, config="kt-default", n_rays=None, grid=Non
     n_val_sim = (max(2, simulate // 5) if simulate else 0) if n_val_sim is None else n_val_sim
     if not u_val and not n_val_sim:  # one user pair only, no simulations: validate on it
         u_val = u_train
-    s_train = simulated_pairs(simulate, sim_shape, seed, n_fluor, temporal, randomize)
-    s_val = simulated_pairs(n_val_sim, sim_shape, seed + 100_003, n_fluor, temporal, randomize)
+    s_train = simulated_pairs(simulate, sim_shape, seed, n_fluor, temporal, sim_snrs)
+    s_val = simulated_pairs(n_val_sim, sim_shape, seed + 100_003, n_fluor, temporal, sim_snrs)
     train_pairs, val_pairs = u_train + s_train, u_val + s_val
     X, Y, _ = to_arrays(train_pairs, radius)
+    is_warm = [i < len(u_train) or train_pairs[i][3] in WARMUP_SNRS for i in range(len(train_pairs))]
+    warm_data = ([x for x, w in zip(X, is_warm) if w], [y for y, w in zip(Y, is_warm) if w])
+    if warmup is None:
+        warmup = max(2, epochs // 4) if (s_train and any(is_warm) and not all(is_warm)) else 0
     X_val, Y_val, P_val = to_arrays(val_pairs, radius)
     vs_val = [p[2] for p in val_pairs]
 
@@ -644,7 +666,8 @@ def finetune(out, *, from_model=None, config="kt-default", n_rays=None, grid=Non
     if user:
         desc.append(f"{len(u_train)} user frames ({', '.join(str(p) for p in images)}), {len(u_val)} for validation")
     if simulate:
-        desc.append(f"{simulate} simulated volumes {tuple(sim_shape)} px (randomize={randomize}, seed {seed}), "
+        desc.append(f"{simulate} simulated volumes {tuple(sim_shape)} px ({'/'.join(sim_snrs)}, seed {seed}; "
+                    f"warm-up {warmup} epochs on {'/'.join(WARMUP_SNRS)}), "
                     f"{n_val_sim} for validation")
     transfer = None
     if resume and (Path(out) / "config.json").is_file():
@@ -658,7 +681,7 @@ def finetune(out, *, from_model=None, config="kt-default", n_rays=None, grid=Non
     aug = make_augmenter(**(augment or {}))
     hist = fit(model, X, Y, X_val, Y_val, epochs=epochs, steps_per_epoch=steps_per_epoch, lr=lr, augmenter=aug,
                seed=seed, freeze_epochs=freeze if (from_model is not None or fresh) else 0, fresh=fresh,
-               patience=patience,
+               warmup_epochs=warmup, warmup_data=warm_data, patience=patience,
                resume=resume, tensorboard=tensorboard, progress=progress)
     th = choose_thresholds(model, X_val, P_val, vs_val)
     _log(f"thresholds: prob {th['prob']:.3f}, nms {th['nms']:.2f} (validation point F1 {th['f1']:.3f})")

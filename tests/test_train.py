@@ -166,3 +166,39 @@ def test_shipped_default_model_loads():
     assert m.config.n_channel_in == info["n_channel_in"] == 1
     assert info["voxel_size_um"] == [0.3, 0.13, 0.13] and info["label_radius_um"] == 0.5
     assert 0 < m.thresholds.prob < 1
+
+
+def test_simulated_pairs_cycle_kinds_and_reject_unknown():
+    from kt_stardist.train import simulated_pairs
+
+    pairs = simulated_pairs(5, (16, 32, 32), seed=3, snrs=("easy", "random"))
+    assert [p[3] for p in pairs] == ["easy", "random", "easy", "random", "easy"]
+    again = simulated_pairs(5, (16, 32, 32), seed=3, snrs=("easy", "random"))
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(pairs, again))  # reproducible
+    assert not np.array_equal(pairs[0][0], pairs[2][0])  # each volume its own seed
+    with pytest.raises(InputError, match="simulation kinds"):
+        simulated_pairs(2, (16, 32, 32), seed=3, snrs=("easy", "noisy"))
+
+
+def test_warmup_epochs_train_on_easy_volumes_only(monkeypatch, tmp_path):
+    """The curriculum: the first --warmup epochs sample patches from easy/mid volumes only."""
+    import stardist.models.model3d as m3d
+
+    from kt_stardist import train
+
+    seen = []
+    real = m3d.StarDistData3D
+
+    class Recording(real):
+        def __init__(self, X, Y, batch_size, **kw):
+            if kw.get("augmenter") is not None or "length" in kw and kw["length"] > 1:
+                seen.append(len(X))
+            super().__init__(X, Y, batch_size, **kw)
+
+    monkeypatch.setattr(m3d, "StarDistData3D", Recording)
+    model, rep = train.finetune(tmp_path / "w", simulate=4, sim_snrs=("easy", "random"), sim_shape=(16, 32, 32),
+                                n_val_sim=1, epochs=3, warmup=2, steps_per_epoch=1, patch_size=(16, 32, 32),
+                                batch_size=1, patience=0, tensorboard=False, progress=False)
+    assert seen == [2, 4]  # epochs 1-2 on the 2 easy volumes, epoch 3 on all 4
+    assert len(rep["history"]) == 3
+    assert "warm-up 2 epochs" in json.loads((tmp_path / "w" / "model.json").read_text())["training_data"]

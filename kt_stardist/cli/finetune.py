@@ -6,7 +6,8 @@ HELP = "train a kinetochore model on annotated images and/or simulations (weight
 DESCRIPTION = (
     "Finetune StarDist 3D on kinetochores. Training data: --images with --points (TIFF/HDF5 "
     "images; canonical CSV, arivis or napari points; frames with points are used, column t) "
-    "and/or --simulate N randomized simulated volumes. Points become spheres of the config's "
+    "and/or --simulate N simulated volumes (cycling --sim-snrs; the first --warmup epochs use "
+    "only the easy/mid ones, which is what lets a fresh network start). Points become spheres of the config's "
     "label radius (0.5 µm). Weights come from --from (every layer whose shape matches is copied, "
     "the others start fresh; the log lists them). Thresholds are chosen by point F1 (0.5 µm) on "
     "held-out data and saved in thresholds.json. --resume continues from weights_last.h5 in --out."
@@ -30,6 +31,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--simulate", type=int, default=0, metavar="N", help="simulated training volumes")
     parser.add_argument("--sim-shape", type=int, nargs=3, default=(32, 128, 128), metavar=("Z", "Y", "X"),
                         help="simulated volume shape px (default 32 128 128)")
+    parser.add_argument("--sim-snrs", nargs="+", default=["easy", "mid", "random", "hard"], metavar="KIND",
+                        help="kinds of simulated volume, cycled: SNR presets (easy, mid, hard, very_hard) "
+                             "and/or random (default: easy mid random hard)")
+    parser.add_argument("--warmup", type=int, metavar="E",
+                        help="epochs on the easy/mid simulations (and your frames) before the full mix "
+                             "(default: a quarter of --epochs, at least 2, when the mix has both)")
     parser.add_argument("--epochs", type=int, default=20, metavar="E", help="epochs (default 20)")
     parser.add_argument("--steps-per-epoch", type=int, default=40, metavar="S", help="default 40")
     parser.add_argument("--freeze", type=int, default=0, metavar="E",
@@ -58,7 +65,8 @@ def run(args) -> int:
     model, rep = train.finetune(
         args.out, from_model=src, config=args.config, n_rays=args.rays, grid=args.grid, channels=args.channels,
         images=args.images, points=args.points, axes=args.axes, simulate=args.simulate,
-        sim_shape=tuple(args.sim_shape), val_fraction=args.val_fraction, epochs=args.epochs,
+        sim_shape=tuple(args.sim_shape), sim_snrs=tuple(args.sim_snrs),
+        warmup=args.warmup, val_fraction=args.val_fraction, epochs=args.epochs,
         steps_per_epoch=args.steps_per_epoch, freeze=args.freeze, seed=args.seed, lr=args.lr,
         patch_size=args.patch, batch_size=args.batch, patience=args.patience, resume=args.resume,
         tensorboard=not args.no_tensorboard)
