@@ -346,3 +346,19 @@ def test_predict_frame_lazy_hdf5_out_of_core(tmp_path):
         ooc = P.predict_frame(model, image, t, max_in_memory_gb=0)
         assert len(mem) == len(truth)
         pd.testing.assert_frame_equal(ooc, mem, rtol=0, atol=1e-6)
+
+
+def test_cli_max_memory_gb_gives_the_same_csv(tmp_path, monkeypatch):
+    from kt_stardist import io
+
+    vol = spots((10, 64, 64), TRUTH, noise=3)
+    io.write_image(tmp_path / "a.tif", vol, axes="ZYX", voxel_size_um=VOX)
+    calls, ooc_fn = [], P.predict_volume_out_of_core
+    monkeypatch.setattr(P, "predict_volume_out_of_core", lambda m, v, *a, **k: calls.append(v) or ooc_fn(m, v, *a, **k))
+    for name, extra in (("mem.csv", []), ("ooc.csv", ["--max-memory-gb", "0"])):
+        assert _cli(monkeypatch, [str(tmp_path / "a.tif"), "--out", str(tmp_path / name), *extra], SpotModel()) == 0
+        assert len(calls) == (name == "ooc.csv")
+    assert hasattr(calls[0], "compute")  # the frame went on lazily, not as an array
+    mem, ooc = pd.read_csv(tmp_path / "mem.csv"), pd.read_csv(tmp_path / "ooc.csv")
+    assert _near_truth(mem)
+    pd.testing.assert_frame_equal(ooc, mem)
