@@ -32,6 +32,12 @@ BLOCK_SIZE_PX = (64, 192, 192)
 #: refinement window half-size, µm (z, y, x): about one PSF width on each side
 REFINE_HALF_UM = (0.6, 0.4, 0.4)
 
+#: spot-sized Gaussian sigma of the screen, µm (z, y, x)
+SPOT_SIGMA_UM = (0.25, 0.12, 0.12)
+
+#: frames whose model input exceeds this many GB as float32 are predicted out of core
+MAX_IN_MEMORY_GB = 4.0
+
 
 # --------------------------------------------------------------------------------------------
 # model facts
@@ -98,21 +104,65 @@ def points_to_image_px(points_model_px, shape_image, shape_model):
 # screen and blocks
 # --------------------------------------------------------------------------------------------
 
-def screen(volume, voxel_size_um=VOXEL_SIZE_UM, spot_sigma_um=(0.25, 0.12, 0.12), k=6.0, floor=0.05):
+def screen(volume, voxel_size_um=VOXEL_SIZE_UM, spot_sigma_um=SPOT_SIGMA_UM, k=6.0, floor=0.05):
     """Boolean ``(Z, Y, X)`` mask of where spots can be: a conservative difference of Gaussians.
 
     ``volume`` is the normalised first (EGFP) channel. The DoG (spot-sized minus 4× larger
     Gaussian) is thresholded at ``max(k * robust noise, floor)`` (normalised units). It only
     decides which blocks reach the network, so it errs on the side of keeping.
     """
-    v = np.asarray(volume, np.float32)
+    dog = _dog(np.asarray(volume, np.float32), voxel_size_um, spot_sigma_um)
+    return dog > _screen_threshold(dog[_noise_sample(dog.shape)], k, floor)
+
+
+def _dog(v, voxel_size_um, spot_sigma_um):
     s1 = np.array(spot_sigma_um) / np.array(voxel_size_um)
     small = ndimage.gaussian_filter(v, s1, mode="nearest")
-    dog = small - ndimage.gaussian_filter(small, 4 * s1, mode="nearest")
-    sub = dog[:: max(1, dog.shape[0] // 16), :: 4, :: 4]  # noise estimate on a subsample
+    return small - ndimage.gaussian_filter(small, 4 * s1, mode="nearest")
+
+
+def _dog_radius(voxel_size_um, spot_sigma_um):
+    """Halo (px, z, y, x) that makes a per-chunk :func:`_dog` equal to the whole-volume one."""
+    s1 = np.array(spot_sigma_um) / np.array(voxel_size_um)
+    return tuple(int(4.0 * a + 0.5) + int(4.0 * 4 * a + 0.5) for a in s1)  # scipy's truncate=4 radii
+
+
+def _noise_sample(shape):
+    """Strided subsample (slices) the screen's noise level is estimated on."""
+    return (slice(None, None, max(1, shape[0] // 16)), slice(None, None, 4), slice(None, None, 4))
+
+
+def _screen_threshold(sub, k, floor):
     med = float(np.median(sub))
     mad = 1.4826 * float(np.median(np.abs(sub - med)))
-    return dog > med + max(k * mad, floor)
+    return med + max(k * mad, floor)
+
+
+def screen_lazy(x, voxel_size_um=VOXEL_SIZE_UM, spot_sigma_um=SPOT_SIGMA_UM, k=6.0, floor=0.05,
+                chunk_px=None):
+    """:func:`screen` of channel 0 of a normalised ``(Z, Y, X, C)`` array-like read by chunks
+    (DoG with a halo of the kernels' radius: equal to the in-memory screen), as a
+    :class:`kt_stardist.outofcore.SparseMask`. Two passes: the noise subsample, then the
+    candidates; memory: one chunk, the subsample (≤ 1/16 of the volume) and the candidates."""
+    from kt_stardist import outofcore as O
+
+    shape = tuple(int(s) for s in x.shape[:3])
+    chunk_px = O.CHUNK_PX if chunk_px is None else chunk_px
+    depth = _dog_radius(voxel_size_um, spot_sigma_um)
+    step = [s.step for s in _noise_sample(shape)]
+
+    def dogs():
+        for core, rd, inner in O.chunks(shape, chunk_px, depth):
+            yield core, _dog(x[rd][..., 0], voxel_size_um, spot_sigma_um)[inner]
+
+    sub = []
+    for core, d in dogs():
+        first = tuple(slice((-c.start) % st, None, st) for c, st in zip(core, step))
+        sub.append(d[first].ravel())
+    thr = _screen_threshold(np.concatenate(sub), k, floor)
+    del sub
+    coords = [np.argwhere(d > thr) + np.array([c.start for c in core]) for core, d in dogs()]
+    return O.SparseMask(shape, np.concatenate(coords) if coords else np.zeros((0, 3), int))
 
 
 @dataclass
@@ -358,7 +408,7 @@ def refine_points(volume, points_px, voxel_size_um=VOXEL_SIZE_UM, method="gauss"
         falls back to the centroid (and that, if it too moves too far, to the start).
 
     Voxels nearer to another detection than to this one are left out of its window, so a
-    close sister does not pull the estimate.
+    close sister does not pull the estimate. A lazy (dask) ``volume`` is read window by window.
 
     Returns
     -------
@@ -366,7 +416,9 @@ def refine_points(volume, points_px, voxel_size_um=VOXEL_SIZE_UM, method="gauss"
     """
     from scipy.spatial import cKDTree
 
-    vol = np.asarray(volume)
+    from kt_stardist import outofcore as O
+
+    vol = volume if O.is_lazy(volume) else np.asarray(volume)  # lazy: only the windows are read
     pts = np.asarray(points_px, np.float64).reshape(-1, 3)
     if method == "none" or len(pts) == 0:
         return pts.copy()
@@ -382,7 +434,7 @@ def refine_points(volume, points_px, voxel_size_um=VOXEL_SIZE_UM, method="gauss"
     out = pts.copy()
     for i, p in enumerate(pts):
         sl, lo = _window(vol.shape, p, half)
-        sub = vol[sl].astype(np.float64)
+        sub = O.read(vol, sl).astype(np.float64)
         if sub.size < 8:
             continue
         coords = np.stack(np.meshgrid(*[np.arange(s.start, s.stop) for s in sl], indexing="ij"), -1).reshape(-1, 3)
@@ -416,21 +468,23 @@ def _points_frame(points, prob, voxel_size_um, t=None):
 
 def predict_volume(model, volume, voxel_size_um=None, prob_thresh=None, nms_thresh=None, refine="gauss",
                    spot_channel=0, block_size=BLOCK_SIZE_PX, return_instances=False, show_progress=False,
-                   normalized=False):
+                   normalized=False, max_in_memory_gb=MAX_IN_MEMORY_GB):
     """Points of one volume.
 
     Parameters
     ----------
     model : StarDist3D
-    volume : ndarray (Z, Y, X, C), raw intensities, image px; C == the model's ``n_channel_in``
-        (for temporal models: frames t-1, t, t+1 already stacked as channels, see
-        :func:`model_input`).
+    volume : ndarray or lazy array (dask, h5py/zarr dataset) (Z, Y, X, C), raw intensities, image
+        px; C == the model's ``n_channel_in`` (for temporal models: frames t-1, t, t+1 already
+        stacked as channels, see :func:`model_input`).
     voxel_size_um : (z, y, x) µm of ``volume``; None: the model's. Another voxel size than the
         model's is rescaled to it (``scipy.ndimage.zoom``, linear) and points are mapped back.
     prob_thresh, nms_thresh : None: the model's thresholds.
     refine : "gauss", "centroid" or "none" (see :func:`refine_points`).
     spot_channel : channel of ``volume`` refined on (the EGFP channel of the centre frame).
     normalized : the volume is already normalised (skip :func:`kt_stardist.normalize.normalize`).
+    max_in_memory_gb : a volume larger than this as float32 (GB, 1e9 bytes) is predicted out of
+        core (:func:`predict_volume_out_of_core`: same points, read block by block); 0 forces it.
 
     Returns
     -------
@@ -439,12 +493,20 @@ def predict_volume(model, volume, voxel_size_um=None, prob_thresh=None, nms_thre
     in the model's px) and the zoom factors.
     """
     facts = model_facts(model)
+    shape = tuple(np.shape(volume)) if not hasattr(volume, "shape") else tuple(volume.shape)
+    if len(shape) == 3:
+        shape = shape + (1,)
+    if len(shape) != 4 or shape[-1] != facts["n_channel_in"]:
+        raise InputError(f"volume of shape {tuple(np.shape(volume))} does not fit model {facts['name']}: "
+                         f"it takes {facts['n_channel_in']} channel(s) (Z, Y, X, C)")
+    if max_in_memory_gb is not None and 4.0 * np.prod(shape, dtype=np.float64) > float(max_in_memory_gb) * 1e9:
+        return predict_volume_out_of_core(model, volume, voxel_size_um, prob_thresh, nms_thresh, refine=refine,
+                                          spot_channel=spot_channel, block_size=block_size,
+                                          return_instances=return_instances, show_progress=show_progress,
+                                          normalized=normalized)
     vol = np.asarray(volume)
     if vol.ndim == 3:
         vol = vol[..., None]
-    if vol.ndim != 4 or vol.shape[-1] != facts["n_channel_in"]:
-        raise InputError(f"volume of shape {np.shape(volume)} does not fit model {facts['name']}: "
-                         f"it takes {facts['n_channel_in']} channel(s) (Z, Y, X, C)")
     vs_model = facts["voxel_size_um"]
     vs_img = vs_model if voxel_size_um is None else tuple(float(v) for v in voxel_size_um)
     f = zoom_factors(vs_img, vs_model)
@@ -462,6 +524,56 @@ def predict_volume(model, volume, voxel_size_um=None, prob_thresh=None, nms_thre
     if return_instances:
         return df, inst, f
     return df
+
+
+def predict_volume_out_of_core(model, volume, voxel_size_um=None, prob_thresh=None, nms_thresh=None,
+                               refine="gauss", spot_channel=0, block_size=BLOCK_SIZE_PX, return_instances=False,
+                               show_progress=False, normalized=False, chunk_px=None):
+    """:func:`predict_volume` of a volume that need not fit in memory; the same points.
+
+    ``volume`` (Z, Y, X[, C]) is a dask array or any sliceable array-like (h5py/zarr dataset,
+    memmap, ndarray), never read whole:
+
+    1. normalisation: the signal region and per-channel percentiles of
+       :func:`kt_stardist.normalize.normalize`, computed exactly from chunks
+       (:func:`kt_stardist.outofcore.normalization`);
+    2. screen: the DoG of :func:`screen` per chunk with a halo covering its kernels
+       (:func:`screen_lazy`);
+    3. StarDist blocks (:func:`detect_instances`), each read and normalised only when the screen
+       has candidates in it; each detection is kept by the one block owning its centre;
+    4. refinement reads a small window around each point.
+
+    Held in memory: one chunk or block at a time (float32, with halo), the (1, 4, 4)-binned first
+    channel (1/16 of it), the screen's noise subsample (≤ 1/16) and candidate coordinates, and the
+    detections. Dask arrays are read with the single-threaded scheduler; their chunks should not
+    be much larger than a block (whole-frame chunks are re-read for every block).
+
+    Only the model's voxel size is supported: another ``voxel_size_um`` raises
+    :class:`InputError` (resample the image first, or predict it in memory).
+    """
+    from kt_stardist import outofcore as O
+
+    facts = model_facts(model)
+    vs_model = facts["voxel_size_um"]
+    vs_img = vs_model if voxel_size_um is None else tuple(float(v) for v in voxel_size_um)
+    if zoom_factors(vs_img, vs_model) is not None:
+        fmt = " × ".join(f"{v:g}" for v in vs_img), " × ".join(f"{v:g}" for v in vs_model)
+        raise InputError(f"volume too large for memory at voxel size {fmt[0]} µm: resample it to the model's "
+                         f"{fmt[1]} µm first (out-of-core prediction does not rescale)")
+    chunk_px = O.CHUNK_PX if chunk_px is None else chunk_px
+    vol = O.as_lazy(volume, chunk_px)
+    if vol.ndim == 3:
+        vol = vol[..., None]
+    if normalized:
+        x = O.NormalizedView(vol, [(0.0, 1.0)] * vol.shape[-1])
+    else:
+        x = O.NormalizedView(vol, O.normalization(vol, voxel_size_um=vs_model, chunk_px=chunk_px))
+    mask = screen_lazy(x, vs_model, chunk_px=chunk_px)
+    inst = detect_instances(model, x, prob_thresh, nms_thresh, block_size=block_size, voxel_size_um=vs_model,
+                            screen_mask=mask, show_progress=show_progress)
+    pts = refine_points(vol[..., spot_channel], inst["points"], vs_img, method=refine)
+    df = _points_frame(pts, inst["prob"], vs_img)
+    return (df, inst, None) if return_instances else df
 
 
 def model_input(frames, t, facts, channel=None):
@@ -505,24 +617,49 @@ def _spot_channel(facts):
 
 
 def predict_frame(model, image, t, voxel_size_um=None, channel=None, prob_thresh=None, nms_thresh=None,
-                  refine="gauss", show_progress=False, return_instances=False, **kwargs):
+                  refine="gauss", show_progress=False, return_instances=False, max_in_memory_gb=MAX_IN_MEMORY_GB,
+                  **kwargs):
     """Points of frame ``t`` of an :class:`kt_stardist.io.Image` (``data`` TZYXC, may be lazy:
     only frames t-1, t, t+1 are read). Returns a DataFrame ``t, z, y, x`` (image px),
     ``z_um, y_um, x_um``, ``prob``; with ``return_instances`` also the instances and zoom factors.
+
+    A frame whose model input is larger than ``max_in_memory_gb`` (float32, GB) is not read
+    whole: it is passed on lazily and predicted block by block
+    (:func:`predict_volume_out_of_core`, same points).
     """
     facts = model_facts(model)
     check_image_for_model(image, facts, channel)
     vs = voxel_size_um if voxel_size_um is not None else getattr(image, "voxel_size_um", None)
     T = image.data.shape[0]
     idx = sorted({min(max(t + d, 0), T - 1) for d in ((-1, 0, 1) if facts["temporal"] else (0,))})
-    frames = np.stack([np.asarray(image.frame(i)) if hasattr(image, "frame") else np.asarray(image.data[i])
-                       for i in idx])
-    x = model_input(frames, idx.index(t), facts, channel)
+    n_in = 4.0 * facts["n_channel_in"] * np.prod(image.data.shape[1:4], dtype=np.float64)
+    if max_in_memory_gb is not None and n_in > float(max_in_memory_gb) * 1e9:
+        x = _lazy_model_input(image.data, t, facts, channel)
+    else:
+        frames = np.stack([np.asarray(image.frame(i)) if hasattr(image, "frame") else np.asarray(image.data[i])
+                           for i in idx])
+        x = model_input(frames, idx.index(t), facts, channel)
     df, inst, f = predict_volume(model, x, vs, prob_thresh, nms_thresh, refine=refine,
                                  spot_channel=_spot_channel(facts), return_instances=True,
-                                 show_progress=show_progress, **kwargs)
+                                 show_progress=show_progress, max_in_memory_gb=max_in_memory_gb, **kwargs)
     df.insert(0, "t", int(t))
     return (df, inst, f) if return_instances else df
+
+
+def _lazy_model_input(data, t, facts, channel=None):
+    """:func:`model_input` as a dask array (nothing read): frame ``t`` of a TZYXC array (dask or
+    array-like, wrapped without reading), temporal models' frames t-1, t, t+1 as channels."""
+    import dask.array as da
+
+    from kt_stardist import outofcore as O
+
+    if not O.is_lazy(data):
+        data = da.from_array(data, chunks=(1,) + tuple(O.CHUNK_PX) + (-1,), asarray=True)
+    T = data.shape[0]
+    c = 0 if channel is None else int(channel)
+    idx = [min(max(t + d, 0), T - 1) for d in ((-1, 0, 1) if facts["temporal"] else (0,))]
+    parts = [data[i][..., c:c + 1] if facts["n_image_channels"] == 1 else data[i] for i in idx]
+    return parts[0] if len(parts) == 1 else da.concatenate(parts, axis=-1)
 
 
 def predict_image(model, image, voxel_size_um=None, channel=None, prob_thresh=None, nms_thresh=None,

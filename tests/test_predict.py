@@ -235,3 +235,130 @@ def test_cli_real_stardist_model_and_mismatch_error(tmp_path, capsys):
     df = pd.read_csv(tmp_path / "x.csv")
     assert {"z", "y", "x", "prob"} <= set(df.columns) and (df.prob > 0.9).all()
     assert io.read_image(tmp_path / "lab.tif", check=False).data.shape[1:4] == (8, 48, 48)
+
+
+# ------------------------------------------------------------------------------------------
+# out of core: frames larger than memory, read block by block, same points
+# ------------------------------------------------------------------------------------------
+
+OOC_SHAPE = (12, 96, 96)
+OOC_CHUNK = (5, 40, 40)  # small chunks: statistics and screen cross several chunk borders
+
+
+def _ooc_volume(model, block=(64, 64, 64)):
+    """Spots (one on a block border along y, one at the volume edge) on noise, and the border."""
+    geo = P.block_geometry(model, block, voxel_size_um=VOX)
+    bounds = sorted({b.own[1][1] for b in P.block_cover(OOC_SHAPE, *geo) if np.isfinite(b.own[1][1])})
+    assert bounds, "expected more than one block along y"
+    yb = bounds[0]
+    truth = np.array([[6, yb, 60.3], [4.2, 20.4, 30.6], [8.5, 70.2, 15.8], [0.3, 88.6, 80.1], [5.6, yb - 20.3, 88.9]])
+    return spots(OOC_SHAPE, truth, noise=3, seed=4)[..., None], truth, yb
+
+
+class ReadLog:
+    """Array-like over an ndarray that logs the voxels of every read and refuses ``np.asarray``."""
+
+    def __init__(self, a):
+        self.a, self.shape, self.dtype, self.ndim, self.reads = a, a.shape, a.dtype, a.ndim, []
+
+    def __getitem__(self, key):
+        out = self.a[key]
+        self.reads.append(int(out.size))
+        return out
+
+    def __array__(self, *args, **kwargs):
+        raise AssertionError("the whole volume was materialised")
+
+
+def test_out_of_core_normalisation_and_screen_equal_in_memory():
+    import dask.array as da
+
+    from kt_stardist import normalize as N
+    from kt_stardist import outofcore as O
+
+    vol = spots(OOC_SHAPE, [[5, 10.2, 12.5], [7, 20.6, 25.1], [3.4, 15, 8], [6, 40.3, 41.2]], noise=3, seed=2)
+    noise = np.random.default_rng(3).normal(100, 3, OOC_SHAPE).astype(np.float32)  # no bright voxels
+    two = np.stack([vol, 0.5 * vol[:, ::-1] + 7, noise], axis=-1)  # channels with different ranges
+    lazy = da.from_array(two, chunks=OOC_CHUNK + (-1,))
+    region = N.signal_region(two, VOX)
+    assert O.signal_region(lazy, VOX, chunk_px=OOC_CHUNK) == region
+    assert region != tuple(slice(0, s) for s in OOC_SHAPE)  # a real sub-region
+    got = O.normalization(lazy, VOX, chunk_px=OOC_CHUNK)
+    want = [N.intensity_range(two[region + (c,)]) for c in range(3)]
+    assert got == want  # exactly: same float percentiles
+    x = N.normalize(two, voxel_size_um=VOX)
+    view = O.NormalizedView(lazy, got)
+    assert np.array_equal(view[2:9, 10:50, 33:90], x[2:9, 10:50, 33:90])
+    mask = P.screen_lazy(view, VOX, chunk_px=OOC_CHUNK)
+    dense = P.screen(x[..., 0], VOX)
+    assert dense.sum() > 0 and mask.sum() == dense.sum()
+    assert np.array_equal(mask[tuple(slice(0, s) for s in OOC_SHAPE)], dense)
+    # exact percentiles and medians of streamed values, odd and even counts, ties
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 7, 1000, 1001):
+        v = np.round(rng.normal(0, 3, n), 1).astype(np.float32)
+
+        def stream(v=v):
+            return iter(np.array_split(v, 3))
+        assert O.median(stream) == np.median(v)
+        for q in (0.0, 1.0, 37.5, 99.8, 100.0):
+            assert O.percentile(stream, q) == np.percentile(v, q), (n, q)
+
+
+def test_out_of_core_gives_the_same_points_and_never_reads_the_whole_volume(monkeypatch):
+    from kt_stardist import outofcore as O
+
+    monkeypatch.setattr(O, "CHUNK_PX", OOC_CHUNK)
+    model = SpotModel()
+    vol, truth, yb = _ooc_volume(model)
+    df_mem, inst_mem, _ = P.predict_volume(model, vol, VOX, block_size=(64, 64, 64), return_instances=True)
+    log = ReadLog(vol)
+    df_ooc, inst_ooc, f = P.predict_volume(model, log, VOX, block_size=(64, 64, 64), return_instances=True,
+                                           max_in_memory_gb=0)
+    assert f is None and len(df_mem) == len(truth)
+    assert inst_ooc["n_blocks"] == inst_mem["n_blocks"] and inst_ooc["n_blocks_total"] > 1
+    pd.testing.assert_frame_equal(df_ooc, df_mem, rtol=0, atol=1e-6)
+    d = np.linalg.norm((df_ooc[["z", "y", "x"]].to_numpy()[:, None] - truth[None]) * np.array(VOX), axis=2)
+    assert np.all(d.min(0) < 0.05)  # the spot on the block border found once, near the truth
+    assert np.sum(np.abs(df_ooc.y - yb) < 1) == 1
+    # bounded reads: nothing larger than a chunk with its screen halo or a network block
+    halo = np.array(P._dog_radius(VOX, P.SPOT_SIGMA_UM))
+    biggest = np.prod(np.minimum(np.array(OOC_CHUNK) + 2 * halo, OOC_SHAPE))
+    assert 0 < max(log.reads) <= biggest < vol.size
+    # a model at another voxel size: a clear error, not a silent in-memory rescale
+    with pytest.raises(InputError, match="resample it to the model's"):
+        P.predict_volume(model, log, (0.3, 0.07, 0.07), max_in_memory_gb=0)
+
+
+def test_predict_frame_lazy_hdf5_out_of_core(tmp_path):
+    import h5py
+
+    from kt_stardist import io
+
+    model = SpotModel(n_channel_in=3)  # temporal: frames t-1, t, t+1 read lazily
+    vol, truth, _ = _ooc_volume(model)
+    tl = np.stack([vol[..., 0], vol[..., 0] * 0.9 + 10, vol[..., 0]])
+    with h5py.File(tmp_path / "a.h5", "w") as f:
+        f.create_dataset("raw", data=tl, chunks=(1, 6, 48, 48))
+    image = io.read_image(f"{tmp_path / 'a.h5'}:/raw", axes="TZYX", voxel_size_um=VOX, lazy=True)
+    for t in (0, 1):
+        mem = P.predict_frame(model, image, t)
+        ooc = P.predict_frame(model, image, t, max_in_memory_gb=0)
+        assert len(mem) == len(truth)
+        pd.testing.assert_frame_equal(ooc, mem, rtol=0, atol=1e-6)
+
+
+def test_cli_max_memory_gb_gives_the_same_csv(tmp_path, monkeypatch):
+    from kt_stardist import io
+
+    vol = spots((10, 64, 64), TRUTH, noise=3)
+    io.write_image(tmp_path / "a.tif", vol, axes="ZYX", voxel_size_um=VOX)
+    calls, ooc_fn = [], P.predict_volume_out_of_core
+    monkeypatch.setattr(P, "predict_volume_out_of_core", lambda m, v, *a, **k: calls.append(v) or ooc_fn(m, v, *a, **k))
+    for name, extra in (("mem.csv", []), ("ooc.csv", ["--max-memory-gb", "0"])):
+        assert _cli(monkeypatch, [str(tmp_path / "a.tif"), "--out", str(tmp_path / name), *extra], SpotModel()) == 0
+        assert len(calls) == (name == "ooc.csv")
+    assert hasattr(calls[0], "compute")  # the frame went on lazily, not as an array
+    mem, ooc = pd.read_csv(tmp_path / "mem.csv"), pd.read_csv(tmp_path / "ooc.csv")
+    assert _near_truth(mem)
+    pd.testing.assert_frame_equal(ooc, mem)

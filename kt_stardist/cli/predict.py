@@ -26,6 +26,9 @@ def add_arguments(p):
     p.add_argument("--nms-thresh", type=float, metavar="T", help="NMS overlap threshold (default: model's)")
     p.add_argument("--refine", choices=["gauss", "centroid", "none"], default="gauss",
                    help="sub-voxel refinement (default gauss)")
+    p.add_argument("--max-memory-gb", type=float, default=4.0, metavar="GB",
+                   help="frames larger than this as float32 are read and predicted block by block, "
+                        "with the same points (default 4; 0: always)")
     p.add_argument("--pairs", action="store_true", help="also assign sister pairs (pair_id, sister), as `pairs`")
     p.add_argument("--track", action="store_true", help="also link points over frames (track_id), as `track`")
     b = p.add_argument_group("batch (with --out-dir: one task per frame, resumable, on dask)")
@@ -62,6 +65,8 @@ def run(args) -> int:
         raise InputError(f"--prob-thresh must be in (0, 1), got {args.prob_thresh}")
     if args.nms_thresh is not None and not 0 < args.nms_thresh < 1:
         raise InputError(f"--nms-thresh must be in (0, 1), got {args.nms_thresh}")
+    if args.max_memory_gb < 0:
+        raise InputError(f"--max-memory-gb must be at least 0, got {args.max_memory_gb}")
 
     if args.out_dir and not args.labels_out and not (args.pairs or args.track):
         return _run_batch(args)
@@ -72,18 +77,19 @@ def run(args) -> int:
     from kt_stardist import predict as P
 
     vs_override = io.check_voxel_size(args.voxel_size) if args.voxel_size else None
-    images = [io.read_image(p, axes=args.axes, voxel_size_um=vs_override) for p in args.images[:1]]
+    images = [_read(io, p, args, vs_override) for p in args.images[:1]]
     model = P.load(args.model)
     facts = P.model_facts(model)
     if args.out_dir:
         Path(args.out_dir).mkdir(parents=True, exist_ok=True)
     for k, path in enumerate(args.images):
-        image = images[0] if k == 0 else io.read_image(path, axes=args.axes, voxel_size_um=vs_override)
+        image = images[0] if k == 0 else _read(io, path, args, vs_override)
         P.check_image_for_model(image, facts, args.channel)
         vs = image.voxel_size_um or facts["voxel_size_um"]
         res = P.predict_image(model, image, voxel_size_um=vs, channel=args.channel,
                               prob_thresh=args.prob_thresh, nms_thresh=args.nms_thresh,
-                              refine=args.refine, labels=bool(args.labels_out))
+                              refine=args.refine, labels=bool(args.labels_out),
+                              max_in_memory_gb=args.max_memory_gb)
         df, lab = res if args.labels_out else (res, None)
         df = _chain(df, args, vs)
         out = _out_path(args, path)
@@ -95,6 +101,15 @@ def run(args) -> int:
         print(f"{path}: {len(df)} points" + (f" in {n_t} frames" if n_t > 1 else "") + f" -> {out}",
               file=sys.stderr)
     return 0
+
+
+def _read(io, path, args, voxel_size_um):
+    """The image, read lazily when a frame is larger than --max-memory-gb (as float32)."""
+    image = io.read_image(path, axes=args.axes, voxel_size_um=voxel_size_um, lazy=True)
+    zyx = image.shape_zyx
+    if 4.0 * image.n_channels * zyx[0] * zyx[1] * zyx[2] > args.max_memory_gb * 1e9:
+        return image
+    return io.read_image(path, axes=args.axes, voxel_size_um=voxel_size_um)
 
 
 def _chain(df, args, voxel_size_um):
@@ -126,7 +141,8 @@ def _run_batch(args) -> int:
         k, v = kv.split("=", 1)
         opts[k.strip()] = v.strip()
     vs = io.check_voxel_size(args.voxel_size) if args.voxel_size else None
-    kw = dict(channel=args.channel, prob_thresh=args.prob_thresh, nms_thresh=args.nms_thresh, refine=args.refine)
+    kw = dict(channel=args.channel, prob_thresh=args.prob_thresh, nms_thresh=args.nms_thresh, refine=args.refine,
+              max_in_memory_gb=args.max_memory_gb)
     summary = distributed.run_batch(args.images, args.out_dir, model_dir=args.model, axes=args.axes,
                                     voxel_size_um=vs, predict_kwargs=kw, scheduler=args.scheduler,
                                     workers=args.workers, cluster=args.cluster, cluster_kwargs=opts)
