@@ -368,7 +368,8 @@ def read_image(path, axes: str | None = None, voxel_size_um=None, check: bool = 
     if lazy:
         import dask.array as da
 
-        chunks = tuple(1 if a == "T" else -1 for a in ax)
+        # one frame per chunk, y-x tiled: a block read slices a few chunks, not the whole frame
+        chunks = tuple(1 if a == "T" else 256 if a in "YX" else -1 for a in ax)
         data = da.from_array(data, chunks=chunks, name=f"kt-image-{name}", asarray=True)
     image = Image(data=_to_tzyxc(data, ax), voxel_size_um=_clean_voxel(vs),
                   axes=ax, path=name)
