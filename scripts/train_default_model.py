@@ -90,7 +90,7 @@ def main(argv=None):
                                     freeze=a.freeze, seed=a.seed, resume=a.resume, patience=0, sim_snrs=tuple(a.sim_snrs),
                                     warmup=a.warmup,
                                     **({"unet_n_filter_base": a.filters} if a.filters else {}),
-                                    augment=dict(gamma=None, scale=(0.8, 1.25), noise=0.02, offset=0.03))
+                                    augment=dict(gamma=None, scale=None, noise=None, offset=None))
         n_steps = rep["steps"]
         print(f"training done: {n_steps} steps in {time.time() - t1:.0f} s "
               f"({(time.time() - t1) / max(n_steps, 1):.2f} s/step incl. data, validation, thresholds); "
