@@ -532,7 +532,7 @@ def _out_folder(out):
     return out.parent, out.name
 
 
-def pretrain(out, *, config="example-nuclei-48", data="example", epochs=10, steps_per_epoch=20, seed=0,
+def pretrain(out, *, config="nuclei-pretrain", data="example", epochs=10, steps_per_epoch=20, seed=0,
              patch_size=None, batch_size=None, lr=LEARNING_RATE, resume=False, tensorboard=True, progress=True,
              **overrides):
     """Train StarDist 3D on the example nuclei (or folders of images/labels) and save a model folder.

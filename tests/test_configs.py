@@ -6,7 +6,7 @@ from kt_stardist.configs import (CHANNEL_LAYOUTS, KtConfig, anisotropy_from_voxe
                                  list_configs, load_config)
 from kt_stardist.errors import InputError
 
-EXPECTED = {"example-nuclei-48", "kinetochore-g16-1024", "kt-default", "kt-256", "kt-temporal", "kt-2ch"}
+EXPECTED = {"example-nuclei-48", "nuclei-pretrain", "kinetochore-g16-1024", "kt-default", "kt-256", "kt-temporal", "kt-2ch"}
 
 
 def test_shipped_names():
@@ -87,3 +87,12 @@ def test_unknown_name_lists_available():
         load_config("kt-default").with_channels("dapi")
     with pytest.raises(InputError, match="n_channel_in"):
         load_config("kt-default").to_stardist(n_channel_in=4)
+
+
+def test_kinetochore_configs_share_the_pretraining_backbone():
+    """Weights transfer layer by layer only between equal U-Nets: pretrain and every kt-* config agree."""
+    keys = ("unet_n_depth", "unet_n_filter_base", "net_conv_after_unet", "grid")
+    ref = load_config("kt-default").to_stardist()
+    for name in ("nuclei-pretrain", "kt-256", "kt-temporal", "kt-2ch"):
+        sd = load_config(name).to_stardist()
+        assert all(getattr(sd, k) == getattr(ref, k) for k in keys), name

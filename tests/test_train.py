@@ -60,7 +60,7 @@ def test_pretrain_folder(pretrained):
         assert (pretrained / name).is_file(), name
     info = model_info(pretrained)
     assert info["job"] == "pretrain" and info["steps"] == 2 and info["n_channel_in"] == 1
-    assert info["config_name"] == "example-nuclei-48"
+    assert info["config_name"] == "nuclei-pretrain"
     assert json.loads((pretrained / "config.json").read_text())["n_rays"] == 48
     assert len(pd.read_csv(pretrained / "history.csv")) == 1
 

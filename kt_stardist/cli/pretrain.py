@@ -16,8 +16,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", default="models/pretrain", metavar="DIR", help="model folder to write (default models/pretrain)")
     parser.add_argument("--data", nargs="+", default=["example"], metavar="D",
                         help="'example' (default) or IMG_DIR LBL_DIR")
-    parser.add_argument("--config", default="example-nuclei-48", metavar="NAME",
-                        help="configuration name or JSON file (default example-nuclei-48)")
+    parser.add_argument("--config", default="nuclei-pretrain", metavar="NAME",
+                        help="configuration name or JSON file (default nuclei-pretrain: kt-default's U-Net, so every backbone layer transfers)")
     parser.add_argument("--epochs", type=int, default=4, metavar="E", help="epochs (default 4)")
     parser.add_argument("--steps", type=int, default=25, metavar="N", help="steps per epoch (default 25)")
     parser.add_argument("--patch", type=int, nargs=3, metavar=("Z", "Y", "X"),
