@@ -122,8 +122,12 @@ def read_pairs(image_paths, points_paths, n_fluor=1, temporal=False, axes=None):
     return pairs
 
 
-#: simulated training mix: SNR presets and ``"random"`` (domain-randomised), cycled in this order
-SIM_SNRS = ("easy", "mid", "random", "hard")
+#: simulated training mix, cycled: SNR presets and/or ``"random"`` (domain-randomised). The
+#: shipped model learned on easy + mid; with random and hard volumes added (after a warm-up) its
+#: probability map fell back to background in our trial
+SIM_SNRS = ("easy", "mid")
+#: augmentation of finetune by default: y-x flips and 90° rotations, no intensity changes
+GEOMETRIC_AUGMENT = dict(gamma=None, scale=None, noise=None, offset=None)
 #: presets the warm-up epochs train on (spots clearly visible: a network starting from scratch
 #: on the full mix keeps its probability map flat for hundreds of steps)
 WARMUP_SNRS = ("easy", "mid")
@@ -613,7 +617,10 @@ def finetune(out, *, from_model=None, config="kt-default", n_rays=None, grid=Non
     val_fraction : share of user pairs held out for validation; simulations add
         ``n_val_sim`` (default max(2, simulate // 5)) validation volumes of their own
     epochs, steps_per_epoch, freeze : training length; ``freeze`` epochs with the backbone fixed
-    augment : keyword arguments of :func:`make_augmenter` (default: its defaults)
+    augment : keyword arguments of :func:`make_augmenter`; default :data:`GEOMETRIC_AUGMENT` (y-x
+        flips and rotations only: with intensity augmentation from the first step a fresh network
+        had not started learning after 320 steps, without it it had after ~200); pass ``{}`` for
+        make_augmenter's intensity defaults too
 
     Returns
     -------
@@ -678,7 +685,7 @@ def finetune(out, *, from_model=None, config="kt-default", n_rays=None, grid=Non
             transfer = transfer_weights(from_model, model, log=_log)
             update_info(model, transferred_from=str(from_model), transfer=transfer)
     fresh = transfer["fresh"] if transfer else model.kt_info.get("transfer", {}).get("fresh", ())
-    aug = make_augmenter(**(augment or {}))
+    aug = make_augmenter(**(GEOMETRIC_AUGMENT if augment is None else augment))
     hist = fit(model, X, Y, X_val, Y_val, epochs=epochs, steps_per_epoch=steps_per_epoch, lr=lr, augmenter=aug,
                seed=seed, freeze_epochs=freeze if (from_model is not None or fresh) else 0, fresh=fresh,
                warmup_epochs=warmup, warmup_data=warm_data, patience=patience,
