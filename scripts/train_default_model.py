@@ -36,7 +36,35 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 SHIP = ["config.json", "weights_best.h5", "thresholds.json", "model.json", "history.csv", "history.png",
+        "thresholds_search_frames.csv",
         "thresholds_search.csv", "evaluation.csv"]
+
+
+def frame_thresholds(folder, n, seed):
+    """Choose the thresholds again on frame-sized simulated volumes (61 x 256 x 256 px, real layout,
+    easy and mid, normalised as ``predict`` does): training crops are mostly cell, a frame is
+    mostly haze and empty space, and the probability of false candidates there is higher."""
+    import numpy as np
+
+    from kt_stardist import simulate, train
+    from kt_stardist.defaults import VOXEL_SIZE_UM
+    from kt_stardist.io import atomic_write, points_zyx
+    from kt_stardist.model import load_model
+    from kt_stardist.normalize import normalize
+
+    model = load_model(folder)
+    X, P = [], []
+    for i in range(n):
+        img, df = simulate.simulate_volume((61, 256, 256), seed=[seed, 424_242, i], snr=("easy", "mid")[i % 2],
+                                           layout="real", channels=1)
+        X.append(normalize(np.asarray(img, np.float32), voxel_size_um=VOXEL_SIZE_UM))
+        P.append(points_zyx(df))
+    th = train.choose_thresholds(model, X, P, VOXEL_SIZE_UM, prob_threshs=tuple(np.round(np.arange(0.5, 0.99, 0.01), 3)))
+    with atomic_write(Path(folder) / "thresholds_search_frames.csv", "w") as f:
+        th["table"].to_csv(f, index=False, float_format="%.4f")
+    print(f"thresholds on {n} frame-sized volumes: prob {th['prob']:.3f}, nms {th['nms']:.2f} "
+          f"(F1 {th['f1']:.3f}, precision {th['precision']:.3f}, recall {th['recall']:.3f})", flush=True)
+    return th
 
 
 def main(argv=None):
@@ -63,6 +91,9 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--evaluate-only", action="store_true")
+    ap.add_argument("--frame-val", type=int, default=2,
+                    help="frame-sized validation volumes (61x256x256, real layout, easy + mid) the thresholds "
+                         "are chosen on after training (0: keep the ones from the training crops)")
     ap.add_argument("--eval-volumes", type=int, default=4)
     a = ap.parse_args(argv)
 
@@ -92,6 +123,8 @@ def main(argv=None):
               f"thresholds {rep['thresholds']}", flush=True)
     if a.evaluate_only:
         src = Path(a.out)
+    if a.frame_val and not a.evaluate_only:
+        frame_thresholds(src, a.frame_val, a.seed)
     model = load_model(src)
     ev = train.evaluate_simulated(model, n=a.eval_volumes)
     print(ev.to_string(index=False, float_format=lambda v: f"{v:.3f}"), flush=True)
