@@ -140,3 +140,16 @@ def test_cli_round_trip(tmp_path):
     root = ET.parse(xml).getroot()
     assert len(root.findall("Model/AllTracks/Track")) == 40
     assert list(pd.read_csv(nap).columns) == ["track_id", "t", "z", "y", "x"]
+
+
+def test_points_that_do_not_move_are_linked():
+    """Zero displacement (bit-identical positions in consecutive frames) is a link, not a miss."""
+    import pandas as pd
+
+    from kt_stardist.tracks import track_points
+
+    pts = np.array([[4.3, 20.2, 30.7], [6.0, 50.6, 12.1], [3.5, 40.0, 52.4]])
+    df = pd.concat([pd.DataFrame(dict(t=f, z=pts[:, 0], y=pts[:, 1], x=pts[:, 2])) for f in range(3)])
+    out = track_points(df)
+    assert out.groupby("track_id").size().tolist() == [3, 3, 3]
+    assert (out.groupby("track_id")[["z", "y", "x"]].nunique() == 1).all().all()
