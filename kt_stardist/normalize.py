@@ -51,20 +51,26 @@ def signal_region(volume, voxel_size_um=VOXEL_SIZE_UM, margin_um=4.0, bin_px=(1,
     binned = v.reshape(crop[0] // bins[0], bins[0], crop[1] // bins[1], bins[1], crop[2] // bins[2], bins[2]).mean(
         axis=(1, 3, 5)
     )
+    return region_from_binned(binned, bins, vol.shape, voxel_size_um, margin_um, k_mad)
+
+
+def region_from_binned(binned, bins, shape, voxel_size_um, margin_um, k_mad):
+    """The bounding box (3 slices into a volume of ``shape`` px) of the bright voxels of its
+    block-mean binned copy ``binned`` (bins ``bins`` px), padded by ``margin_um``; the whole
+    volume when nothing is bright. Shared by the in-memory and out-of-core signal regions."""
     binned = ndimage.uniform_filter(binned, size=3, mode="nearest")
     med = np.median(binned)
     mad = 1.4826 * np.median(np.abs(binned - med))
     bright = binned > med + k_mad * max(mad, 1e-12)
-    full = tuple(slice(0, s) for s in vol.shape)
     if not bright.any():
-        return full
+        return tuple(slice(0, s) for s in shape)
     idx = np.nonzero(bright)
     out = []
     for ax in range(3):
         lo = idx[ax].min() * bins[ax]
         hi = (idx[ax].max() + 1) * bins[ax]
         pad = int(np.ceil(margin_um / voxel_size_um[ax]))
-        out.append(slice(max(0, lo - pad), min(vol.shape[ax], hi + pad)))
+        out.append(slice(max(0, lo - pad), min(shape[ax], hi + pad)))
     return tuple(out)
 
 

@@ -26,7 +26,7 @@ import numpy as np
 from scipy import ndimage
 
 from kt_stardist.defaults import VOXEL_SIZE_UM
-from kt_stardist.normalize import PMAX, PMIN
+from kt_stardist.normalize import PMAX, PMIN, region_from_binned
 
 #: chunk (core) size read at a time, px (z, y, x)
 CHUNK_PX = (64, 256, 256)
@@ -169,20 +169,7 @@ def signal_region(volume, voxel_size_um=VOXEL_SIZE_UM, margin_um=4.0, bin_px=(1,
         out = tuple(slice(c.start // b, c.stop // b) for c, b in zip(core, bins))
         binned[out] = v.reshape(s[0] // bins[0], bins[0], s[1] // bins[1], bins[1], s[2] // bins[2],
                                 bins[2]).mean(axis=(1, 3, 5))
-    binned = ndimage.uniform_filter(binned, size=3, mode="nearest")
-    med = np.median(binned)
-    mad = 1.4826 * np.median(np.abs(binned - med))
-    bright = binned > med + k_mad * max(mad, 1e-12)
-    if not bright.any():
-        return tuple(slice(0, s) for s in shape)
-    idx = np.nonzero(bright)
-    out = []
-    for ax in range(3):
-        lo = idx[ax].min() * bins[ax]
-        hi = (idx[ax].max() + 1) * bins[ax]
-        pad = int(np.ceil(margin_um / voxel_size_um[ax]))
-        out.append(slice(max(0, lo - pad), min(shape[ax], hi + pad)))
-    return tuple(out)
+    return region_from_binned(binned, bins, shape, voxel_size_um, margin_um, k_mad)
 
 
 def intensity_range(volume, region, channel, pmin=PMIN, pmax=PMAX, k_mad=8.0, chunk_px=CHUNK_PX):
