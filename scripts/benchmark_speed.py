@@ -82,6 +82,9 @@ def main():
             subprocess.run(cmd, check=True)
             res[m] = json.load(open(out))
             res[m]["pts"] = np.load(out + ".npy")
+            # each result as soon as it is known: StarDist's dense tiled run may take long
+            print(f"{m}: {res[m]['seconds']:.1f} s, peak {res[m]['peak_gb']:.2f} GB, {res[m]['n']} points, "
+                  f"F1 vs truth {match_points(truth, res[m]['pts'], vox, 0.5).f1:.3f}", file=sys.stderr, flush=True)
     print(f"\nframe {tuple(a.shape)} px, {len(truth)} true spots, model {a.model or 'shipped'}")
     print(f"{'method':<34}{'seconds':>9}{'peak GB':>9}{'points':>8}{'F1 truth':>10}{'RMSE nm':>9}  notes")
     for m, r in res.items():
