@@ -39,6 +39,13 @@ SPOT_SIGMA_UM = (0.25, 0.12, 0.12)
 MAX_IN_MEMORY_GB = 4.0
 
 
+def exceeds_memory(shape_zyx, n_channels, max_in_memory_gb=MAX_IN_MEMORY_GB) -> bool:
+    """True when a ``(Z, Y, X)`` volume of ``n_channels`` float32 channels is larger than
+    ``max_in_memory_gb`` (GB, 1e9 bytes; None: never), i.e. goes out of core."""
+    nbytes = 4.0 * int(n_channels) * np.prod([int(v) for v in shape_zyx], dtype=np.float64)
+    return max_in_memory_gb is not None and nbytes > float(max_in_memory_gb) * 1e9
+
+
 # --------------------------------------------------------------------------------------------
 # model facts
 # --------------------------------------------------------------------------------------------
@@ -499,7 +506,7 @@ def predict_volume(model, volume, voxel_size_um=None, prob_thresh=None, nms_thre
     if len(shape) != 4 or shape[-1] != facts["n_channel_in"]:
         raise InputError(f"volume of shape {tuple(np.shape(volume))} does not fit model {facts['name']}: "
                          f"it takes {facts['n_channel_in']} channel(s) (Z, Y, X, C)")
-    if max_in_memory_gb is not None and 4.0 * np.prod(shape, dtype=np.float64) > float(max_in_memory_gb) * 1e9:
+    if exceeds_memory(shape[:3], shape[3], max_in_memory_gb):
         return predict_volume_out_of_core(model, volume, voxel_size_um, prob_thresh, nms_thresh, refine=refine,
                                           spot_channel=spot_channel, block_size=block_size,
                                           return_instances=return_instances, show_progress=show_progress,
@@ -632,8 +639,7 @@ def predict_frame(model, image, t, voxel_size_um=None, channel=None, prob_thresh
     vs = voxel_size_um if voxel_size_um is not None else getattr(image, "voxel_size_um", None)
     T = image.data.shape[0]
     idx = sorted({min(max(t + d, 0), T - 1) for d in ((-1, 0, 1) if facts["temporal"] else (0,))})
-    n_in = 4.0 * facts["n_channel_in"] * np.prod(image.data.shape[1:4], dtype=np.float64)
-    if max_in_memory_gb is not None and n_in > float(max_in_memory_gb) * 1e9:
+    if exceeds_memory(image.data.shape[1:4], facts["n_channel_in"], max_in_memory_gb):
         x = _lazy_model_input(image.data, t, facts, channel)
     else:
         frames = np.stack([np.asarray(image.frame(i)) if hasattr(image, "frame") else np.asarray(image.data[i])

@@ -77,13 +77,13 @@ def run(args) -> int:
     from kt_stardist import predict as P
 
     vs_override = io.check_voxel_size(args.voxel_size) if args.voxel_size else None
-    images = [_read(io, p, args, vs_override) for p in args.images[:1]]
+    images = [_read(io, P, p, args, vs_override) for p in args.images[:1]]
     model = P.load(args.model)
     facts = P.model_facts(model)
     if args.out_dir:
         Path(args.out_dir).mkdir(parents=True, exist_ok=True)
     for k, path in enumerate(args.images):
-        image = images[0] if k == 0 else _read(io, path, args, vs_override)
+        image = images[0] if k == 0 else _read(io, P, path, args, vs_override)
         P.check_image_for_model(image, facts, args.channel)
         vs = image.voxel_size_um or facts["voxel_size_um"]
         res = P.predict_image(model, image, voxel_size_um=vs, channel=args.channel,
@@ -103,11 +103,11 @@ def run(args) -> int:
     return 0
 
 
-def _read(io, path, args, voxel_size_um):
-    """The image, read lazily when a frame is larger than --max-memory-gb (as float32)."""
+def _read(io, P, path, args, voxel_size_um):
+    """The image, left lazy when a frame is larger than --max-memory-gb (as float32); small
+    images are read whole, which also checks them for NaN and empty volumes."""
     image = io.read_image(path, axes=args.axes, voxel_size_um=voxel_size_um, lazy=True)
-    zyx = image.shape_zyx
-    if 4.0 * image.n_channels * zyx[0] * zyx[1] * zyx[2] > args.max_memory_gb * 1e9:
+    if P.exceeds_memory(image.shape_zyx, image.n_channels, args.max_memory_gb):
         return image
     return io.read_image(path, axes=args.axes, voxel_size_um=voxel_size_um)
 
