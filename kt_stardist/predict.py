@@ -3,12 +3,12 @@
 The flow for one frame (axis order z, y, x; channel last)::
 
     raw frame (image px) ─ rescale to the model's voxel size ─ normalize (signal region, whole frame)
-      ─ screen (DoG, where can spots be?) ─ blocks with halo (stardist.big.Block cover)
+      ─ screen (DoG, where can spots be?) ─ blocks around the candidate clusters, with halo
       ─ StarDist predict_sparse + NMS per block, each detection kept by the one block that owns
         its centre ─ map back to image px ─ refine (sub-voxel, raw intensities) ─ points table
 
-A whole 61 × 1000 × 1000 frame is never pushed densely through the network: only blocks whose
-core holds screen candidates are predicted, and only candidates above ``prob_thresh`` are kept
+A whole 61 × 1000 × 1000 frame is never pushed densely through the network: only blocks placed
+around screen candidates are predicted (:func:`plan_blocks`), and only candidates above ``prob_thresh`` are kept
 (``predict_sparse``), so memory is bounded by a block whatever the volume size.
 
 TensorFlow/stardist are imported lazily (inside functions).
@@ -26,8 +26,9 @@ from kt_stardist.defaults import LABEL_RADIUS_UM, VOXEL_SIZE_UM
 from kt_stardist.errors import InputError
 from kt_stardist.normalize import normalize
 
-#: default block (read region) size, px at the model's voxel size (z, y, x)
-BLOCK_SIZE_PX = (64, 192, 192)
+#: largest block (read region) sent to the network at once, px at the model's voxel size (z, y, x);
+#: 61 x 320 x 320 px peaked at ~2 GB (process RSS) with the shipped model on CPU
+BLOCK_SIZE_PX = (64, 320, 320)
 
 #: refinement window half-size, µm (z, y, x): about one PSF width on each side
 REFINE_HALF_UM = (0.6, 0.4, 0.4)
@@ -181,32 +182,107 @@ class Block:
     own: tuple
 
 
-def _cover_axis(size, block_size, min_overlap, context, grid):
-    """1D cover: list of (read slice, (own_lo, own_hi)). Uses :class:`stardist.big.Block`."""
-    if size <= block_size or size <= min_overlap + 2 * context + grid:
-        return [(slice(0, size), (-np.inf, np.inf))]
-    from stardist.big import Block as SDBlock
-
-    bs = max(block_size, min_overlap + 2 * context + grid)
-    chain = SDBlock.cover(size, bs, min_overlap, context, grid=grid, verbose=False)
-    bounds = [-np.inf]
-    for a, b in zip(chain[:-1], chain[1:]):
-        # middle of the overlap of the write regions: at least min_overlap/2 from either edge
-        bounds.append(0.5 * (a.slice_write.stop + b.slice_write.start))
-    bounds.append(np.inf)
-    return [(t.slice_read, (bounds[i], bounds[i + 1])) for i, t in enumerate(chain)]
+#: coarse cell (px, z, y, x) in which screen candidates are grouped into clusters
+CLUSTER_CELL_PX = (8, 32, 32)
 
 
-def block_cover(shape, block_size, min_overlap, context, grid=(1, 1, 1)):
-    """All :class:`Block` s covering a ``(Z, Y, X)`` shape (px); owned intervals partition it."""
-    axes = [_cover_axis(int(s), int(b), int(o), int(c), int(g))
-            for s, b, o, c, g in zip(shape, block_size, min_overlap, context, grid)]
-    blocks = []
-    for rz, oz in axes[0]:
-        for ry, oy in axes[1]:
-            for rx, ox in axes[2]:
-                blocks.append(Block(read=(rz, ry, rx), own=(oz, oy, ox)))
-    return blocks
+def _candidates(mask):
+    """``(N, 3)`` int coordinates of a dense bool mask or a :class:`~kt_stardist.outofcore.SparseMask`."""
+    return np.asarray(mask.coords) if hasattr(mask, "coords") else np.argwhere(np.asarray(mask))
+
+
+def plan_blocks(mask, block_size, min_overlap, context, grid=(1, 1, 1), cell_px=CLUSTER_CELL_PX):
+    """Blocks that cover every screen candidate of a ``(Z, Y, X)`` mask, and nothing else.
+
+    As in :mod:`stardist.big`, a block is a *core* (``own``: it keeps the detections whose
+    centre lies inside) read with ``context`` px of halo (the network's receptive field). Unlike
+    StarDist's cover, which tiles the whole volume at fixed positions (a spot cluster straddling
+    tiles is then read several times, each with its halo), blocks are placed where the screen
+    found candidates:
+
+    1. clusters: candidates in connected occupied ``cell_px`` cells; core = their bounding box
+       widened by ``min_overlap // 2`` px (an object owned by the block lies within that of a
+       candidate);
+    2. two cores are merged when they overlap (cores stay disjoint, so each detection has one
+       owner) or when one read region is not larger than the two (e.g. two nearby clusters whose
+       halos overlap), as long as the read region stays within ``block_size``;
+    3. a core whose read region exceeds ``block_size`` is split into equal parts along the axes
+       that need it; parts without candidates within ``min_overlap // 2`` px are dropped.
+
+    Read regions are clipped at the volume and start on the ``grid``; a read never exceeds
+    ``block_size`` (except along an axis where the core plus halo alone is larger). All sizes px.
+
+    Returns
+    -------
+    list of ``(Block, read)``: ``read`` the slices actually predicted (the block's read region cut
+    down to its candidates' bounding box plus margin and halo, see :func:`_trimmed_read`).
+    """
+    shape = np.array(mask.shape)
+    c = _candidates(mask)
+    if len(c) == 0:
+        return []
+    margin = np.array([int(o) // 2 for o in min_overlap])
+    ctx, bsz = np.array(context, int), np.array(block_size, int)
+
+    def read_size(lo, hi):
+        return np.minimum(hi + ctx, shape) - np.maximum(lo - ctx, 0)
+
+    # 1. clusters of candidates in connected coarse cells
+    cell = np.array(cell_px)
+    idx = c // cell
+    occupied = np.zeros(tuple(-(-shape // cell)), bool)
+    occupied[tuple(idx.T)] = True
+    lab, _ = ndimage.label(occupied, np.ones((3, 3, 3), bool))
+    cid = lab[tuple(idx.T)]
+    order = np.argsort(cid, kind="stable")
+    groups = np.split(c[order], np.flatnonzero(np.diff(cid[order])) + 1)
+    cores = [(np.maximum(g.min(0) - margin, 0), np.minimum(g.max(0) + 1 + margin, shape)) for g in groups]
+
+    # 2. merge: overlapping cores always, others when that reads no more voxels
+    def volume(core):
+        return float(np.prod(read_size(*core)))
+
+    while len(cores) > 1:
+        best = None
+        for i in range(len(cores)):
+            for j in range(i + 1, len(cores)):
+                a, b = cores[i], cores[j]
+                u = (np.minimum(a[0], b[0]), np.maximum(a[1], b[1]))
+                overlap = bool(np.all(a[0] < b[1]) and np.all(b[0] < a[1]))
+                gain = volume(a) + volume(b) - volume(u)
+                if overlap or (gain >= 0 and np.all(read_size(*u) <= bsz)):
+                    if best is None or (overlap, gain) > best[0]:
+                        best = ((overlap, gain), i, j, u)
+        if best is None:
+            break
+        _, i, j, u = best
+        cores = [k for n, k in enumerate(cores) if n not in (i, j)] + [u]
+
+    # 3. split cores whose read region is too large; trim every part to its candidates
+    out = []
+    for lo, hi in sorted(cores, key=lambda k: tuple(k[0])):
+        edges = [_split_axis(int(a), int(b), int(cx), int(n), int(bs))
+                 for a, b, cx, n, bs in zip(lo, hi, ctx, shape, bsz)]
+        for iz in range(len(edges[0]) - 1):
+            for iy in range(len(edges[1]) - 1):
+                for ix in range(len(edges[2]) - 1):
+                    own = tuple((int(e[k]), int(e[k + 1])) for e, k in zip(edges, (iz, iy, ix)))
+                    read = tuple(slice(max(a - cx, 0), min(b + cx, n)) for (a, b), cx, n in zip(own, ctx, shape))
+                    block = Block(read=read, own=own)
+                    r = _trimmed_read(mask, block, tuple(margin), tuple(ctx), grid)
+                    if r is not None:
+                        out.append((block, r))
+    return out
+
+
+def _split_axis(lo, hi, context, size, block):
+    """Edges of the fewest equal parts of ``[lo, hi)`` whose read regions (part + ``context``,
+    clipped to ``[0, size)``) are at most ``block`` px (or a part is a single px)."""
+    for k in range(1, hi - lo + 1):
+        e = np.linspace(lo, hi, k + 1).round().astype(int)
+        if all(min(b + context, size) - max(a - context, 0) <= block for a, b in zip(e[:-1], e[1:])):
+            return e
+    return np.arange(lo, hi + 1)
 
 
 def _trimmed_read(mask, block, margin, context, grid):
@@ -220,9 +296,7 @@ def _trimmed_read(mask, block, margin, context, grid):
     own = []
     for ax, (lo, hi) in enumerate(block.own):
         n = mask.shape[ax]
-        a = 0 if not np.isfinite(lo) else max(0, int(np.floor(lo)) - margin[ax])
-        b = n if not np.isfinite(hi) else min(n, int(np.ceil(hi)) + margin[ax])
-        own.append(slice(a, b))
+        own.append(slice(max(0, int(lo) - margin[ax]), min(n, int(hi) + margin[ax])))
     sub = mask[tuple(own)]
     if not sub.any():
         return None
@@ -270,15 +344,17 @@ def detect_instances(model, x, prob_thresh=None, nms_thresh=None, block_size=BLO
                      voxel_size_um=VOXEL_SIZE_UM, screen_mask=None, show_progress=False):
     """StarDist instances of a normalised ``(Z, Y, X, C)`` volume at the model's voxel size.
 
-    Blocks (read region = core + halo of StarDist's receptive field) are predicted only where
-    ``screen_mask`` (``(Z, Y, X)`` bool; None: :func:`screen` of channel 0) has candidates;
-    NMS (``b=0``: objects at the volume border are kept) runs per block and each detection is
-    kept by the one block owning its centre.
+    Blocks (core + halo of StarDist's receptive field, at most ``block_size`` px) are placed
+    around the candidates of ``screen_mask`` (``(Z, Y, X)`` bool; None: :func:`screen` of
+    channel 0) by :func:`plan_blocks`; nothing else is predicted. NMS (``b=0``: objects at the
+    volume border are kept) runs per block and each detection is kept by the one block whose
+    core holds its centre.
 
     Returns
     -------
     dict with ``points`` (N, 3) px (z, y, x, NMS centres), ``prob`` (N,), ``dist`` (N, n_rays),
-    ``n_blocks`` (predicted) and ``n_blocks_total``.
+    ``rays``, ``n_blocks`` (predicted), ``n_voxels_read`` (sent to the network) and ``n_voxels``
+    (of the volume).
     """
     from stardist import rays_from_json
     from stardist.nms import non_maximum_suppression_3d_sparse
@@ -289,16 +365,9 @@ def detect_instances(model, x, prob_thresh=None, nms_thresh=None, block_size=BLO
     nms_thresh = float(th.nms if nms_thresh is None else nms_thresh)
     rays = rays_from_json(model.config.rays_json)
     shape = x.shape[:3]
-    bsz, ovl, ctx, grid = block_geometry(model, block_size, voxel_size_um=voxel_size_um)
-    blocks = block_cover(shape, bsz, ovl, ctx, grid)
     if screen_mask is None:
         screen_mask = screen(x[..., 0], voxel_size_um)
-    margin = tuple(o // 2 for o in ovl)
-    todo = []
-    for b in blocks:
-        r = _trimmed_read(screen_mask, b, margin, ctx, grid)
-        if r is not None:
-            todo.append((b, r))
+    todo = plan_blocks(screen_mask, *block_geometry(model, block_size, voxel_size_um=voxel_size_um))
 
     pts, probs, dists = [], [], []
     n_vox = 0
@@ -317,7 +386,7 @@ def detect_instances(model, x, prob_thresh=None, nms_thresh=None, block_size=BLO
         points=np.concatenate(pts) if pts else np.zeros((0, 3)),
         prob=np.concatenate(probs) if probs else np.zeros(0, np.float32),
         dist=np.concatenate(dists) if dists else np.zeros((0, n_rays), np.float32),
-        n_blocks=len(todo), n_blocks_total=len(blocks), n_voxels_read=n_vox, rays=rays,
+        n_blocks=len(todo), n_voxels_read=n_vox, n_voxels=int(np.prod(shape)), rays=rays,
     )
 
 

@@ -65,33 +65,63 @@ class SpotModel:
         return prob[inds], dist, pts
 
 
-def test_block_cover_owned_regions_partition_the_volume():
-    blocks = P.block_cover((40, 300, 250), (64, 128, 128), (6, 10, 10), (8, 16, 16), (1, 2, 2))
-    assert len(blocks) > 4
-    pts = np.random.default_rng(0).uniform(0, 1, (2000, 3)) * np.array([40, 300, 250])
-    counts = np.sum([P.owns(b, pts) for b in blocks], axis=0)
+def test_plan_blocks_covers_candidates_once_and_skips_empty_space():
+    shape = (30, 400, 400)
+    mask = np.zeros(shape, bool)
+    rng = np.random.default_rng(0)
+    mask[tuple(rng.integers([5, 20, 20], [25, 60, 60], (40, 3)).T)] = True  # cluster a (corner)
+    mask[tuple(rng.integers([5, 300, 300], [25, 330, 340], (40, 3)).T)] = True  # cluster b (far)
+    mask[tuple(rng.integers([5, 100, 150], [25, 280, 190], (200, 3)).T)] = True  # c: longer than a block
+    block, ovl, ctx, grid = (64, 128, 128), (6, 10, 10), (8, 16, 16), (1, 2, 2)
+    plan = P.plan_blocks(mask, block, ovl, ctx, grid)
+    cores = [b.own for b, _ in plan]
+    # every read within the block size, starts on the grid, inside the block's own read region
+    for b, r in plan:
+        assert all(s.stop - s.start <= n for s, n in zip(r, block))
+        assert all(s.start % g == 0 or s.start == b.read[ax].start for ax, (s, g) in enumerate(zip(r, grid)))
+        assert all(b.read[ax].start <= s.start and s.stop <= b.read[ax].stop for ax, s in enumerate(r))
+    # cores are disjoint: every position near a candidate (within min_overlap // 2) has one owner
+    margin = np.array(ovl) // 2
+    near = np.argwhere(mask) + rng.integers(-margin, margin + 1, (int(mask.sum()), 3))
+    near = np.clip(near, 0, np.array(shape) - 1)
+    counts = np.sum([P.owns(b, near) for b, _ in plan], axis=0)
     assert np.all(counts == 1)
-    # the owned interval is at least min_overlap/2 inside the write region, context beyond
-    for b in blocks:
-        for ax, (lo, hi) in enumerate(b.own):
-            if np.isfinite(lo):
-                assert lo - b.read[ax].start >= 16 + 5
-            if np.isfinite(hi):
-                assert b.read[ax].stop - hi >= 16 + 5
+    # the far clusters are not read together, the long one is split, empty space is not read
+    assert len(plan) >= 4 and len({c[1] for c in cores}) > 2
+    read = sum(np.prod([s.stop - s.start for s in r]) for _, r in plan)
+    assert read < 0.5 * np.prod(shape)
+    assert not any(b.read[1].start <= 200 < b.read[1].stop and b.read[2].start <= 250 < b.read[2].stop
+                   for b, _ in plan)  # between the clusters
+    assert P.plan_blocks(np.zeros(shape, bool), block, ovl, ctx, grid) == []
+
+
+def test_plan_blocks_merges_nearby_clusters_into_one_read():
+    mask = np.zeros((20, 200, 200), bool)
+    mask[10, 50, 50] = mask[10, 50, 120] = True  # two clusters, halos overlapping
+    plan = P.plan_blocks(mask, (64, 192, 192), (6, 10, 10), (8, 40, 40), (1, 2, 2))
+    assert len(plan) == 1
+    b, r = plan[0]
+    assert r[2].start <= 50 - 40 and r[2].stop >= 121 + 40
+
+
+def _split_boundary(model, shape, truth, block, noise=0.0, seed=0):
+    """A y position (px) where :func:`plan_blocks` splits the cluster of ``truth`` between two cores."""
+    x = P.normalize(spots(shape, truth, noise=noise, seed=seed)[..., None], voxel_size_um=VOX)
+    plan = P.plan_blocks(P.screen(x[..., 0], VOX), *P.block_geometry(model, block, voxel_size_um=VOX))
+    shared = sorted({b.own[1][1] for b, _ in plan} & {b.own[1][0] for b, _ in plan})
+    assert shared, "expected the cluster to be split along y"
+    return float(shared[0])
 
 
 def test_detection_on_block_boundary_appears_once_and_border_objects_kept():
     model = SpotModel()
-    shape = (12, 200, 200)
-    geo = P.block_geometry(model, (64, 64, 64), voxel_size_um=VOX)
-    blocks = P.block_cover(shape, *geo)
-    bounds = sorted({b.own[1][1] for b in blocks if np.isfinite(b.own[1][1])})
-    assert bounds, "expected more than one block along y"
-    yb = bounds[0]
-    truth = np.array([[6, yb, 100.3], [6, yb - 0.5, 40], [6, 0.2, 150], [0.2, 120, 199.6], [11.6, 199.5, 0.4]])
+    shape = (12, 200, 160)
+    chain = np.array([[6, y, 60.0] for y in range(10, 200, 20)])  # one cluster, longer than a block
+    yb = _split_boundary(model, shape, chain, (64, 64, 64))
+    truth = np.vstack([chain, [[6, yb, 80.3], [6, yb - 0.5, 40], [0.2, 120, 159.6], [11.6, 199.5, 0.4]]])
     x = P.normalize(spots(shape, truth)[..., None], voxel_size_um=VOX)
     inst = P.detect_instances(model, x, block_size=(64, 64, 64), voxel_size_um=VOX)
-    assert inst["n_blocks"] < inst["n_blocks_total"]  # empty blocks skipped
+    assert inst["n_blocks"] > 1 and inst["n_voxels_read"] < inst["n_voxels"]  # empty space skipped
     pts = inst["points"]
     assert len(pts) == len(truth)
     d = np.linalg.norm((pts[:, None] - truth[None]) * np.array(VOX), axis=2)
@@ -246,12 +276,11 @@ OOC_CHUNK = (5, 40, 40)  # small chunks: statistics and screen cross several chu
 
 
 def _ooc_volume(model, block=(64, 64, 64)):
-    """Spots (one on a block border along y, one at the volume edge) on noise, and the border."""
-    geo = P.block_geometry(model, block, voxel_size_um=VOX)
-    bounds = sorted({b.own[1][1] for b in P.block_cover(OOC_SHAPE, *geo) if np.isfinite(b.own[1][1])})
-    assert bounds, "expected more than one block along y"
-    yb = bounds[0]
-    truth = np.array([[6, yb, 60.3], [4.2, 20.4, 30.6], [8.5, 70.2, 15.8], [0.3, 88.6, 80.1], [5.6, yb - 20.3, 88.9]])
+    """Spots (a chain along y split between blocks, one on the split, one at the volume edge) on
+    noise, and the split's y."""
+    chain = np.array([[6, y, 40.0] for y in range(8, 96, 16)] + [[0.3, 88.6, 80.1], [8.5, 70.2, 15.8]])
+    yb = _split_boundary(model, OOC_SHAPE, chain, block, noise=3, seed=4)
+    truth = np.vstack([chain, [[6, yb, 52.3]]])
     return spots(OOC_SHAPE, truth, noise=3, seed=4)[..., None], truth, yb
 
 
@@ -316,7 +345,7 @@ def test_out_of_core_gives_the_same_points_and_never_reads_the_whole_volume(monk
     df_ooc, inst_ooc, f = P.predict_volume(model, log, VOX, block_size=(64, 64, 64), return_instances=True,
                                            max_in_memory_gb=0)
     assert f is None and len(df_mem) == len(truth)
-    assert inst_ooc["n_blocks"] == inst_mem["n_blocks"] and inst_ooc["n_blocks_total"] > 1
+    assert inst_ooc["n_blocks"] == inst_mem["n_blocks"] > 1
     pd.testing.assert_frame_equal(df_ooc, df_mem, rtol=0, atol=1e-6)
     d = np.linalg.norm((df_ooc[["z", "y", "x"]].to_numpy()[:, None] - truth[None]) * np.array(VOX), axis=2)
     assert np.all(d.min(0) < 0.05)  # the spot on the block border found once, near the truth
