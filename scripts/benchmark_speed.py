@@ -40,8 +40,7 @@ def worker(method, model_dir, vol_path, out_path):
     if method == "kt":
         df, inst, _ = P.predict_volume(model, vol[..., None], return_instances=True)
         pts = df[["z", "y", "x"]].to_numpy()
-        extra = dict(blocks=f"{inst['n_blocks']}/{inst['n_blocks_total']}",
-                     voxels_read=inst["n_voxels_read"] / vol.size)
+        extra = dict(blocks=inst["n_blocks"], voxels_read=inst["n_voxels_read"] / vol.size)
     else:
         x = normalize(vol)
         n_tiles = model._guess_n_tiles(x)

@@ -1,17 +1,27 @@
 """Transfer vs from scratch: point F1 on held-out simulations after the same number of steps.
 
-Both runs finetune config ``kt-default`` on the same randomized simulations with the same seed
-and steps; one starts from a pretrained model (weights transferred, every layer whose shape
-matches), one from random weights. Thresholds are chosen by point F1 on validation
-simulations, then both are scored on held-out volumes per SNR preset (match_points, 0.5 µm).
+Every arm runs the real command line, ``kt-stardist finetune --rays R`` (config ``kt-default``,
+the same simulations, seed, steps and settings), and differs only in ``--from``:
 
-    python scripts/benchmark_transfer.py --from build/default-model/pretrain --steps 120
+* ``nuclei``: from ``kt-stardist pretrain`` (StarDist's example nuclei, run first if
+  ``--pretrained`` does not exist yet): every U-Net layer and the probability head transfer, the
+  distance head (48 -> R rays) starts fresh;
+* ``kinetochore``: from the shipped kinetochore model (32 rays): the same layers transfer;
+* ``scratch``: random weights (the baseline).
+
+Each model's thresholds are chosen by point F1 on its validation simulations; all are then scored
+on the same held-out volumes per SNR preset (``train.evaluate_simulated``: match_points, 0.5 µm,
+NMS centres, no refinement). The model folders stay in ``--work``.
+
+    python scripts/benchmark_transfer.py                        # 256 rays, 3 arms x 200 steps
+    python scripts/benchmark_transfer.py --rays 32 --steps 400 --arms nuclei scratch
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,17 +30,27 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+ARMS = ("nuclei", "kinetochore", "scratch")
+
+
+def cli(*args):
+    """Run ``kt-stardist ARGS`` in a subprocess (what a user types); raise if it fails."""
+    cmd = [sys.executable, "-m", "kt_stardist", *map(str, args)]
+    print("$ kt-stardist " + " ".join(map(str, args)), file=sys.stderr, flush=True)
+    subprocess.run(cmd, check=True)
+
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--from", dest="src", default=str(ROOT / "build" / "default-model" / "pretrain"),
-                    help="pretrained model folder (made by `kt-stardist pretrain` if missing)")
     ap.add_argument("--work", default=str(ROOT / "build" / "benchmark-transfer"))
-    ap.add_argument("--steps", type=int, default=120, help="training steps for each run")
-    ap.add_argument("--steps-per-epoch", type=int, default=30)
-    ap.add_argument("--simulate", type=int, default=16)
-    ap.add_argument("--val", type=int, default=3)
-    ap.add_argument("--rays", type=int, default=None, help="rays of the finetuned model (default: config's)")
+    ap.add_argument("--pretrained", default=None,
+                    help="nuclei model folder (default WORK/pretrain; made by `kt-stardist pretrain` if missing)")
+    ap.add_argument("--pretrain-epochs", type=int, default=4)
+    ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    ap.add_argument("--rays", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=200, help="training steps of each arm")
+    ap.add_argument("--steps-per-epoch", type=int, default=40)
+    ap.add_argument("--simulate", type=int, default=16, help="simulated training volumes")
     ap.add_argument("--eval-volumes", type=int, default=3)
     ap.add_argument("--snr", nargs="+", default=["easy", "mid", "hard"])
     ap.add_argument("--seed", type=int, default=0)
@@ -39,31 +59,38 @@ def main(argv=None):
     import pandas as pd
 
     from kt_stardist import train
+    from kt_stardist.model import DEFAULT_MODEL_DIR, load_model
 
-    work, src = Path(a.work), Path(a.src)
-    if not (src / "weights_best.h5").is_file():
-        train.pretrain(src, epochs=1, steps_per_epoch=25, seed=a.seed, tensorboard=False)
+    work = Path(a.work)
+    pre = Path(a.pretrained) if a.pretrained else work / "pretrain"
+    if "nuclei" in a.arms and not (pre / "weights_best.h5").is_file():
+        t0 = time.time()
+        cli("pretrain", "--out", pre, "--epochs", a.pretrain_epochs, "--seed", a.seed, "--no-tensorboard")
+        print(f"pretrain: {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
+    sources = {"nuclei": pre, "kinetochore": DEFAULT_MODEL_DIR, "scratch": None}
     epochs = max(1, a.steps // a.steps_per_epoch)
     rows = []
-    for mode, from_model in (("transfer", src), ("scratch", None)):
+    for arm in a.arms:
+        out = work / f"{arm}-{a.rays}rays"
         t0 = time.time()
-        model, rep = train.finetune(work / mode, from_model=from_model, config="kt-default", n_rays=a.rays,
-                                    simulate=a.simulate, n_val_sim=a.val, epochs=epochs,
-                                    steps_per_epoch=a.steps_per_epoch, seed=a.seed, patience=0,
-                                    tensorboard=False, patch_size=(16, 64, 64),
-                                    augment=dict(gamma=None, noise=0.02, offset=0.05))
+        cli("finetune", "--out", out, *(["--from", sources[arm]] if sources[arm] else []), "--rays", a.rays,
+            "--simulate", a.simulate, "--epochs", epochs, "--steps-per-epoch", a.steps_per_epoch,
+            "--patience", 0, "--seed", a.seed, "--no-tensorboard")
         secs = time.time() - t0
+        model = load_model(out)
         ev = train.evaluate_simulated(model, snrs=a.snr, n=a.eval_volumes)
-        row = dict(mode=mode, steps=rep["steps"], s_per_step=secs / max(rep["steps"], 1),
-                   prob=rep["thresholds"]["prob"], val_f1=rep["thresholds"]["f1"])
+        info = getattr(model, "kt_info", {})
+        row = dict(start=arm, rays=a.rays, steps=epochs * a.steps_per_epoch, minutes=secs / 60,
+                   fresh_layers=len(info.get("transfer", {}).get("fresh", [])) if sources[arm] else "all",
+                   prob=float(model.thresholds.prob), val_F1=info.get("validation_f1", float("nan")))
         for _, r in ev.iterrows():
             row[f"F1_{r.snr}"] = r.f1
             row[f"RMSE_nm_{r.snr}"] = r.rmse_nm
         rows.append(row)
         print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.3f}"), flush=True)
-    table = pd.DataFrame(rows)
-    print("\ntransfer vs scratch (baseline), same data, seed and steps:")
-    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"\nfinetune --rays {a.rays}, {epochs * a.steps_per_epoch} steps each, same simulations and seed; "
+          f"scored on {a.eval_volumes} held-out volumes per preset (0.5 µm):")
+    print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     return 0
 
 

@@ -74,6 +74,11 @@ def main(argv=None):
     ap.add_argument("--pretrain-epochs", type=int, default=1)
     ap.add_argument("--pretrain-steps", type=int, default=25)
     ap.add_argument("--pretrain", action="store_true", help="pretrain on example nuclei and transfer")
+    ap.add_argument("--from", dest="from_model", default=None,
+                    help="start from this model folder instead ('default': the shipped model)")
+    ap.add_argument("--foreground", type=float, default=None,
+                    help="share of patches drawn around spots (default: the config's, 0.9)")
+    ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--name", default="finetune", help="training folder name inside --work")
     ap.add_argument("--skip-training", action="store_true", help="use the trained folder in --work")
     ap.add_argument("--simulate", type=int, default=32, help="simulated training volumes")
@@ -106,7 +111,10 @@ def main(argv=None):
     src = work / a.name
     if not a.evaluate_only and not a.skip_training:
         pre = work / "pretrain" if a.pretrain else None
-        if pre is not None:
+        if a.from_model:
+            from kt_stardist.model import DEFAULT_MODEL_DIR
+            pre = DEFAULT_MODEL_DIR if a.from_model == "default" else Path(a.from_model)
+        if a.pretrain and not a.from_model:
             if not (a.resume and (pre / "weights_best.h5").is_file() and (pre / "model.json").is_file()):
                 train.pretrain(pre, epochs=a.pretrain_epochs, steps_per_epoch=a.pretrain_steps, seed=a.seed)
             print(f"pretrain done after {time.time() - t0:.0f} s", flush=True)
@@ -115,8 +123,9 @@ def main(argv=None):
                                     simulate=a.simulate, n_val_sim=a.val, sim_shape=tuple(a.shape),
                                     patch_size=tuple(a.patch), epochs=a.epochs, steps_per_epoch=a.steps_per_epoch,
                                     freeze=a.freeze, seed=a.seed, resume=a.resume, patience=0, sim_snrs=tuple(a.sim_snrs),
-                                    warmup=a.warmup,
-                                    **({"unet_n_filter_base": a.filters} if a.filters else {}))
+                                    warmup=a.warmup, lr=a.lr,
+                                    **({"unet_n_filter_base": a.filters} if a.filters else {}),
+                                    **({"train_foreground_only": a.foreground} if a.foreground is not None else {}))
         n_steps = rep["steps"]
         print(f"training done: {n_steps} steps in {time.time() - t1:.0f} s "
               f"({(time.time() - t1) / max(n_steps, 1):.2f} s/step incl. data, validation, thresholds); "
