@@ -2,7 +2,7 @@
 
 - :func:`log_detect`: anisotropic Laplacian of Gaussian + local maxima on the normalised volume
   (:func:`kt_stardist.normalize.normalize`), threshold tuned on training volumes with
-  :func:`tune_log_threshold`; positions refined like the model's (:func:`kt_stardist.predict.refine_points`).
+  :func:`tune_log_threshold`; positions refined like the model's (:func:`kt_stardist.refine.refine_points`).
 - :func:`bigfish_detect`: Big-FISH ``detect_spots`` with its automatic threshold (optional
   dependency ``big-fish``).
 
@@ -51,7 +51,7 @@ def log_detect(volume, voxel_size_um=VOXEL_SIZE_UM, threshold=LOG_THRESHOLD, sig
 
     ``threshold`` is in normalised-intensity units (see :func:`tune_log_threshold`).
     """
-    from kt_stardist.predict import refine_points
+    from kt_stardist.refine import refine_points
 
     vol = np.asarray(volume, np.float32)
     if vol.ndim != 3:

@@ -25,13 +25,11 @@ from scipy import ndimage
 from kt_stardist.defaults import LABEL_RADIUS_UM, VOXEL_SIZE_UM
 from kt_stardist.errors import InputError
 from kt_stardist.normalize import normalize
+from kt_stardist.refine import refine_points  # noqa: F401  (part of this module's API)
 
 #: largest block (read region) sent to the network at once, px at the model's voxel size (z, y, x);
 #: 61 x 320 x 320 px peaked at ~2 GB (process RSS) with the shipped model on CPU
 BLOCK_SIZE_PX = (64, 320, 320)
-
-#: refinement window half-size, µm (z, y, x): about one PSF width on each side
-REFINE_HALF_UM = (0.6, 0.4, 0.4)
 
 #: spot-sized Gaussian sigma of the screen, µm (z, y, x)
 SPOT_SIGMA_UM = (0.25, 0.12, 0.12)
@@ -395,136 +393,6 @@ def _sparse(model, xb, prob_thresh):
     r = model.predict_sparse(xb, axes="ZYXC", prob_thresh=prob_thresh, b=0, show_tile_progress=False)
     prob, dist, points = r[0], r[1], r[-1]
     return np.asarray(prob), np.asarray(dist), np.asarray(points)
-
-
-# --------------------------------------------------------------------------------------------
-# refine: sub-voxel positions from the raw intensities
-# --------------------------------------------------------------------------------------------
-
-def _window(shape, center, half):
-    c = np.round(center).astype(int)
-    lo = np.maximum(c - half, 0)
-    hi = np.minimum(c + half + 1, shape)
-    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi)), lo
-
-
-def _own_mask(coords, i, points_um, tree, voxel_size_um, radius_um):
-    """Voxels of a window nearer (µm) to point ``i`` than to any other detection (Voronoi cell)."""
-    near = [j for j in tree.query_ball_point(points_um[i], radius_um) if j != i]
-    if not near:
-        return None
-    vs = np.asarray(voxel_size_um)
-    c_um = coords * vs
-    d_self = np.sum((c_um - points_um[i]) ** 2, axis=1)
-    d_other = np.min(np.sum((c_um[:, None, :] - points_um[near][None]) ** 2, axis=2), axis=1)
-    return d_self <= d_other
-
-
-def _centroid(vals, coords, start, n_iter=5, half=None):
-    w = vals - np.percentile(vals, 20)
-    w = np.clip(w, 0, None)
-    p = np.asarray(start, np.float64)
-    for _ in range(n_iter):
-        # weight by a soft window around the current estimate, so a neighbour does not pull
-        d2 = np.sum(((coords - p) / np.maximum(half, 1)) ** 2, axis=1)
-        ww = w * np.exp(-2.0 * d2)
-        s = ww.sum()
-        if s <= 0:
-            break
-        p = (ww[:, None] * coords).sum(0) / s
-    return p
-
-
-def _gauss_fit(vals, coords, start, sigma0, max_shift):
-    from scipy.optimize import least_squares
-
-    bg0 = float(np.percentile(vals, 20))
-    amp0 = max(float(vals.max()) - bg0, 1e-6)
-    x0 = np.r_[start, sigma0, amp0, bg0]
-    scale = max(amp0, 1e-6)
-
-    def res(q):
-        c, sg, a, b = q[:3], q[3:6], q[6], q[7]
-        g = np.exp(-0.5 * np.sum(((coords - c) / sg) ** 2, axis=1))
-        return (b + a * g - vals) / scale
-
-    def jac(q):  # analytic: ~10x faster than finite differences
-        c, sg, a = q[:3], q[3:6], q[6]
-        u = (coords - c) / sg
-        g = np.exp(-0.5 * np.sum(u ** 2, axis=1))
-        ag = (a * g)[:, None]
-        return np.hstack([ag * u / sg, ag * u ** 2 / sg, g[:, None], np.ones((len(g), 1))]) / scale
-
-    lo = np.r_[start - max_shift, 0.3 * sigma0, 0, -np.inf]
-    hi = np.r_[start + max_shift, 3.0 * sigma0, np.inf, np.inf]
-    x0 = np.clip(x0, lo + 1e-9, hi - 1e-9)
-    try:
-        r = least_squares(res, x0, jac=jac, bounds=(lo, hi), method="trf", x_scale="jac", max_nfev=60)
-    except Exception:
-        return None
-    return r.x[:3] if r.success or r.status == 0 else None
-
-
-def refine_points(volume, points_px, voxel_size_um=VOXEL_SIZE_UM, method="gauss", half_um=REFINE_HALF_UM,
-                  psf_sigma_um=(0.25, 0.11, 0.11), max_shift_um=(0.45, 0.3, 0.3)):
-    """Sub-voxel positions from raw intensities around each detection.
-
-    Parameters
-    ----------
-    volume : ndarray (Z, Y, X)
-        Raw (or normalised) intensities of the spot channel, image px.
-    points_px : (N, 3) float px (z, y, x)
-        Starting positions (NMS centres, on the network's grid).
-    voxel_size_um : (z, y, x) µm of ``volume``.
-    method : "gauss" (least-squares 3D Gaussian + background), "centroid" (background-subtracted
-        intensity-weighted centroid, iterated in a soft window) or "none".
-    half_um : window half-size (z, y, x) µm.
-    psf_sigma_um : starting Gaussian sigma (z, y, x) µm for "gauss".
-    max_shift_um : (z, y, x) µm; a fit that moves further than this from the start, or fails,
-        falls back to the centroid (and that, if it too moves too far, to the start).
-
-    Voxels nearer to another detection than to this one are left out of its window, so a
-    close sister does not pull the estimate. A lazy (dask) ``volume`` is read window by window.
-
-    Returns
-    -------
-    (N, 3) float64 px.
-    """
-    from scipy.spatial import cKDTree
-
-    from kt_stardist import outofcore as O
-
-    vol = volume if O.is_lazy(volume) else np.asarray(volume)  # lazy: only the windows are read
-    pts = np.asarray(points_px, np.float64).reshape(-1, 3)
-    if method == "none" or len(pts) == 0:
-        return pts.copy()
-    if method not in ("gauss", "centroid"):
-        raise ValueError(f"refine method must be 'gauss', 'centroid' or 'none', got {method!r}")
-    vs = np.asarray(voxel_size_um, np.float64)
-    half = np.maximum(np.round(np.asarray(half_um) / vs).astype(int), 1)
-    sigma0 = np.asarray(psf_sigma_um) / vs
-    max_shift = np.asarray(max_shift_um) / vs
-    pts_um = pts * vs
-    tree = cKDTree(pts_um)
-    radius = float(np.linalg.norm(np.asarray(half_um)) * 2)
-    out = pts.copy()
-    for i, p in enumerate(pts):
-        sl, lo = _window(vol.shape, p, half)
-        sub = O.read(vol, sl).astype(np.float64)
-        if sub.size < 8:
-            continue
-        coords = np.stack(np.meshgrid(*[np.arange(s.start, s.stop) for s in sl], indexing="ij"), -1).reshape(-1, 3)
-        vals = sub.ravel()
-        m = _own_mask(coords.astype(np.float64), i, pts_um, tree, vs, radius)
-        if m is not None and m.sum() >= 8:
-            coords, vals = coords[m], vals[m]
-        coords = coords.astype(np.float64)
-        c = _centroid(vals, coords, p, half=half)
-        q = _gauss_fit(vals, coords, p, sigma0, max_shift) if method == "gauss" else c
-        if q is None or np.any(np.abs(q - p) > max_shift) or not np.all(np.isfinite(q)):
-            q = c if np.all(np.abs(c - p) <= max_shift) else p
-        out[i] = q
-    return out
 
 
 # --------------------------------------------------------------------------------------------

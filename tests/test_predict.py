@@ -146,6 +146,37 @@ def test_refine_beats_grid_positions():
     assert rms["centroid"] < rms["grid"], rms
 
 
+def test_close_sisters_are_fitted_jointly():
+    """Two spots 0.4-0.5 µm apart: one joint fit explains both; fitting each alone on its
+    Voronoi cell is pulled by the neighbour's light (and cut by the cell border)."""
+    rng = np.random.default_rng(3)
+    shape = (15, 41, 41)
+    errs = {1: [], 4: []}
+    for _ in range(10):
+        sep = rng.uniform(0.4, 0.5)  # µm, along a random direction in y-x, a bit in z
+        ang = rng.uniform(0, np.pi)
+        d = np.array([rng.uniform(-0.2, 0.2), sep * np.sin(ang), sep * np.cos(ang)]) / VOX
+        centre = np.array([7, 20, 20]) + rng.uniform(-0.5, 0.5, 3)
+        true = np.stack([centre - d / 2, centre + d / 2])
+        img = spots(shape, true, amp=300, bg=100, noise=8, seed=int(rng.integers(1e6)))
+        start = np.round(true / [1, 2, 2]) * [1, 2, 2]
+        for g in errs:
+            q = P.refine_points(img, start, VOX, method="gauss", max_group=g)
+            errs[g] += list(np.linalg.norm((q - true) * VOX, axis=1))
+    rms = {g: float(np.sqrt(np.mean(np.square(v)))) for g, v in errs.items()}
+    assert rms[4] < 0.7 * rms[1], rms
+    assert rms[4] < 0.04, rms  # µm
+
+
+def test_overlap_groups():
+    from kt_stardist.refine import overlap_groups
+
+    pts = np.array([[5, 10, 10], [5, 14, 10], [5, 17, 10], [5, 40, 40], [20, 40, 40]], float)
+    groups = sorted(sorted(g) for g in overlap_groups(pts, (2, 3, 3)))
+    assert groups == [[0, 1, 2], [3], [4]]
+    assert overlap_groups(np.zeros((0, 3)), (2, 3, 3)) == []
+
+
 def test_rescaling_maps_points_back_to_image_px():
     model = SpotModel()
     vs_img = (0.3, 0.07, 0.07)
