@@ -30,6 +30,9 @@ LEARNING_RATE = 1e-3
 NMS_THRESHS = (0.1, 0.3, 0.5)
 #: probability thresholds tried
 PROB_THRESHS = tuple(np.round(np.arange(0.05, 0.951, 0.025), 3))
+
+#: most NMS candidates per validation volume in the threshold search (see choose_thresholds)
+MAX_NMS_CANDIDATES = 3000
 #: layers that are output heads (never frozen)
 HEAD_LAYERS = ("features", "prob", "dist")
 
@@ -466,7 +469,8 @@ def nms_points(model, prob, dist, points, nms_thresh):
 
 
 def choose_thresholds(model, X_val, points_val, voxel_size_um=VOXEL_SIZE_UM, cutoff_um=MATCH_CUTOFF_UM,
-                      nms_threshs=NMS_THRESHS, prob_threshs=PROB_THRESHS, save=True):
+                      nms_threshs=NMS_THRESHS, prob_threshs=PROB_THRESHS, save=True,
+                      max_candidates=MAX_NMS_CANDIDATES):
     """Choose (prob, nms) thresholds maximising point F1 on validation volumes.
 
     Greedy NMS keeps a candidate only against kept candidates of higher probability, so the
@@ -479,6 +483,10 @@ def choose_thresholds(model, X_val, points_val, voxel_size_um=VOXEL_SIZE_UM, cut
     X_val : list of normalised volumes ZYXC
     points_val : list of (N, 3) px ground-truth points
     voxel_size_um : (z, y, x) µm, one for all, or a list (one per volume)
+    max_candidates : NMS cost grows with candidates × rays (a half-trained 256-ray model can
+        leave tens of thousands above 0.05 per volume); when a volume has more, the sweep starts
+        at the lowest ``prob_threshs`` value that keeps at most this many in every volume (the
+        results above it are unchanged: NMS is greedy in probability order)
 
     Returns
     -------
@@ -491,8 +499,14 @@ def choose_thresholds(model, X_val, points_val, voxel_size_um=VOXEL_SIZE_UM, cut
     from kt_stardist.model import save_thresholds
 
     vss = voxel_size_um if (len(voxel_size_um) == len(X_val) and np.ndim(voxel_size_um[0]) == 1) else [voxel_size_um] * len(X_val)
-    pmin = float(min(prob_threshs))
-    cands = [candidates(model, x, pmin) for x in X_val]
+    prob_threshs = np.sort(np.asarray(prob_threshs, float))
+    cands = [candidates(model, x, float(prob_threshs[0])) for x in X_val]
+    floor = max((np.sort(c[0])[::-1][max_candidates] for c in cands if len(c[0]) > max_candidates), default=-np.inf)
+    if np.isfinite(floor):
+        higher = prob_threshs[prob_threshs > floor]
+        prob_threshs = higher if len(higher) else prob_threshs[-1:]
+        cands = [tuple(a[c[0] >= prob_threshs[0]] for a in c) for c in cands]
+        _log(f"thresholds: more than {max_candidates} candidates in a volume, sweep from prob {prob_threshs[0]:.3f}")
     rows = []
     for nms in nms_threshs:
         kept = [nms_points(model, *c, nms_thresh=nms) for c in cands]

@@ -11,7 +11,8 @@ the same simulations, seed, steps and settings), and differs only in ``--from``:
 
 Each model's thresholds are chosen by point F1 on its validation simulations; all are then scored
 on the same held-out volumes per SNR preset (``train.evaluate_simulated``: match_points, 0.5 µm,
-NMS centres, no refinement). The model folders stay in ``--work``.
+NMS centres, no refinement). The model folders stay in ``--work``; run again to continue an
+interrupted benchmark (finished arms are resumed, i.e. only re-scored).
 
     python scripts/benchmark_transfer.py                        # 256 rays, 3 arms x 200 steps
     python scripts/benchmark_transfer.py --rays 32 --steps 400 --arms nuclei scratch
@@ -75,7 +76,8 @@ def main(argv=None):
         t0 = time.time()
         cli("finetune", "--out", out, *(["--from", sources[arm]] if sources[arm] else []), "--rays", a.rays,
             "--simulate", a.simulate, "--epochs", epochs, "--steps-per-epoch", a.steps_per_epoch,
-            "--patience", 0, "--seed", a.seed, "--no-tensorboard")
+            "--patience", 0, "--seed", a.seed, "--no-tensorboard",
+            *(["--resume"] if (out / "history.csv").is_file() else []))  # an interrupted run goes on
         secs = time.time() - t0
         model = load_model(out)
         ev = train.evaluate_simulated(model, snrs=a.snr, n=a.eval_volumes)

@@ -202,3 +202,28 @@ def test_warmup_epochs_train_on_easy_volumes_only(monkeypatch, tmp_path):
     assert seen == [2, 4]  # epochs 1-2 on the 2 easy volumes, epoch 3 on all 4
     assert len(rep["history"]) == 3
     assert "warm-up 2 epochs" in json.loads((tmp_path / "w" / "model.json").read_text())["training_data"]
+
+
+def test_choose_thresholds_caps_candidates_without_changing_results(monkeypatch):
+    """Threshold search: NMS is greedy in probability order, so starting the sweep higher when
+    there are too many candidates leaves every result above the new start unchanged."""
+    from types import SimpleNamespace
+
+    from kt_stardist import train
+
+    rng = np.random.default_rng(0)
+    gt = rng.uniform(0, 60, (20, 3))
+    pts = np.vstack([gt + rng.normal(0, 0.3, gt.shape), rng.uniform(0, 60, (40, 3))])
+    prob = np.r_[rng.uniform(0.5, 1, 20), rng.uniform(0.05, 0.7, 40)]
+    monkeypatch.setattr(train, "candidates", lambda model, x, pmin: tuple(
+        a[prob >= pmin] for a in (prob, np.zeros((len(prob), 4)), pts)))
+    # stand-in NMS: keeps every candidate, most probable first
+    monkeypatch.setattr(train, "nms_points", lambda model, p, d, q, nms_thresh: (q[np.argsort(-p)], np.sort(p)[::-1]))
+    model = SimpleNamespace()
+    args = (model, [None], [gt], (1.0, 1.0, 1.0))
+    full = train.choose_thresholds(*args, save=False, max_candidates=1000)["table"]
+    capped = train.choose_thresholds(*args, save=False, max_candidates=25)["table"]
+    floor = np.sort(prob)[::-1][25]
+    assert capped.prob.min() > floor and full.prob.min() == 0.05
+    same = full[full.prob >= capped.prob.min()].reset_index(drop=True)
+    pd.testing.assert_frame_equal(same, capped.reset_index(drop=True))
