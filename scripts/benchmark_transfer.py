@@ -74,15 +74,19 @@ def main(argv=None):
     for arm in a.arms:
         out = work / f"{arm}-{a.rays}rays"
         t0 = time.time()
-        cli("finetune", "--out", out, *(["--from", sources[arm]] if sources[arm] else []), "--rays", a.rays,
-            "--simulate", a.simulate, "--epochs", epochs, "--steps-per-epoch", a.steps_per_epoch,
-            "--patience", 0, "--seed", a.seed, "--no-tensorboard",
-            *(["--resume"] if (out / "history.csv").is_file() else []))  # an interrupted run goes on
+        done = (out / "thresholds.json").is_file() and (out / "history.csv").is_file() and \
+            len(pd.read_csv(out / "history.csv")) >= epochs
+        if not done:  # a finished arm is only scored again
+            cli("finetune", "--out", out, *(["--from", sources[arm]] if sources[arm] else []), "--rays", a.rays,
+                "--simulate", a.simulate, "--epochs", epochs, "--steps-per-epoch", a.steps_per_epoch,
+                "--patience", 0, "--seed", a.seed, "--no-tensorboard",
+                *(["--resume"] if (out / "history.csv").is_file() else []))  # an interrupted run goes on
         secs = time.time() - t0
         model = load_model(out)
         ev = train.evaluate_simulated(model, snrs=a.snr, n=a.eval_volumes)
         info = getattr(model, "kt_info", {})
-        row = dict(start=arm, rays=a.rays, steps=epochs * a.steps_per_epoch, minutes=secs / 60,
+        row = dict(start=arm, rays=a.rays, steps=epochs * a.steps_per_epoch,
+                   minutes=info.get("train_seconds", secs) / 60 if done else secs / 60,
                    fresh_layers=len(info.get("transfer", {}).get("fresh", [])) if sources[arm] else "all",
                    prob=float(model.thresholds.prob), val_F1=info.get("validation_f1", float("nan")))
         for _, r in ev.iterrows():
