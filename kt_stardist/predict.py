@@ -183,6 +183,9 @@ class Block:
 #: coarse cell (px, z, y, x) in which screen candidates are grouped into clusters
 CLUSTER_CELL_PX = (8, 32, 32)
 
+#: most clusters the block planner merges pairwise (more: the cells are doubled until fewer)
+MAX_CLUSTERS = 64
+
 
 def _candidates(mask):
     """``(N, 3)`` int coordinates of a dense bool mask or a :class:`~kt_stardist.outofcore.SparseMask`."""
@@ -198,9 +201,9 @@ def plan_blocks(mask, block_size, min_overlap, context, grid=(1, 1, 1), cell_px=
     tiles is then read several times, each with its halo), blocks are placed where the screen
     found candidates:
 
-    1. clusters: candidates in connected occupied ``cell_px`` cells; core = their bounding box
-       widened by ``min_overlap // 2`` px (an object owned by the block lies within that of a
-       candidate);
+    1. clusters: candidates in connected occupied ``cell_px`` cells (cells doubled while there
+       are more than :data:`MAX_CLUSTERS` clusters); core = their bounding box widened by
+       ``min_overlap // 2`` px (an object owned by the block lies within that of a candidate);
     2. two cores are merged when they overlap (cores stay disjoint, so each detection has one
        owner) or when one read region is not larger than the two (e.g. two nearby clusters whose
        halos overlap), as long as the read region stays within ``block_size``;
@@ -225,12 +228,17 @@ def plan_blocks(mask, block_size, min_overlap, context, grid=(1, 1, 1), cell_px=
     def read_size(lo, hi):
         return np.minimum(hi + ctx, shape) - np.maximum(lo - ctx, 0)
 
-    # 1. clusters of candidates in connected coarse cells
+    # 1. clusters of candidates in connected coarse cells (coarser while there are too many:
+    #    scattered noise candidates must not make the pairwise merging below quadratic in them)
     cell = np.array(cell_px)
-    idx = c // cell
-    occupied = np.zeros(tuple(-(-shape // cell)), bool)
-    occupied[tuple(idx.T)] = True
-    lab, _ = ndimage.label(occupied, np.ones((3, 3, 3), bool))
+    while True:
+        idx = c // cell
+        occupied = np.zeros(tuple(-(-shape // cell)), bool)
+        occupied[tuple(idx.T)] = True
+        lab, n_clusters = ndimage.label(occupied, np.ones((3, 3, 3), bool))
+        if n_clusters <= MAX_CLUSTERS or np.all(cell >= shape):
+            break
+        cell = np.minimum(cell * 2, np.maximum(shape, 1))
     cid = lab[tuple(idx.T)]
     order = np.argsort(cid, kind="stable")
     groups = np.split(c[order], np.flatnonzero(np.diff(cid[order])) + 1)

@@ -95,6 +95,17 @@ def test_plan_blocks_covers_candidates_once_and_skips_empty_space():
     assert P.plan_blocks(np.zeros(shape, bool), block, ovl, ctx, grid) == []
 
 
+def test_plan_blocks_scattered_noise_candidates():
+    rng = np.random.default_rng(1)
+    shape = (61, 600, 600)
+    mask = np.zeros(shape, bool)
+    mask[tuple(rng.integers(0, shape, (3000, 3)).T)] = True  # a noisy screen: no clusters at all
+    plan = P.plan_blocks(mask, (64, 320, 320), (6, 10, 10), (26, 46, 46), (1, 2, 2))  # cells coarsened
+    assert len(plan) <= P.MAX_CLUSTERS
+    counts = np.sum([P.owns(b, np.argwhere(mask)) for b, _ in plan], axis=0)
+    assert np.all(counts == 1)
+
+
 def test_plan_blocks_merges_nearby_clusters_into_one_read():
     mask = np.zeros((20, 200, 200), bool)
     mask[10, 50, 50] = mask[10, 50, 120] = True  # two clusters, halos overlapping
