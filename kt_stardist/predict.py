@@ -184,7 +184,7 @@ class Block:
 CLUSTER_CELL_PX = (8, 32, 32)
 
 #: most clusters the block planner merges pairwise (more: the cells are doubled until fewer)
-MAX_CLUSTERS = 64
+MAX_CLUSTERS = 256
 
 
 def _candidates(mask):
@@ -244,25 +244,25 @@ def plan_blocks(mask, block_size, min_overlap, context, grid=(1, 1, 1), cell_px=
     groups = np.split(c[order], np.flatnonzero(np.diff(cid[order])) + 1)
     cores = [(np.maximum(g.min(0) - margin, 0), np.minimum(g.max(0) + 1 + margin, shape)) for g in groups]
 
-    # 2. merge: overlapping cores always, others when that reads no more voxels
-    def volume(core):
-        return float(np.prod(read_size(*core)))
+    # 2. merge: overlapping cores always, others when that reads no more voxels (all pairs at once)
+    lo, hi = np.array([k[0] for k in cores]), np.array([k[1] for k in cores])
 
-    while len(cores) > 1:
-        best = None
-        for i in range(len(cores)):
-            for j in range(i + 1, len(cores)):
-                a, b = cores[i], cores[j]
-                u = (np.minimum(a[0], b[0]), np.maximum(a[1], b[1]))
-                overlap = bool(np.all(a[0] < b[1]) and np.all(b[0] < a[1]))
-                gain = volume(a) + volume(b) - volume(u)
-                if overlap or (gain >= 0 and np.all(read_size(*u) <= bsz)):
-                    if best is None or (overlap, gain) > best[0]:
-                        best = ((overlap, gain), i, j, u)
-        if best is None:
+    def volume(lo, hi):
+        return np.prod(read_size(lo, hi).astype(np.float64), axis=-1)
+
+    while len(lo) > 1:
+        ulo, uhi = np.minimum(lo[:, None], lo[None]), np.maximum(hi[:, None], hi[None])
+        overlap = np.all(lo[:, None] < hi[None], -1) & np.all(lo[None] < hi[:, None], -1)
+        v = volume(lo, hi)
+        gain = v[:, None] + v[None] - volume(ulo, uhi)
+        ok = overlap | ((gain >= 0) & np.all(read_size(ulo, uhi) <= bsz, -1))
+        ok &= np.triu(np.ones(ok.shape, bool), 1)
+        if not ok.any():
             break
-        _, i, j, u = best
-        cores = [k for n, k in enumerate(cores) if n not in (i, j)] + [u]
+        i, j = np.unravel_index(np.argmax(np.where(ok, gain + 1e30 * overlap, -np.inf)), ok.shape)
+        lo[i], hi[i] = ulo[i, j], uhi[i, j]
+        lo, hi = np.delete(lo, j, 0), np.delete(hi, j, 0)
+    cores = list(zip(lo, hi))
 
     # 3. split cores whose read region is too large; trim every part to its candidates
     out = []
