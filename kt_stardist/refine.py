@@ -35,10 +35,11 @@ MAX_GROUP = 4
 
 
 def _window(shape, center, half):
+    """Slices (z, y, x) of the window of ``half`` px around ``center`` px, clipped to ``shape``."""
     c = np.round(center).astype(int)
     lo = np.maximum(c - half, 0)
     hi = np.minimum(c + half + 1, shape)
-    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi)), lo
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
 
 
 def _coords(sl):
@@ -190,7 +191,7 @@ def refine_points(volume, points_px, voxel_size_um=VOXEL_SIZE_UM, method="gauss"
     def alone(i):
         """One detection on its own window, neighbours' Voronoi cells left out."""
         p = pts[i]
-        sl, _ = _window(vol.shape, p, half)
+        sl = _window(vol.shape, p, half)
         vals = O.read(vol, sl).astype(np.float64).ravel()
         if vals.size < 8:
             return p
@@ -212,7 +213,7 @@ def refine_points(volume, points_px, voxel_size_um=VOXEL_SIZE_UM, method="gauss"
                 out[i] = alone(i)
             continue
         # joint fit in the union of the members' windows
-        wins = [_window(vol.shape, pts[i], half)[0] for i in g]
+        wins = [_window(vol.shape, pts[i], half) for i in g]
         sl = tuple(slice(min(w[a].start for w in wins), max(w[a].stop for w in wins)) for a in range(3))
         vals = O.read(vol, sl).astype(np.float64).ravel()
         q = gauss_fit(vals, _coords(sl), pts[g], sigma0, max_shift)

@@ -501,7 +501,8 @@ def choose_thresholds(model, X_val, points_val, voxel_size_um=VOXEL_SIZE_UM, cut
     vss = voxel_size_um if (len(voxel_size_um) == len(X_val) and np.ndim(voxel_size_um[0]) == 1) else [voxel_size_um] * len(X_val)
     prob_threshs = np.sort(np.asarray(prob_threshs, float))
     cands = [candidates(model, x, float(prob_threshs[0])) for x in X_val]
-    floor = max((np.sort(c[0])[::-1][max_candidates] for c in cands if len(c[0]) > max_candidates), default=-np.inf)
+    floor = max((-np.partition(-c[0], max_candidates)[max_candidates] for c in cands if len(c[0]) > max_candidates),
+                default=-np.inf)  # the (max_candidates + 1)-th highest probability
     if np.isfinite(floor):
         higher = prob_threshs[prob_threshs > floor]
         prob_threshs = higher if len(higher) else prob_threshs[-1:]

@@ -77,13 +77,13 @@ def run(args) -> int:
     from kt_stardist import predict as P
 
     vs_override = io.check_voxel_size(args.voxel_size) if args.voxel_size else None
-    images = [_read(io, P, p, args, vs_override) for p in args.images[:1]]
+    images = [_read(p, args, vs_override) for p in args.images[:1]]
     model = P.load(args.model)
     facts = P.model_facts(model)
     if args.out_dir:
         Path(args.out_dir).mkdir(parents=True, exist_ok=True)
     for k, path in enumerate(args.images):
-        image = images[0] if k == 0 else _read(io, P, path, args, vs_override)
+        image = images[0] if k == 0 else _read(path, args, vs_override)
         P.check_image_for_model(image, facts, args.channel)
         vs = image.voxel_size_um or facts["voxel_size_um"]
         res = P.predict_image(model, image, voxel_size_um=vs, channel=args.channel,
@@ -103,11 +103,14 @@ def run(args) -> int:
     return 0
 
 
-def _read(io, P, path, args, voxel_size_um):
+def _read(path, args, voxel_size_um):
     """The image, left lazy when a frame is larger than --max-memory-gb (as float32); small
     images are read whole, which also checks them for NaN and empty volumes."""
+    from kt_stardist import io
+    from kt_stardist.predict import exceeds_memory
+
     image = io.read_image(path, axes=args.axes, voxel_size_um=voxel_size_um, lazy=True)
-    if P.exceeds_memory(image.shape_zyx, image.n_channels, args.max_memory_gb):
+    if exceeds_memory(image.shape_zyx, image.n_channels, args.max_memory_gb):
         return image
     return io.read_image(path, axes=args.axes, voxel_size_um=voxel_size_um)
 
