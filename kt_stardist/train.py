@@ -35,6 +35,8 @@ PROB_THRESHS = tuple(np.round(np.arange(0.05, 0.951, 0.025), 3))
 MAX_NMS_CANDIDATES = 3000
 #: layers that are output heads (never frozen)
 HEAD_LAYERS = ("features", "prob", "dist")
+#: the optimiser's state (Adam's step count and moments) after the last epoch, beside weights_last.h5
+OPTIMIZER_STATE = "optimizer_last.npz"
 
 
 def _log(msg):
@@ -264,6 +266,7 @@ def _callbacks(model, folder, epochs, steps_per_epoch, patience, reduce_lr_patie
             history.append(row)
             if folder is not None:
                 save_weights(model, "weights_last.h5")
+                save_optimizer_state(self.model.optimizer, folder)
                 vl = row.get("val_loss", math.inf)
                 if vl < best[0]:
                     best[0] = vl
@@ -353,6 +356,47 @@ def _read_history(folder):
     return pd.read_csv(p).to_dict("records")
 
 
+def optimizer_state(optimizer) -> list:
+    """The optimiser's variables (step count, learning rate, Adam's moments) as numpy arrays."""
+    return [np.array(v.numpy()) for v in optimizer.variables]
+
+
+def set_optimizer_state(keras_model, state) -> bool:
+    """Load ``state`` (from :func:`optimizer_state`) into the compiled model's optimiser.
+
+    The optimiser is built for the currently trainable variables first; returns False (and leaves
+    the optimiser fresh) when the state was saved for other variables, e.g. across a freeze.
+    """
+    opt = keras_model.optimizer
+    opt.build(keras_model.trainable_variables)
+    if len(state) != len(opt.variables) or any(tuple(a.shape) != tuple(v.shape)
+                                                for a, v in zip(state, opt.variables)):
+        return False
+    for v, a in zip(opt.variables, state):
+        v.assign(a)
+    return True
+
+
+def save_optimizer_state(optimizer, folder) -> Path:
+    """Write :data:`OPTIMIZER_STATE` into the model folder (atomically)."""
+    from kt_stardist.io import atomic_write
+
+    path = Path(folder) / OPTIMIZER_STATE
+    with atomic_write(path) as f:
+        np.savez(f, *optimizer_state(optimizer))
+    return path
+
+
+def load_optimizer_state(folder):
+    """The arrays saved by :func:`save_optimizer_state`, or None when there is no (readable) file."""
+    path = Path(folder) / OPTIMIZER_STATE
+    try:
+        with np.load(path) as z:
+            return [z[f"arr_{i}"] for i in range(len(z.files))]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def _set_backbone_trainable(model, trainable, keep):
     """Set ``trainable`` on the weighted layers except the heads and the indices in ``keep``."""
     from kt_stardist.model import weighted_layers
@@ -374,8 +418,11 @@ def fit(model, X, Y, X_val, Y_val, *, epochs, steps_per_epoch, lr=LEARNING_RATE,
     keeps the U-Net backbone (layers other than the heads and the ``fresh`` ones) fixed for the
     first epochs. ``warmup_data=(X_warm, Y_warm)`` replaces the training data for the first
     ``warmup_epochs`` (a curriculum: easy examples first). ``resume`` continues after the epochs
-    in ``history.csv`` from
-    ``weights_last.h5``. Early stopping after ``patience`` epochs without a better val_loss.
+    in ``history.csv`` from ``weights_last.h5`` and the optimiser state saved beside it (a fresh
+    Adam at the full learning rate would kick the weights out of their minimum). The optimiser
+    state also carries over from the warm-up to the main epochs; only a change of the trainable
+    layers (end of ``freeze_epochs``) starts it afresh. Early stopping after ``patience`` epochs
+    without a better val_loss.
 
     Returns the training history (list of dicts, one per epoch, also earlier epochs on resume).
     """
@@ -387,13 +434,14 @@ def fit(model, X, Y, X_val, Y_val, *, epochs, steps_per_epoch, lr=LEARNING_RATE,
     folder = Path(model.logdir) if getattr(model, "basedir", None) is not None else None
     np.random.seed(seed)
     keras.utils.set_random_seed(seed)
-    history, initial_epoch = [], 0
+    history, initial_epoch, opt_state = [], 0, None
     if resume and folder is not None:
         history = _read_history(folder)
         initial_epoch = len(history)
         if (folder / "weights_last.h5").is_file():
             model.keras_model.load_weights(str(folder / "weights_last.h5"))
             _log(f"resuming after epoch {initial_epoch} from {folder / 'weights_last.h5'}")
+            opt_state = load_optimizer_state(folder)
         if history and "learning_rate" in history[-1]:
             lr = float(history[-1]["learning_rate"])
     best = [min((h.get("val_loss", math.inf) for h in history), default=math.inf)]
@@ -425,6 +473,11 @@ def fit(model, X, Y, X_val, Y_val, *, epochs, steps_per_epoch, lr=LEARNING_RATE,
         if warm:
             _log(f"epochs {e0 + 1}-{e1}: warm-up on {len(Xt)} easy volumes")
         model.prepare_for_training(optimizer=keras.optimizers.Adam(lr))
+        if opt_state is not None:
+            restored = set_optimizer_state(model.keras_model, opt_state)
+            if e0 == initial_epoch and resume:
+                _log("optimiser state restored" if restored else
+                     f"optimiser starts afresh (no matching {OPTIMIZER_STATE})")
         cbs = _callbacks(model, folder, epochs, steps_per_epoch, patience, reduce_lr_patience, tensorboard,
                          history, best, progress)
         with warnings.catch_warnings():
@@ -433,6 +486,7 @@ def fit(model, X, Y, X_val, Y_val, *, epochs, steps_per_epoch, lr=LEARNING_RATE,
                                          steps_per_epoch=steps_per_epoch, callbacks=cbs, verbose=0,
                                          validation_batch_size=model.config.train_batch_size)
         stopped = len(hist.epoch) < (e1 - e0)
+        opt_state = optimizer_state(model.keras_model.optimizer) if e1 != freeze_epochs else None
         lr = float(history[-1]["learning_rate"]) if history else lr
     _set_backbone_trainable(model, True, keep)
     if folder is not None:

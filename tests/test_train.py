@@ -87,7 +87,7 @@ def test_transfer_copies_matching_layers_only(pretrained):
 def test_finetune_cli_other_rays_channels_freeze_resume(pretrained, user_data, tmp_path):
     from kt_stardist.cli import main
     from kt_stardist.model import load_model, model_info
-    from kt_stardist.train import NMS_THRESHS
+    from kt_stardist.train import NMS_THRESHS, load_optimizer_state
 
     img, pts = user_data
     out = tmp_path / "ft"
@@ -118,6 +118,14 @@ def test_finetune_cli_other_rays_channels_freeze_resume(pretrained, user_data, t
     assert main(args2 + ["--resume"]) == 0
     assert len(pd.read_csv(out / "history.csv")) == 2
     assert model_info(out)["steps"] == 4
+    # the frozen epoch's optimiser state does not fit the unfrozen network: epoch 2 started afresh
+    assert int(load_optimizer_state(out)[0]) == 2
+    # a third epoch continues epoch 2's optimiser (Adam's step count and moments), not a fresh one
+    args3 = list(args)
+    args3[args3.index("--epochs") + 1] = "3"
+    assert main(args3 + ["--resume"]) == 0
+    assert len(pd.read_csv(out / "history.csv")) == 3
+    assert int(load_optimizer_state(out)[0]) == 4
 
 
 def test_model_input_temporal_edges():
