@@ -25,7 +25,7 @@ from scipy import ndimage
 from kt_stardist.defaults import LABEL_RADIUS_UM, VOXEL_SIZE_UM
 from kt_stardist.errors import InputError
 from kt_stardist.normalize import normalize
-from kt_stardist.refine import refine_points  # noqa: F401  (part of this module's API)
+from kt_stardist.refine import refine_and_split, refine_points  # noqa: F401  (part of this module's API)
 
 #: largest block (read region) sent to the network at once, px at the model's voxel size (z, y, x);
 #: 61 x 320 x 320 px peaked at ~2 GB (process RSS) with the shipped model on CPU
@@ -418,9 +418,17 @@ def _points_frame(points, prob, voxel_size_um, t=None):
     return df.sort_values(keys, kind="stable").reset_index(drop=True)
 
 
+def _refined_frame(volume, points, prob, voxel_size_um, refine, split):
+    """Points table of the detections ``points`` (px of ``volume``, (Z, Y, X) spot channel) after
+    refinement; with ``split`` also the close sisters found inside them (each with its
+    detection's ``prob``); see :func:`kt_stardist.refine.refine_and_split`."""
+    pts, parent = refine_and_split(volume, points, voxel_size_um, method=refine, split=split)
+    return _points_frame(pts, np.asarray(prob, np.float64)[parent], voxel_size_um)
+
+
 def predict_volume(model, volume, voxel_size_um=None, prob_thresh=None, nms_thresh=None, refine="gauss",
                    spot_channel=0, block_size=BLOCK_SIZE_PX, return_instances=False, show_progress=False,
-                   normalized=False, max_in_memory_gb=MAX_IN_MEMORY_GB):
+                   normalized=False, max_in_memory_gb=MAX_IN_MEMORY_GB, split=True):
     """Points of one volume.
 
     Parameters
@@ -433,6 +441,9 @@ def predict_volume(model, volume, voxel_size_um=None, prob_thresh=None, nms_thre
         model's is rescaled to it (``scipy.ndimage.zoom``, linear) and points are mapped back.
     prob_thresh, nms_thresh : None: the model's thresholds.
     refine : "gauss", "centroid" or "none" (see :func:`refine_points`).
+    split : with ``refine="gauss"``, also look inside each detection for a close sister that the
+        network merged with it (:func:`kt_stardist.refine.refine_and_split`); found sisters are
+        extra rows with their detection's ``prob``.
     spot_channel : channel of ``volume`` refined on (the EGFP channel of the centre frame).
     normalized : the volume is already normalised (skip :func:`kt_stardist.normalize.normalize`).
     max_in_memory_gb : a volume larger than this as float32 (GB, 1e9 bytes) is predicted out of
@@ -455,7 +466,7 @@ def predict_volume(model, volume, voxel_size_um=None, prob_thresh=None, nms_thre
         return predict_volume_out_of_core(model, volume, voxel_size_um, prob_thresh, nms_thresh, refine=refine,
                                           spot_channel=spot_channel, block_size=block_size,
                                           return_instances=return_instances, show_progress=show_progress,
-                                          normalized=normalized)
+                                          normalized=normalized, split=split)
     vol = np.asarray(volume)
     if vol.ndim == 3:
         vol = vol[..., None]
@@ -471,8 +482,7 @@ def predict_volume(model, volume, voxel_size_um=None, prob_thresh=None, nms_thre
     if f is not None:
         pts = points_to_image_px(pts, vol.shape[:3], x.shape[:3])
     del x
-    pts = refine_points(vol[..., spot_channel], pts, vs_img, method=refine)
-    df = _points_frame(pts, inst["prob"], vs_img)
+    df = _refined_frame(vol[..., spot_channel], pts, inst["prob"], vs_img, refine, split)
     if return_instances:
         return df, inst, f
     return df
@@ -480,7 +490,7 @@ def predict_volume(model, volume, voxel_size_um=None, prob_thresh=None, nms_thre
 
 def predict_volume_out_of_core(model, volume, voxel_size_um=None, prob_thresh=None, nms_thresh=None,
                                refine="gauss", spot_channel=0, block_size=BLOCK_SIZE_PX, return_instances=False,
-                               show_progress=False, normalized=False, chunk_px=None):
+                               show_progress=False, normalized=False, chunk_px=None, split=True):
     """:func:`predict_volume` of a volume that need not fit in memory; the same points.
 
     ``volume`` (Z, Y, X[, C]) is a dask array or any sliceable array-like (h5py/zarr dataset,
@@ -523,8 +533,7 @@ def predict_volume_out_of_core(model, volume, voxel_size_um=None, prob_thresh=No
     mask = screen_lazy(x, vs_model, chunk_px=chunk_px)
     inst = detect_instances(model, x, prob_thresh, nms_thresh, block_size=block_size, voxel_size_um=vs_model,
                             screen_mask=mask, show_progress=show_progress)
-    pts = refine_points(vol[..., spot_channel], inst["points"], vs_img, method=refine)
-    df = _points_frame(pts, inst["prob"], vs_img)
+    df = _refined_frame(vol[..., spot_channel], inst["points"], inst["prob"], vs_img, refine, split)
     return (df, inst, None) if return_instances else df
 
 

@@ -14,6 +14,11 @@ cells). :func:`refine_points` moves each one to the centre of the spot in the im
   nearer to each detection than to any other (its Voronoi cell). Later passes
   (:data:`REFINE_PASSES`) refit each detection alone with all its neighbours subtracted. On
   whole simulated mid frames (model detections) the z error fell from ~56 to ~31 nm rms;
+  :func:`refine_and_split` then looks inside every detection for a close sister that the
+  detector merged with it (sisters 0.3–0.6 µm apart are one blob to the network): one vs two
+  Gaussians on a wider window, neighbours subtracted, kept by an F-test (:data:`SPLIT_ALPHA`)
+  when the two spots lie 0.25–0.8 µm apart, have comparable amplitudes and the second is not
+  a neighbour's leftover light;
 * ``centroid``: background-subtracted intensity-weighted centroid, iterated in a soft window;
 * ``none``: keep the positions.
 
@@ -44,6 +49,19 @@ REFINE_PASSES = 2
 
 #: fitted neighbours within this distance (µm) are subtracted from a detection's window
 NEIGHBOUR_UM = 2.5
+
+#: second-spot search (:func:`refine_and_split`): F-test level of two Gaussians vs one
+SPLIT_ALPHA = 1e-6
+#: ... distance (µm) of the second spot from the first: close sisters the detector merged
+SPLIT_SEP_UM = (0.25, 0.8)
+#: ... the fainter of the two at least this fraction of the brighter's amplitude
+SPLIT_MIN_AMP = 0.25
+#: ... and further than this (µm) from every other detection (not a neighbour's leftover light)
+SPLIT_MIN_OTHER_UM = 0.5
+#: ... in a window of this half-size (µm, z, y, x)
+SPLIT_HALF_UM = (0.9, 0.6, 0.6)
+#: ... tried only where the one-spot fit leaves a residual peak this many noise sd high
+SPLIT_MIN_RESIDUAL = 3.0
 
 #: largest shift from the start a fit may make, µm (z, y, x)
 MAX_SHIFT_UM = (0.45, 0.3, 0.3)
@@ -95,11 +113,14 @@ def _centroid(vals, coords, start, n_iter=5, half=None):
 
 class GaussFit(NamedTuple):
     """Result of :func:`gauss_fit`: ``centres`` (K, 3) px, ``amplitudes`` (K,) (peak above the
-    background, the volume's units), ``sigma`` (3,) px (z, y, x), shared by the K spots."""
+    background, the volume's units), ``sigma`` (3,) px (z, y, x), shared by the K spots; ``rss``
+    and ``n`` for model comparison (:func:`f_test`)."""
 
     centres: np.ndarray
     amplitudes: np.ndarray
     sigma: np.ndarray
+    rss: float = float("nan")  # residual sum of squares, the volume's units squared
+    n: int = 0                 # voxels fitted
 
     def spot(self, k, coords):
         """Fitted spot ``k`` (without the background) at ``coords`` (N, 3) px."""
@@ -158,7 +179,25 @@ def gauss_fit(vals, coords, starts, sigma0, max_shift, sigma_bounds=SIGMA_BOUNDS
     if not (r.success or r.status == 0):
         return None
     q = r.x
-    return GaussFit(np.stack([q[4 * k:4 * k + 3] for k in range(K)]), q[3:4 * K:4].copy(), q[4 * K:nb].copy())
+    return GaussFit(np.stack([q[4 * k:4 * k + 3] for k in range(K)]), q[3:4 * K:4].copy(), q[4 * K:nb].copy(),
+                    float(2 * r.cost * scale ** 2), len(vals))
+
+
+def n_params(k):
+    """Free parameters of a :func:`gauss_fit` with ``k`` spots."""
+    return 4 * k + 3 + 4
+
+
+def f_test(one, two):
+    """p-value of the F-test that the two-spot fit ``two`` explains the window no better than the
+    one-spot fit ``one`` (same voxels); small: the second spot is real."""
+    from scipy.stats import f as f_dist
+
+    d1, d2 = n_params(2) - n_params(1), two.n - n_params(2)
+    if d2 <= 0 or not two.rss > 0:
+        return 1.0
+    F = max(one.rss - two.rss, 0.0) / d1 / (two.rss / d2)
+    return float(f_dist.sf(F, d1, d2))
 
 
 def overlap_groups(points_px, half_px):
@@ -177,6 +216,132 @@ def overlap_groups(points_px, half_px):
     _, lab = connected_components(graph, directed=False)
     order = np.argsort(lab, kind="stable")
     return [list(g) for g in np.split(order, np.flatnonzero(np.diff(lab[order])) + 1)]
+
+
+class _Fitter:
+    """The ``gauss`` passes of :func:`refine_points` over one volume (see the module docstring):
+    after :meth:`run`, ``out`` (N, 3) px are the positions and ``fits[i]`` = (GaussFit, k) the
+    fit whose spot k is detection i (None where the fit failed and the centroid was taken)."""
+
+    def __init__(self, vol, pts, voxel_size_um, half_um, psf_sigma_um, max_shift_um):
+        from scipy.spatial import cKDTree
+
+        self.vol, self.pts = vol, pts
+        self.vs = vs = np.asarray(voxel_size_um, np.float64)
+        self.half = np.maximum(np.round(np.asarray(half_um) / vs).astype(int), 1)
+        self.sigma0 = np.asarray(psf_sigma_um) / vs
+        self.max_shift = np.asarray(max_shift_um) / vs
+        self.pts_um = pts * vs
+        self.tree = cKDTree(self.pts_um)
+        self.radius = float(np.linalg.norm(np.asarray(half_um)) * 2)
+        self.out = pts.copy()
+        self.fits = [None] * len(pts)
+
+    def within(self, q, i):
+        return q is not None and np.all(np.isfinite(q)) and np.all(np.abs(q - self.pts[i]) <= self.max_shift)
+
+    def window(self, centre, half=None):
+        """(coords (M, 3) px, values (M,)) of the window around ``centre``."""
+        from kt_stardist import outofcore as O
+
+        sl = _window(self.vol.shape, centre, self.half if half is None else half)
+        return _coords(sl), O.read(self.vol, sl).astype(np.float64).ravel()
+
+    def centroid(self, i, coords, vals):
+        c = _centroid(vals, coords, self.pts[i], half=self.half)
+        return c if self.within(c, i) else self.pts[i]
+
+    def others_removed(self, members, coords, vals):
+        """``vals`` minus the fitted spots of the detections near ``members`` (not among them)."""
+        near = set().union(*(self.tree.query_ball_point(self.pts_um[i], NEIGHBOUR_UM) for i in members))
+        for j in sorted(near - set(members)):
+            if self.fits[j] is not None:
+                vals = vals - self.fits[j][0].spot(self.fits[j][1], coords)
+        return vals
+
+    def accept(self, i, f, k, data=None):
+        """Take spot k of fit f for detection i, else the centroid on ``data`` (coords, vals)."""
+        if f is not None and self.within(f.centres[k], i):
+            self.out[i], self.fits[i] = f.centres[k], (f, k)
+            return
+        coords, vals = data if data is not None else self.window(self.pts[i])
+        if vals.size >= 8:
+            self.out[i] = self.centroid(i, coords, vals)
+
+    def first_pass(self, max_group):
+        """Brightest group first, fitted neighbours subtracted: joint fits of overlapping windows;
+        one by one on Voronoi cells in larger clumps."""
+        from kt_stardist import outofcore as O
+
+        pts, vol = self.pts, self.vol
+        groups = overlap_groups(pts, self.half) if max_group > 1 else [[i] for i in range(len(pts))]
+        idx = np.clip(np.round(pts).astype(int), 0, np.array(vol.shape) - 1)
+        peak = np.array([O.read(vol, tuple(slice(c, c + 1) for c in ci)).item() for ci in idx])
+        for g in sorted(groups, key=lambda g: -float(peak[g].max())):
+            if 1 < len(g) <= max_group:
+                wins = [_window(vol.shape, pts[i], self.half) for i in g]
+                sl = tuple(slice(min(w[a].start for w in wins), max(w[a].stop for w in wins)) for a in range(3))
+                coords = _coords(sl)
+                vals = self.others_removed(g, coords, O.read(vol, sl).astype(np.float64).ravel())
+                f = gauss_fit(vals, coords, pts[g], self.sigma0, self.max_shift)
+                for k, i in enumerate(g):
+                    self.accept(i, f, k)
+                continue
+            for i in g:
+                coords, vals = self.window(pts[i])
+                vals = self.others_removed([i], coords, vals)
+                m = _own_mask(coords, i, self.pts_um, self.tree, self.vs, self.radius)
+                if m is not None and m.sum() >= 8:
+                    coords, vals = coords[m], vals[m]
+                f = gauss_fit(vals, coords, pts[i], self.sigma0, self.max_shift) if vals.size >= 8 else None
+                self.accept(i, f, 0, (coords, vals))
+
+    def order(self):
+        """Detections by fitted amplitude, brightest first (unfitted last)."""
+        amp = np.array([f[0].amplitudes[f[1]] if f is not None else -np.inf for f in self.fits])
+        return np.argsort(-amp, kind="stable")
+
+    def next_pass(self):
+        """Each detection alone, brightest first, the current fits of its neighbours subtracted."""
+        for i in self.order():
+            coords, vals = self.window(self.out[i])
+            if vals.size < 8:
+                continue
+            vals = self.others_removed([i], coords, vals)
+            s0 = self.fits[i][0].sigma if self.fits[i] is not None else self.sigma0
+            f = gauss_fit(vals, coords, self.out[i], s0, self.max_shift)
+            if f is not None and self.within(f.centres[0], i):
+                self.out[i], self.fits[i] = f.centres[0], (f, 0)
+
+    def second_spots(self, alpha, sep_um, min_amp, min_other_um, half_um):
+        """Test every fitted detection for an unresolved second spot (a close sister): one vs two
+        Gaussians on a wider window, neighbours subtracted. Yields (i, (2, 3) px) for each
+        detection whose two-spot fit passes the F-test at ``alpha``, with the spots ``sep_um``
+        (lo, hi) µm apart, the fainter at least ``min_amp`` × the brighter's amplitude and the
+        second further than ``min_other_um`` from every other detection."""
+        half = np.maximum(np.round(np.asarray(half_um) / self.vs).astype(int), 1)
+        for i in self.order():
+            if self.fits[i] is None:
+                continue
+            coords, vals = self.window(self.out[i], half)
+            vals = self.others_removed([i], coords, vals)
+            one = gauss_fit(vals, coords, self.out[i], self.fits[i][0].sigma, self.max_shift)
+            if one is None or vals.size <= n_params(2):
+                continue
+            resid = vals - one.spot(0, coords)
+            k = int(np.argmax(resid))
+            if resid[k] - np.median(resid) < SPLIT_MIN_RESIDUAL * np.sqrt(one.rss / one.n):
+                continue  # nothing left that could be a second spot: skip the two-spot fit
+            two = gauss_fit(vals, coords, np.stack([one.centres[0], coords[k]]), one.sigma,
+                            np.maximum(half, self.max_shift))
+            if two is None or f_test(one, two) >= alpha:
+                continue
+            sep = float(np.linalg.norm((two.centres[1] - two.centres[0]) * self.vs))
+            a = two.amplitudes
+            d_other = np.linalg.norm((np.delete(self.out, i, 0) - two.centres[1]) * self.vs, axis=1)
+            if sep_um[0] <= sep <= sep_um[1] and a.min() >= min_amp * a.max() and \
+                    (len(d_other) == 0 or d_other.min() > min_other_um) and self.within(two.centres[0], i):
+                yield i, two.centres
 
 
 def refine_points(volume, points_px, voxel_size_um=VOXEL_SIZE_UM, method="gauss", half_um=REFINE_HALF_UM,
@@ -205,94 +370,50 @@ def refine_points(volume, points_px, voxel_size_um=VOXEL_SIZE_UM, method="gauss"
     -------
     (N, 3) float64 px.
     """
-    from scipy.spatial import cKDTree
+    return refine_and_split(volume, points_px, voxel_size_um, method, half_um, psf_sigma_um, max_shift_um,
+                            max_group, passes, split=False)[0]
 
+
+def refine_and_split(volume, points_px, voxel_size_um=VOXEL_SIZE_UM, method="gauss", half_um=REFINE_HALF_UM,
+                     psf_sigma_um=PSF_SIGMA_UM, max_shift_um=MAX_SHIFT_UM, max_group=MAX_GROUP,
+                     passes=REFINE_PASSES, split=True, split_alpha=SPLIT_ALPHA, split_sep_um=SPLIT_SEP_UM,
+                     split_min_amp=SPLIT_MIN_AMP, split_min_other_um=SPLIT_MIN_OTHER_UM,
+                     split_half_um=SPLIT_HALF_UM):
+    """:func:`refine_points`, then (``split``, method "gauss" only) a search for close sisters
+    that the detector merged into one detection: each fitted detection is tested for a second
+    spot (:data:`SPLIT_ALPHA` and the other ``SPLIT_*`` settings; see the module docstring).
+
+    Returns
+    -------
+    points : (M, 3) float64 px, M >= N: the N refined detections, then the second spots found.
+    parent : (M,) int, the detection each point comes from (``parent[:N] == arange(N)``).
+    """
     from kt_stardist import outofcore as O
 
     vol = volume if O.is_lazy(volume) else np.asarray(volume)  # lazy: only the windows are read
     pts = np.asarray(points_px, np.float64).reshape(-1, 3)
+    parent = np.arange(len(pts))
     if method == "none" or len(pts) == 0:
-        return pts.copy()
+        return pts.copy(), parent
     if method not in ("gauss", "centroid"):
         raise ValueError(f"refine method must be 'gauss', 'centroid' or 'none', got {method!r}")
-    vs = np.asarray(voxel_size_um, np.float64)
-    half = np.maximum(np.round(np.asarray(half_um) / vs).astype(int), 1)
-    sigma0 = np.asarray(psf_sigma_um) / vs
-    max_shift = np.asarray(max_shift_um) / vs
-    pts_um = pts * vs
-    tree = cKDTree(pts_um)
-    radius = float(np.linalg.norm(np.asarray(half_um)) * 2)
-
-    def within(q, p):
-        return q is not None and np.all(np.isfinite(q)) and np.all(np.abs(q - p) <= max_shift)
-
-    def window(centre):
-        sl = _window(vol.shape, centre, half)
-        return _coords(sl), O.read(vol, sl).astype(np.float64).ravel()
-
-    def centroid(i, coords, vals):
-        c = _centroid(vals, coords, pts[i], half=half)
-        return c if within(c, pts[i]) else pts[i]
-
-    out = pts.copy()
+    fitter = _Fitter(vol, pts, voxel_size_um, half_um, psf_sigma_um, max_shift_um)
     if method == "centroid":
         for i in range(len(pts)):
-            coords, vals = window(pts[i])
-            out[i] = centroid(i, coords, vals) if vals.size >= 8 else pts[i]
-        return out
-
-    fits = [None] * len(pts)  # (GaussFit, k): detection i is spot k of that fit
-
-    def others_removed(members, coords, vals):
-        """``vals`` minus the fitted spots of the detections near ``members`` (not among them)."""
-        near = set().union(*(tree.query_ball_point(pts_um[i], NEIGHBOUR_UM) for i in members)) - set(members)
-        for j in sorted(near):
-            if fits[j] is not None:
-                vals = vals - fits[j][0].spot(fits[j][1], coords)
-        return vals
-
-    def accept(i, f, k, data=None):
-        """Take spot k of fit f for detection i, else the centroid on ``data`` (coords, vals)."""
-        if f is not None and within(f.centres[k], pts[i]):
-            out[i], fits[i] = f.centres[k], (f, k)
-            return
-        coords, vals = data if data is not None else window(pts[i])
-        if vals.size >= 8:
-            out[i] = centroid(i, coords, vals)
-
-    # pass 1, brightest group first, fitted neighbours subtracted: joint fits of overlapping
-    # windows; one by one on Voronoi cells in larger clumps
-    groups = overlap_groups(pts, half) if max_group > 1 else [[i] for i in range(len(pts))]
-    idx = np.clip(np.round(pts).astype(int), 0, np.array(vol.shape) - 1)
-    peak = np.array([O.read(vol, tuple(slice(c, c + 1) for c in ci)).item() for ci in idx])
-    for g in sorted(groups, key=lambda g: -float(peak[g].max())):
-        if 1 < len(g) <= max_group:
-            wins = [_window(vol.shape, pts[i], half) for i in g]
-            sl = tuple(slice(min(w[a].start for w in wins), max(w[a].stop for w in wins)) for a in range(3))
-            coords = _coords(sl)
-            vals = others_removed(g, coords, O.read(vol, sl).astype(np.float64).ravel())
-            f = gauss_fit(vals, coords, pts[g], sigma0, max_shift)
-            for k, i in enumerate(g):
-                accept(i, f, k)
-            continue
-        for i in g:
-            coords, vals = window(pts[i])
-            vals = others_removed([i], coords, vals)
-            m = _own_mask(coords, i, pts_um, tree, vs, radius)
-            if m is not None and m.sum() >= 8:
-                coords, vals = coords[m], vals[m]
-            accept(i, gauss_fit(vals, coords, pts[i], sigma0, max_shift) if vals.size >= 8 else None, 0,
-                   (coords, vals))
-
-    # later passes: each alone, brightest first, the current fits of its neighbours subtracted
+            coords, vals = fitter.window(pts[i])
+            if vals.size >= 8:
+                fitter.out[i] = fitter.centroid(i, coords, vals)
+        return fitter.out, parent
+    fitter.first_pass(max_group)
     for _ in range(passes - 1):
-        amp = np.array([fit[0].amplitudes[fit[1]] if fit is not None else -np.inf for fit in fits])
-        for i in np.argsort(-amp, kind="stable"):
-            coords, vals = window(out[i])
-            if vals.size < 8:
-                continue
-            vals = others_removed([i], coords, vals)
-            f = gauss_fit(vals, coords, out[i], fits[i][0].sigma if fits[i] is not None else sigma0, max_shift)
-            if f is not None and within(f.centres[0], pts[i]):
-                out[i], fits[i] = f.centres[0], (f, 0)
-    return out
+        fitter.next_pass()
+    if not split:
+        return fitter.out, parent
+    found = list(fitter.second_spots(split_alpha, split_sep_um, split_min_amp, split_min_other_um,
+                                     split_half_um))
+    if not found:
+        return fitter.out, parent
+    out = fitter.out.copy()
+    for i, pair in found:  # the detection becomes the first of the two spots
+        out[i] = pair[0]
+    return np.vstack([out, [pair[1] for _, pair in found]]), np.concatenate([parent, [i for i, _ in found]])

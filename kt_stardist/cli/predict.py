@@ -26,6 +26,8 @@ def add_arguments(p):
     p.add_argument("--nms-thresh", type=float, metavar="T", help="NMS overlap threshold (default: model's)")
     p.add_argument("--refine", choices=["gauss", "centroid", "none"], default="gauss",
                    help="sub-voxel refinement (default gauss)")
+    p.add_argument("--no-split", action="store_true",
+                   help="do not look inside detections for a merged close sister (gauss refinement only)")
     p.add_argument("--max-memory-gb", type=float, default=4.0, metavar="GB",
                    help="frames larger than this as float32 are read and predicted block by block, "
                         "with the same points (default 4; 0: always)")
@@ -89,7 +91,7 @@ def run(args) -> int:
         res = P.predict_image(model, image, voxel_size_um=vs, channel=args.channel,
                               prob_thresh=args.prob_thresh, nms_thresh=args.nms_thresh,
                               refine=args.refine, labels=bool(args.labels_out),
-                              max_in_memory_gb=args.max_memory_gb)
+                              max_in_memory_gb=args.max_memory_gb, split=not args.no_split)
         df, lab = res if args.labels_out else (res, None)
         df = _chain(df, args, vs)
         out = _out_path(args, path)
@@ -145,7 +147,7 @@ def _run_batch(args) -> int:
         opts[k.strip()] = v.strip()
     vs = io.check_voxel_size(args.voxel_size) if args.voxel_size else None
     kw = dict(channel=args.channel, prob_thresh=args.prob_thresh, nms_thresh=args.nms_thresh, refine=args.refine,
-              max_in_memory_gb=args.max_memory_gb)
+              max_in_memory_gb=args.max_memory_gb, split=not args.no_split)
     summary = distributed.run_batch(args.images, args.out_dir, model_dir=args.model, axes=args.axes,
                                     voxel_size_um=vs, predict_kwargs=kw, scheduler=args.scheduler,
                                     workers=args.workers, cluster=args.cluster, cluster_kwargs=opts)
