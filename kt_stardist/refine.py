@@ -223,9 +223,10 @@ def overlap_groups(points_px, half_px):
 
 
 class _Fitter:
-    """The ``gauss`` passes of :func:`refine_points` over one volume (see the module docstring):
-    after :meth:`run`, ``out`` (N, 3) px are the positions and ``fits[i]`` = (GaussFit, k) the
-    fit whose spot k is detection i (None where the fit failed and the centroid was taken)."""
+    """The ``gauss`` passes of :func:`refine_and_split` over one volume (module docstring): after
+    :meth:`first_pass` (and :meth:`next_pass`), ``out`` (N, 3) px are the positions and
+    ``fits[i]`` = (GaussFit, k) the fit whose spot k is detection i (None where the fit failed
+    and the centroid was taken); :meth:`second_spots` then finds merged close sisters."""
 
     def __init__(self, vol, pts, voxel_size_um, half_um, psf_sigma_um, max_shift_um):
         from scipy.spatial import cKDTree
@@ -317,13 +318,13 @@ class _Fitter:
             if f is not None and self.within(f.centres[0], i):
                 self.out[i], self.fits[i] = f.centres[0], (f, 0)
 
-    def second_spots(self, alpha, sep_um, min_amp, min_other_um, half_um):
+    def second_spots(self, alpha, min_gain, sep_um, min_amp, min_other_um, half_um):
         """Test every fitted detection for an unresolved second spot (a close sister): one vs two
         Gaussians on a wider window, neighbours subtracted. Yields (i, (2, 3) px) for each
-        detection whose two-spot fit passes the F-test at ``alpha`` and leaves
-        :data:`SPLIT_MIN_GAIN` less residual, with the spots ``sep_um``
-        (lo, hi) µm apart, the fainter at least ``min_amp`` × the brighter's amplitude and the
-        second further than ``min_other_um`` from every other detection."""
+        detection whose two-spot fit passes the F-test at ``alpha`` and leaves a fraction
+        ``min_gain`` less residual, with the spots ``sep_um`` (lo, hi) µm apart, the fainter at
+        least ``min_amp`` × the brighter's amplitude and the second inside the volume and further
+        than ``min_other_um`` from every other detection."""
         half = np.maximum(np.round(np.asarray(half_um) / self.vs).astype(int), 1)
         for i in self.order():
             if self.fits[i] is None:
@@ -339,12 +340,13 @@ class _Fitter:
                 continue  # nothing left that could be a second spot: skip the two-spot fit
             two = gauss_fit(vals, coords, np.stack([one.centres[0], coords[k]]), one.sigma,
                             np.maximum(half, self.max_shift))
-            if two is None or f_test(one, two) >= alpha or two.rss > (1 - SPLIT_MIN_GAIN) * one.rss:
+            if two is None or f_test(one, two) >= alpha or two.rss > (1 - min_gain) * one.rss:
                 continue
             sep = float(np.linalg.norm((two.centres[1] - two.centres[0]) * self.vs))
             a = two.amplitudes
             d_other = np.linalg.norm((np.delete(self.out, i, 0) - two.centres[1]) * self.vs, axis=1)
-            if sep_um[0] <= sep <= sep_um[1] and a.min() >= min_amp * a.max() and \
+            inside = np.all((two.centres[1] >= 0) & (two.centres[1] <= np.array(self.vol.shape) - 1))
+            if sep_um[0] <= sep <= sep_um[1] and a.min() >= min_amp * a.max() and inside and \
                     (len(d_other) == 0 or d_other.min() > min_other_um) and self.within(two.centres[0], i):
                 yield i, two.centres
 
@@ -381,7 +383,8 @@ def refine_points(volume, points_px, voxel_size_um=VOXEL_SIZE_UM, method="gauss"
 
 def refine_and_split(volume, points_px, voxel_size_um=VOXEL_SIZE_UM, method="gauss", half_um=REFINE_HALF_UM,
                      psf_sigma_um=PSF_SIGMA_UM, max_shift_um=MAX_SHIFT_UM, max_group=MAX_GROUP,
-                     passes=REFINE_PASSES, split=True, split_alpha=SPLIT_ALPHA, split_sep_um=SPLIT_SEP_UM,
+                     passes=REFINE_PASSES, split=True, split_alpha=SPLIT_ALPHA, split_min_gain=SPLIT_MIN_GAIN,
+                     split_sep_um=SPLIT_SEP_UM,
                      split_min_amp=SPLIT_MIN_AMP, split_min_other_um=SPLIT_MIN_OTHER_UM,
                      split_half_um=SPLIT_HALF_UM):
     """:func:`refine_points`, then (``split``, method "gauss" only) a search for close sisters
@@ -414,8 +417,8 @@ def refine_and_split(volume, points_px, voxel_size_um=VOXEL_SIZE_UM, method="gau
         fitter.next_pass()
     if not split:
         return fitter.out, parent
-    found = list(fitter.second_spots(split_alpha, split_sep_um, split_min_amp, split_min_other_um,
-                                     split_half_um))
+    found = list(fitter.second_spots(split_alpha, split_min_gain, split_sep_um, split_min_amp,
+                                     split_min_other_um, split_half_um))
     if not found:
         return fitter.out, parent
     out = fitter.out.copy()
