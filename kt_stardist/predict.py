@@ -133,8 +133,13 @@ def _dog(v, voxel_size_um, spot_sigma_um, b=SCREEN_BIN_YX):
     halo of :func:`_dog_radius`, gives the whole volume's values."""
     Z, Y, X = v.shape
     if b > 1:
-        v = np.pad(v, ((0, 0), (0, -Y % b), (0, -X % b)), mode="edge")
-        v = v.reshape(Z, v.shape[1] // b, b, v.shape[2] // b, b).mean(axis=(2, 4), dtype=np.float32)
+        if Y % b or X % b:
+            v = np.pad(v, ((0, 0), (0, -Y % b), (0, -X % b)), mode="edge")
+        binned = np.zeros((Z, v.shape[1] // b, v.shape[2] // b), np.float32)
+        for i in range(b):
+            for j in range(b):
+                binned += v[:, i::b, j::b]
+        v = binned / (b * b)
     s1 = np.array(spot_sigma_um) / (np.array(voxel_size_um) * (1, b, b))
     small = ndimage.gaussian_filter(v, s1, mode="nearest")
     dog = small - ndimage.gaussian_filter(small, 4 * s1, mode="nearest")

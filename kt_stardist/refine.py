@@ -59,7 +59,7 @@ SPLIT_MIN_AMP = 0.25
 #: ... and further than this (µm) from every other detection (not a neighbour's leftover light)
 SPLIT_MIN_OTHER_UM = 0.5
 #: ... in a window of this half-size (µm, z, y, x)
-SPLIT_HALF_UM = (0.9, 0.6, 0.6)
+SPLIT_HALF_UM = (0.6, 0.5, 0.5)
 #: ... tried only where the one-spot fit leaves a residual peak this many noise sd high
 SPLIT_MIN_RESIDUAL = 3.0
 #: ... and kept only when two spots leave at least this much less residual than one: at high SNR
