@@ -267,7 +267,21 @@ def load_model(path=None, weights: str | None = None):
     except (ValueError, OSError, KeyError) as e:
         raise InputError(f"{folder}: cannot load model ({str(e).splitlines()[0] if str(e) else type(e).__name__})")
     model.kt_info = read_info(folder)
+    rf = model.kt_info.get("receptive_field_px")
+    if isinstance(rf, list) and len(rf) == 3 and all(isinstance(p, list) and len(p) == 2 for p in rf):
+        model._tile_overlap = tuple(tuple(int(a) for a in p) for p in rf)  # StarDist's cache of it
     return model
+
+
+def receptive_field(model) -> list:
+    """The network's receptive field, px ``[[before, after]] * 3`` (z, y, x): StarDist's tile
+    overlap and our block context. StarDist measures it with a forward pass (~1 s on CPU) the
+    first time; training stores it in ``model.json`` (``receptive_field_px``) and
+    :func:`load_model` gives it back, so prediction does not measure it again."""
+    if not hasattr(model, "_tile_overlap"):
+        with _quiet():
+            model._tile_overlap = model._compute_receptive_field()
+    return [[int(a) for a in p] for p in model._tile_overlap]
 
 
 def _attach_folder(model, folder: Path) -> None:

@@ -619,7 +619,7 @@ def pretrain(out, *, config="nuclei-pretrain", data="example", epochs=10, steps_
     patch_size : (z, y, x) px, default from the config (capped at the image size)
     **overrides : Config3D fields
     """
-    from kt_stardist.model import build_model, load_model, update_info
+    from kt_stardist.model import build_model, load_model, receptive_field, update_info
 
     t0 = time.time()
     if isinstance(data, str) and data == "example":
@@ -652,7 +652,7 @@ def pretrain(out, *, config="nuclei-pretrain", data="example", epochs=10, steps_
     hist = fit(model, X, Y, X_val, Y_val, epochs=epochs, steps_per_epoch=steps_per_epoch, lr=lr, augmenter=aug,
                seed=seed, resume=resume, tensorboard=tensorboard, progress=progress, patience=0)
     update_info(model, training_data=desc, seed=seed, steps=len(hist) * steps_per_epoch,
-                job="pretrain", train_seconds=round(time.time() - t0, 1))
+                job="pretrain", train_seconds=round(time.time() - t0, 1), receptive_field_px=receptive_field(model))
     return model
 
 
@@ -695,7 +695,7 @@ def finetune(out, *, from_model=None, config="kt-default", n_rays=None, grid=Non
     -------
     (model, report dict: transfer, thresholds, history, seconds, steps)
     """
-    from kt_stardist.model import build_model, channel_layout, load_model, transfer_weights, update_info
+    from kt_stardist.model import build_model, channel_layout, load_model, receptive_field, transfer_weights, update_info
 
     t0 = time.time()
     kt = get_config(config) if isinstance(config, str) else config
@@ -763,7 +763,8 @@ def finetune(out, *, from_model=None, config="kt-default", n_rays=None, grid=Non
     _log(f"thresholds: prob {th['prob']:.3f}, nms {th['nms']:.2f} (validation point F1 {th['f1']:.3f})")
     info = update_info(model, training_data="; ".join(desc), seed=seed, steps=len(hist) * steps_per_epoch,
                        job="finetune", thresholds_by=f"point F1, match_points cutoff {MATCH_CUTOFF_UM} µm",
-                       validation_f1=round(th["f1"], 4), train_seconds=round(time.time() - t0, 1))
+                       validation_f1=round(th["f1"], 4), train_seconds=round(time.time() - t0, 1),
+                       receptive_field_px=receptive_field(model))
     if model.basedir is not None:
         from kt_stardist.io import atomic_write
 

@@ -106,6 +106,9 @@ def test_finetune_cli_other_rays_channels_freeze_resume(pretrained, user_data, t
 
     ft, pre = load_model(out), load_model(pretrained)
     assert ft.config.n_rays == 16 and ft.config.n_channel_in == 3
+    # the receptive field measured at training is given back on loading (not measured again)
+    rf = ft._compute_receptive_field()
+    assert info["receptive_field_px"] == [list(p) for p in rf] == [list(p) for p in ft._tile_overlap]
     assert ft.thresholds.prob == pytest.approx(th["prob"])
     w_ft, w_pre = _weights_by_index(ft), _weights_by_index(pre)
     for k in range(1, 12):  # frozen backbone: still the pretrained weights after training
