@@ -314,6 +314,20 @@ def test_cli_3d_4d_and_two_channels(tmp_path, monkeypatch):
     assert list(df.columns[:7]) == ["z", "y", "x", "z_um", "y_um", "x_um", "prob"] and "t" not in df
     assert _near_truth(df)
     assert df.sort_values(["z", "y", "x"]).index.tolist() == list(range(len(df)))
+    # --no-split reaches the refinement (the second-spot search is on by default)
+    seen = []
+
+    def spy(*args, split=True, **kwargs):
+        seen.append(split)
+        return refine_and_split(*args, split=split, **kwargs)
+
+    refine_and_split = P.refine_and_split
+    monkeypatch.setattr(P, "refine_and_split", spy)
+    assert _cli(monkeypatch, [str(tmp_path / "a.tif"), "--out", str(tmp_path / "n.csv"), "--no-split"],
+                SpotModel()) == 0
+    assert _cli(monkeypatch, [str(tmp_path / "a.tif"), "--out", str(tmp_path / "s.csv")], SpotModel()) == 0
+    assert seen == [False, True] and _near_truth(pd.read_csv(tmp_path / "n.csv"))
+    monkeypatch.setattr(P, "refine_and_split", refine_and_split)
 
     # time-lapse, temporal model (t-1, t, t+1 as channels): every frame
     tl = np.stack([vol, vol * 0.9 + 10, vol])
