@@ -245,12 +245,15 @@ class _Fitter:
     def within(self, q, i):
         return q is not None and np.all(np.isfinite(q)) and np.all(np.abs(q - self.pts[i]) <= self.max_shift)
 
-    def window(self, centre, half=None):
-        """(coords (M, 3) px, values (M,)) of the window around ``centre``."""
+    def read(self, sl):
+        """(coords (M, 3) px, values (M,)) of the voxels of ``sl`` (slices z, y, x)."""
         from kt_stardist import outofcore as O
 
-        sl = _window(self.vol.shape, centre, self.half if half is None else half)
         return _coords(sl), O.read(self.vol, sl).astype(np.float64).ravel()
+
+    def window(self, centre, half=None):
+        """:meth:`read` of the window around ``centre``."""
+        return self.read(_window(self.vol.shape, centre, self.half if half is None else half))
 
     def centroid(self, i, coords, vals):
         c = _centroid(vals, coords, self.pts[i], half=self.half)
@@ -281,13 +284,16 @@ class _Fitter:
         pts, vol = self.pts, self.vol
         groups = overlap_groups(pts, self.half) if max_group > 1 else [[i] for i in range(len(pts))]
         idx = np.clip(np.round(pts).astype(int), 0, np.array(vol.shape) - 1)
-        peak = np.array([O.read(vol, tuple(slice(c, c + 1) for c in ci)).item() for ci in idx])
+        if O.is_lazy(vol):  # one voxel each (h5py/zarr datasets do not take point lists)
+            peak = np.array([O.read(vol, tuple(slice(c, c + 1) for c in ci)).item() for ci in idx])
+        else:
+            peak = vol[tuple(idx.T)]
         for g in sorted(groups, key=lambda g: -float(peak[g].max())):
             if 1 < len(g) <= max_group:
                 wins = [_window(vol.shape, pts[i], self.half) for i in g]
-                sl = tuple(slice(min(w[a].start for w in wins), max(w[a].stop for w in wins)) for a in range(3))
-                coords = _coords(sl)
-                vals = self.others_removed(g, coords, O.read(vol, sl).astype(np.float64).ravel())
+                coords, vals = self.read(tuple(slice(min(w[a].start for w in wins), max(w[a].stop for w in wins))
+                                               for a in range(3)))
+                vals = self.others_removed(g, coords, vals)
                 f = gauss_fit(vals, coords, pts[g], self.sigma0, self.max_shift)
                 for k, i in enumerate(g):
                     self.accept(i, f, k)
@@ -325,7 +331,10 @@ class _Fitter:
         ``min_gain`` less residual, with the spots ``sep_um`` (lo, hi) µm apart, the fainter at
         least ``min_amp`` × the brighter's amplitude and the second inside the volume and further
         than ``min_other_um`` from every other detection."""
+        from scipy.spatial import cKDTree
+
         half = np.maximum(np.round(np.asarray(half_um) / self.vs).astype(int), 1)
+        placed = cKDTree(self.out * self.vs)  # the refined detections, µm
         for i in self.order():
             if self.fits[i] is None:
                 continue
@@ -344,10 +353,10 @@ class _Fitter:
                 continue
             sep = float(np.linalg.norm((two.centres[1] - two.centres[0]) * self.vs))
             a = two.amplitudes
-            d_other = np.linalg.norm((np.delete(self.out, i, 0) - two.centres[1]) * self.vs, axis=1)
+            crowded = set(placed.query_ball_point(two.centres[1] * self.vs, min_other_um)) - {i}
             inside = np.all((two.centres[1] >= 0) & (two.centres[1] <= np.array(self.vol.shape) - 1))
-            if sep_um[0] <= sep <= sep_um[1] and a.min() >= min_amp * a.max() and inside and \
-                    (len(d_other) == 0 or d_other.min() > min_other_um) and self.within(two.centres[0], i):
+            if sep_um[0] <= sep <= sep_um[1] and a.min() >= min_amp * a.max() and inside and not crowded \
+                    and self.within(two.centres[0], i):
                 yield i, two.centres
 
 

@@ -110,11 +110,12 @@ def _stage(name, folder, **kwargs):
     from kt_stardist import train
 
     t1 = time.time()
-    _, rep = train.finetune(folder, **kwargs)
+    model, rep = train.finetune(folder, **kwargs)
     n = rep["steps"]
     print(f"stage {name!r} done: {n} steps in {time.time() - t1:.0f} s "
           f"({(time.time() - t1) / max(n, 1):.2f} s/step incl. data, validation, thresholds); "
           f"thresholds {rep['thresholds']}", flush=True)
+    return model
 
 
 def main(argv=None):
@@ -162,19 +163,18 @@ def main(argv=None):
 
     from kt_stardist import train
     from kt_stardist.io import atomic_write
-    from kt_stardist.model import load_model
+    from kt_stardist.model import load_model, update_info
 
     work = Path(a.work)
     t0 = time.time()
     start, robust, faint = work / "start", work / "robust", work / "faint"
-    stages = [st for st in a.stages if not (a.from_model and st == "start")]
-    stages = [st for st in stages if not (st == "robust" and a.robust_epochs <= 0)]
-    stages = [st for st in stages if not (st == "faint" and a.faint_epochs <= 0)]
+    epochs = {"start": 0 if a.from_model else a.epochs, "robust": a.robust_epochs, "faint": a.faint_epochs}
+    stages = [st for st in a.stages if epochs[st] > 0]
     src = {"start": start, "robust": robust, "faint": faint}[stages[-1]] if stages else start
     common = dict(config="kt-default", channels=a.channels, n_val_sim=a.val, patch_size=tuple(a.patch),
                   steps_per_epoch=a.steps_per_epoch, seed=a.seed, resume=a.resume, patience=0,
                   **({"unet_n_filter_base": a.filters} if a.filters else {}))
-    previous = None
+    previous, prev = None, start  # prev: the model the next stage starts from
     if not a.evaluate_only and not a.skip_training:
         if a.from_model:
             from kt_stardist.model import DEFAULT_MODEL_DIR
@@ -190,18 +190,13 @@ def main(argv=None):
                 _stage("start", start, from_model=pre, simulate=a.simulate, sim_shape=tuple(a.shape),
                        sim_snrs=tuple(a.sim_snrs), epochs=a.epochs, freeze=a.freeze, warmup=a.warmup, lr=a.lr,
                        **common)
-            prev = start
         frame_like = dict(simulate=a.robust_simulate, sim_shape=tuple(a.robust_shape), warmup=0, lr=a.robust_lr,
                           train_foreground_only=a.robust_foreground, **common)
-        for name, folder, snrs, epochs in (("robust", robust, a.robust_snrs, a.robust_epochs),
-                                           ("faint", faint, a.faint_snrs, a.faint_epochs)):
+        for name, folder, snrs in (("robust", robust, a.robust_snrs), ("faint", faint, a.faint_snrs)):
             if name in stages:
-                _stage(name, folder, from_model=prev, sim_snrs=tuple(snrs), epochs=epochs, **frame_like)
+                model = _stage(name, folder, from_model=prev, sim_snrs=tuple(snrs), epochs=epochs[name], **frame_like)
                 if previous:
-                    from kt_stardist.model import update_info
-                    from kt_stardist.model import load_model as _load
-
-                    update_info(_load(folder), previous_model=previous)
+                    update_info(model, previous_model=previous)
                     previous = None
                 prev = folder
     if a.evaluate_only:
