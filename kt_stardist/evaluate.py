@@ -31,6 +31,7 @@ import numpy as np
 
 from kt_stardist.defaults import MATCH_CUTOFF_UM, VOXEL_SIZE_UM
 from kt_stardist.errors import InputError
+from kt_stardist.validate import check_points_px, check_triple
 
 __all__ = ["Matching", "match_points", "evaluate_points", "METRICS", "SEUCLIDEAN_WEIGHTS"]
 
@@ -69,27 +70,6 @@ class Matching:
     def scores(self) -> dict:
         """Counts and scores as a plain dict (JSON-ready)."""
         return {k: getattr(self, k) for k in SCORE_KEYS}
-
-
-def _check_points(points_px, name) -> np.ndarray:
-    pts = np.asarray(points_px, dtype=float)
-    if pts.size == 0:
-        return pts.reshape(0, 3)
-    if pts.ndim != 2 or pts.shape[1] != 3:
-        raise InputError(f"{name}: expected an (N, 3) array of z, y, x in px, got shape {pts.shape}")
-    if not np.all(np.isfinite(pts)):
-        raise InputError(f"{name}: contains NaN or Inf coordinates")
-    return pts
-
-
-def _check_triple(value, name) -> np.ndarray:
-    try:
-        v = np.asarray(value, dtype=float).reshape(-1)
-    except (TypeError, ValueError):
-        raise InputError(f"{name}: expected three numbers (z, y, x), got {value!r}") from None
-    if v.shape != (3,) or not np.all(v > 0):
-        raise InputError(f"{name}: expected three positive numbers (z, y, x), got {value!r}")
-    return v
 
 
 def _scores(tp, n_gt, n_pred):
@@ -134,9 +114,9 @@ def match_points(
     from scipy.optimize import linear_sum_assignment
     from scipy.spatial.distance import cdist
 
-    gt = _check_points(gt_px, "gt_px")
-    pred = _check_points(pred_px, "pred_px")
-    vox = _check_triple(voxel_size_um, "voxel_size_um")
+    gt = check_points_px(gt_px, "gt_px")
+    pred = check_points_px(pred_px, "pred_px")
+    vox = check_triple(voxel_size_um, "voxel_size_um")
     if metric not in METRICS:
         raise InputError(f"metric: expected one of {', '.join(METRICS)}, got {metric!r}")
     try:
@@ -153,7 +133,7 @@ def match_points(
         if metric == "euclidean":
             d = d_um
         else:
-            w = _check_triple(weights, "weights")
+            w = check_triple(weights, "weights")
             d = cdist(gt, pred, "seuclidean", V=w)
         ok = d <= cutoff * (1 + _CUTOFF_RTOL)
         if ok.any():
@@ -180,7 +160,7 @@ def _zyx(df, name) -> np.ndarray:
     missing = [c for c in ("z", "y", "x") if c not in df.columns]
     if missing:
         raise InputError(f"{name}: points table has no column(s) {', '.join(missing)} (z, y, x in px)")
-    return _check_points(df[["z", "y", "x"]].to_numpy(dtype=float), name)
+    return check_points_px(df[["z", "y", "x"]].to_numpy(dtype=float), name)
 
 
 def evaluate_points(

@@ -18,29 +18,9 @@ import numpy as np
 
 from kt_stardist.defaults import LABEL_RADIUS_UM, VOXEL_SIZE_UM
 from kt_stardist.errors import InputError
+from kt_stardist.validate import check_points_px, check_triple
 
 __all__ = ["points_to_labels", "points_outside"]
-
-
-def _check_points(points_px, name="points_px") -> np.ndarray:
-    pts = np.asarray(points_px, dtype=float)
-    if pts.ndim == 1 and pts.size == 0:
-        pts = pts.reshape(0, 3)
-    if pts.ndim != 2 or pts.shape[1] != 3:
-        raise InputError(f"{name}: expected an (N, 3) array of z, y, x in px, got shape {pts.shape}")
-    if not np.all(np.isfinite(pts)):
-        raise InputError(f"{name}: contains NaN or Inf coordinates")
-    return pts
-
-
-def _check_triple(value, name, kind=float) -> tuple:
-    try:
-        t = tuple(kind(v) for v in value)
-    except (TypeError, ValueError):
-        raise InputError(f"{name}: expected three numbers (z, y, x), got {value!r}") from None
-    if len(t) != 3 or not all(v > 0 for v in t):
-        raise InputError(f"{name}: expected three positive numbers (z, y, x), got {value!r}")
-    return t
 
 
 def points_outside(points_px, shape) -> np.ndarray:
@@ -51,8 +31,8 @@ def points_outside(points_px, shape) -> np.ndarray:
 
     Returns a bool array (N,), True for points outside.
     """
-    pts = _check_points(points_px)
-    shape = _check_triple(shape, "shape", int)
+    pts = check_points_px(points_px)
+    shape = check_triple(shape, "shape", int)
     size = np.asarray(shape, dtype=float)
     return np.any((pts < -0.5) | (pts >= size - 0.5), axis=1)
 
@@ -90,9 +70,9 @@ def points_to_labels(
     not leave another object empty. Points outside the volume (see :func:`points_outside`) are
     skipped with a warning naming their ids.
     """
-    pts = _check_points(points_px)
-    shape = _check_triple(shape, "shape", int)
-    vox = np.asarray(_check_triple(voxel_size_um, "voxel_size_um"), dtype=float)
+    pts = check_points_px(points_px)
+    shape = check_triple(shape, "shape", int)
+    vox = np.asarray(check_triple(voxel_size_um, "voxel_size_um"), dtype=float)
     try:
         radius_um = float(radius_um)
     except (TypeError, ValueError):

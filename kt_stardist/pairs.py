@@ -33,6 +33,7 @@ import pandas as pd
 
 from kt_stardist.defaults import VOXEL_SIZE_UM
 from kt_stardist.errors import InputError
+from kt_stardist.validate import check_points_table, check_voxel_size
 
 #: beyond this distance (µm) two points are never sisters
 MAX_PAIR_DIST_UM = 1.6
@@ -44,27 +45,6 @@ PAIR_COLUMNS = ["pair_id", "sister", "paired"]
 
 
 # --------------------------------------------------------------------------- checks
-
-
-def check_voxel_size(voxel_size_um, name="voxel_size_um") -> np.ndarray:
-    """The voxel size as a float array (z, y, x) µm; InputError unless 3 positive numbers."""
-    from kt_stardist.io import check_voxel_size as _check
-
-    return np.asarray(_check(voxel_size_um, name), dtype=float)
-
-
-def check_points(df, name="points") -> None:
-    """Raise InputError unless ``df`` is a DataFrame with finite ``z, y, x`` columns (px)."""
-    if not isinstance(df, pd.DataFrame):
-        raise InputError(f"{name}: expected a points table (DataFrame), got {type(df).__name__}")
-    missing = [c for c in ("z", "y", "x") if c not in df.columns]
-    if missing:
-        raise InputError(f"{name}: missing column(s) {', '.join(missing)} (expected z, y, x in px)")
-    zyx = df[["z", "y", "x"]].to_numpy(dtype=float)
-    if not np.all(np.isfinite(zyx)):
-        raise InputError(f"{name}: z, y, x contain NaN or Inf")
-    if "t" in df.columns and not np.all(np.isfinite(df["t"].to_numpy(dtype=float))):
-        raise InputError(f"{name}: column t contains NaN or Inf")
 
 
 def points_um(df, voxel_size_um) -> np.ndarray:
@@ -252,8 +232,8 @@ def assign_pairs(df, voxel_size_um=VOXEL_SIZE_UM, max_dist_um=MAX_PAIR_DIST_UM,
     A copy of ``df`` with ``pair_id`` (int, -1 when unpaired; constant over time for track
     pairs), ``sister`` (1/2, 0 when unpaired) and ``paired`` (bool).
     """
-    check_points(df)
-    vox = check_voxel_size(voxel_size_um)
+    check_points_table(df)
+    vox = np.asarray(check_voxel_size(voxel_size_um, "voxel_size_um"))
     if not max_dist_um > 0:
         raise InputError(f"max_dist_um: expected a positive distance in µm, got {max_dist_um!r}")
     if method not in ("optimal", "greedy"):
@@ -354,10 +334,10 @@ def pairs_table(df, voxel_size_um=VOXEL_SIZE_UM) -> pd.DataFrame:
     sister axis and the frame's plate normal, 0..90°; NaN with < 4 points), and
     ``track_id_1, track_id_2`` when tracks are present.
     """
-    check_points(df)
+    check_points_table(df)
     if "pair_id" not in df.columns:
         raise InputError("points: no pair_id column (run assign_pairs / `kt-stardist pairs` first)")
-    vox = check_voxel_size(voxel_size_um)
+    vox = np.asarray(check_voxel_size(voxel_size_um, "voxel_size_um"))
     p_um = points_um(df, vox)
     pid = df["pair_id"].to_numpy()
     sis = df["sister"].to_numpy() if "sister" in df.columns else None

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from kt_stardist.defaults import VOXEL_SIZE_UM
-from kt_stardist.errors import InputError
+from kt_stardist.validate import check_labels
 
 DEFAULT_RADII_UM = (0.3, 0.4, 0.5, 0.6)
 DEFAULT_RAYS = (32, 64, 128, 256, 512, 1024)
@@ -49,22 +49,6 @@ COLUMNS = ["radius_um", "n_rays", "anisotropy", "grid", "n_objects", "n_fitted",
 def fmt_triple(t) -> str:
     """(2.31, 1.0, 1.0) -> '2.31,1,1' (the form used in tables and on the command line)."""
     return ",".join(f"{float(v):g}" for v in t)
-
-
-def check_labels(labels, name="labels") -> np.ndarray:
-    """A 3D integer label image (Z, Y, X) with at most 65535 objects (StarDist's uint16)."""
-    lab = np.asarray(labels)
-    if lab.ndim != 3 or not np.issubdtype(lab.dtype, np.integer):
-        raise InputError(f"{name}: expected a 3D integer label image (z, y, x), got {lab.dtype} {lab.shape}")
-    if lab.min() < 0:
-        raise InputError(f"{name}: label values must be >= 0")
-    if lab.max() > 65535:
-        from skimage.segmentation import relabel_sequential
-
-        lab = relabel_sequential(lab)[0]
-        if lab.max() > 65535:
-            raise InputError(f"{name}: more than 65535 objects; StarDist labels are uint16")
-    return lab
 
 
 def select_objects(labels, max_objects=None, seed=0) -> np.ndarray:
@@ -239,7 +223,7 @@ def recommend(table: pd.DataFrame, min_iou=MIN_IOU, min_learnable=MIN_LEARNABLE,
         text = (f"recommended: {describe(best)} — the fewest rays and coarsest grid with mean IoU ≥ "
                 f"{min_iou:g} and learnable ≥ {min_learnable:g}"
                 + (f" (radius ≤ {max_radius_um:g} µm)" if max_radius_um is not None else "") + ". For point detection learnability "
-                f"matters more than a perfect fit: more rays only sharpen the shape.")
+                "matters more than a perfect fit: more rays only sharpen the shape.")
     else:
         best = t.sort_values(["learnable", "mean_iou", "n_rays"], ascending=[False, False, True]).iloc[0]
         text = (f"nothing reaches mean IoU ≥ {min_iou:g} with learnable ≥ {min_learnable:g}; most "
@@ -284,7 +268,7 @@ def plot_sweep(table: pd.DataFrame, path, title=None) -> None:
     ax1.legend(fontsize=6, ncol=2)
     ax2.axhline(MIN_LEARNABLE, color="grey", lw=0.8)
     ax2.set(xlabel="grid (z,y,x)", ylabel="fraction of objects", ylim=(0, 1.05),
-            title=f"learnable (target ≥ 0.5 on lattice); dotted: centre on lattice", )
+            title="learnable (target ≥ 0.5 on lattice); dotted: centre on lattice", )
     ax2.title.set_fontsize(8)
     ax2.legend(fontsize=6)
     if title:

@@ -15,7 +15,8 @@ import pandas as pd
 
 from kt_stardist.defaults import FRAME_SHAPE_PX, VOXEL_SIZE_UM
 from kt_stardist.errors import InputError
-from kt_stardist.pairs import check_points, check_voxel_size, points_um, vote_track_partners
+from kt_stardist.pairs import points_um, vote_track_partners
+from kt_stardist.validate import check_points_table, check_voxel_size
 
 #: default maximum displacement of a kinetochore between two linked detections, µm
 MAX_DISP_UM = 1.0
@@ -39,10 +40,10 @@ def track_points(df, voxel_size_um=VOXEL_SIZE_UM, max_disp_um=MAX_DISP_UM, gap=G
     A copy of ``df`` with ``track_id`` (int ≥ 0; a point linked to nothing gets a track of its
     own). Track ids are numbered by first frame, then z, y, x of the first point.
     """
-    check_points(df)
+    check_points_table(df)
     if "t" not in df.columns:
         raise InputError("points: tracking needs a t (frame) column")
-    vox = check_voxel_size(voxel_size_um)
+    vox = np.asarray(check_voxel_size(voxel_size_um, "voxel_size_um"))
     if not max_disp_um > 0:
         raise InputError(f"max_disp_um: expected a positive distance in µm, got {max_disp_um!r}")
     if int(gap) != gap or gap < 0:
@@ -221,8 +222,8 @@ def trackmate_xml(df, voxel_size_um=VOXEL_SIZE_UM, shape_px=FRAME_SHAPE_PX, fram
     """
     import xml.etree.ElementTree as ET
 
-    check_points(df)
-    vox = check_voxel_size(voxel_size_um)
+    check_points_table(df)
+    vox = np.asarray(check_voxel_size(voxel_size_um, "voxel_size_um"))
     if "t" not in df.columns or "track_id" not in df.columns:
         raise InputError("points: TrackMate export needs t and track_id columns")
     p = points_um(df, vox)
