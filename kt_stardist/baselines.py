@@ -2,7 +2,7 @@
 
 - :func:`log_detect`: anisotropic Laplacian of Gaussian + local maxima on the normalised volume
   (:func:`kt_stardist.normalize.normalize`), threshold tuned on training volumes with
-  :func:`tune_log_threshold`; positions refined like the model's (:func:`kt_stardist.refine.refine_points`).
+  :func:`tune_log_threshold`; positions refined like the model's (:func:`kt_stardist.predict.refine.refine_points`).
 - :func:`bigfish_detect`: Big-FISH ``detect_spots`` with its automatic threshold (optional
   dependency ``big-fish``).
 
@@ -15,11 +15,9 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from kt_stardist.defaults import VOXEL_SIZE_UM
+from kt_stardist.defaults import SPOT_SIGMA_UM, VOXEL_SIZE_UM
 from kt_stardist.normalize import normalize
 
-#: Gaussian sigma of a kinetochore spot, µm (z, y, x)
-SPOT_SIGMA_UM = (0.25, 0.11, 0.11)
 
 #: default LoG threshold (normalised units), from :func:`tune_log_threshold` on simulated volumes
 LOG_THRESHOLD = 0.1
@@ -51,14 +49,15 @@ def log_detect(volume, voxel_size_um=VOXEL_SIZE_UM, threshold=LOG_THRESHOLD, sig
 
     ``threshold`` is in normalised-intensity units (see :func:`tune_log_threshold`).
     """
-    from kt_stardist.refine import refine_points
+    from kt_stardist.predict.refine import refine_points
+    from kt_stardist.settings import RefineSettings
 
     vol = np.asarray(volume, np.float32)
     if vol.ndim != 3:
         raise ValueError(f"log_detect needs a (Z, Y, X) volume, got shape {vol.shape}")
     pos, val = log_candidates(log_response(vol, voxel_size_um, sigma_um, normalized), voxel_size_um)
     keep = val > threshold
-    pts = refine_points(vol, pos[keep].astype(np.float64), voxel_size_um, method=refine)
+    pts = refine_points(vol, pos[keep].astype(np.float64), voxel_size_um, RefineSettings(method=refine))
     df = pd.DataFrame(pts, columns=["z", "y", "x"])
     df["prob"] = val[keep]
     return df
@@ -68,7 +67,7 @@ def tune_log_threshold(volumes, points, voxel_size_um=VOXEL_SIZE_UM, sigma_um=SP
                        cutoff_um=0.5, thresholds=None):
     """LoG threshold with the best summed-count F1 on training ``volumes`` (list of ZYX) with
     ground truth ``points`` (list of (N, 3) px). Returns (threshold, f1)."""
-    from kt_stardist.evaluate import match_points
+    from kt_stardist.evaluate import match_points, scores
 
     cands = [log_candidates(log_response(v, voxel_size_um, sigma_um), voxel_size_um) for v in volumes]
     if thresholds is None:
@@ -80,7 +79,7 @@ def tune_log_threshold(volumes, points, voxel_size_um=VOXEL_SIZE_UM, sigma_um=SP
         for (pos, val), gt in zip(cands, points):
             m = match_points(np.asarray(gt, float), pos[val > t].astype(float), voxel_size_um, cutoff_um)
             tp, fp, fn = tp + m.tp, fp + m.fp, fn + m.fn
-        f1 = 2 * tp / max(2 * tp + fp + fn, 1)
+        f1 = scores(tp, fp, fn)["f1"]
         if f1 > best[1]:
             best = (float(t), f1)
     return best

@@ -15,3 +15,7 @@ LABEL_RADIUS_UM = 0.5
 
 #: shape of a whole reference frame, px (z, y, x)
 FRAME_SHAPE_PX = (61, 1000, 1000)
+
+#: Gaussian sigma of a kinetochore spot on the reference microscope, µm (z, y, x): the one size
+#: the screen, the refinement's starting fit and the LoG baseline use
+SPOT_SIGMA_UM = (0.25, 0.11, 0.11)

@@ -1,25 +1,23 @@
-"""Batch prediction over many frames and files on dask.distributed.
+"""Resumable frame tasks, in this process or on dask.distributed.
 
-The unit of work is one frame of one file (plus its t-1/t+1 neighbours when the model takes
-temporal context). Each worker loads the model once and keeps it; it reads its frames from the
-path itself (lazily: only the frames it needs), so no image goes through the scheduler.
-Per-frame results are written atomically to ``OUT_DIR/parts/<stem>/t0000.csv``; a rerun skips
-frames whose part is already there and readable, and recomputes only missing or corrupt ones.
-A final merge writes one points CSV per input and ``all_points.csv`` (with ``t`` and
-``source``), atomically. One bad file or frame does not stop the batch: it is reported in the
-summary with its error.
+The unit of work is one frame of one file. A task's result is a *part* file written atomically
+(``parts/<stem>/t00000.csv``); a rerun skips frames whose part is there and readable and
+recomputes only missing or corrupt ones. One bad file or frame does not stop the batch: it is
+reported in the summary with its error. A worker that dies loses only its task, which is retried
+elsewhere (``retries``).
 
-This module knows nothing of how a frame is predicted: it calls
-:func:`kt_stardist.predict.predict_frame`.
+This module knows nothing of how a frame is computed: it runs the function it is given
+(``kt_stardist.pipeline.run_frame``), which must be importable on the workers and return
+``(n_points, seconds)``.
 
 Schedulers: ``scheduler=None, workers<=1``: in this process, no dask; ``workers=N``: a
 ``LocalCluster`` of N single-threaded worker processes; ``scheduler="tcp://host:port"``: an
-existing dask cluster; ``cluster="slurm"|"pbs"``: dask-jobqueue (``pip install dask-jobqueue``).
+existing dask cluster; ``cluster="slurm"|"pbs"|"sge"|"lsf"``: dask-jobqueue
+(``pip install dask-jobqueue``).
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import time
 from dataclasses import dataclass, field
@@ -29,8 +27,10 @@ import pandas as pd
 
 from kt_stardist.errors import InputError, KtError
 
+__all__ = ["FrameTask", "BatchSummary", "file_stem", "part_path", "part_is_done", "plan", "run_tasks"]
+
 #: columns every part file must have to count as done
-_PART_COLUMNS = ("t", "z", "y", "x", "prob")
+PART_COLUMNS = ("t", "z", "y", "x", "prob")
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class FrameTask:
 
 @dataclass
 class BatchSummary:
-    """What a batch did: counts, seconds, merged outputs and failures ``(path, t, error)``."""
+    """What a batch did: counts, seconds, outputs and failures ``(path, t, error)``."""
 
     frames: int = 0
     computed: int = 0
@@ -53,6 +53,7 @@ class BatchSummary:
     seconds: float = 0.0
     outputs: list = field(default_factory=list)
     failures: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)
 
     def lines(self):
         yield (f"{self.frames} frames ({self.computed} computed, {self.skipped} already done), "
@@ -66,15 +67,15 @@ def file_stem(path) -> str:
     """Name of an image file without folder and image suffix (``a/cell1.ome.tif`` → ``cell1``,
     ``b/movie.h5:/raw`` → ``movie``): the name its output CSVs get."""
     name = Path(str(path).split(".h5:")[0]).name
-    for suf in (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".hdf5", ".h5"):
+    for suf in (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".hdf5", ".h5", ".ome.zarr", ".zarr"):
         if name.lower().endswith(suf):
             return name[: -len(suf)]
     return name
 
 
-def part_path(out_dir, path, t) -> Path:
+def part_path(parts_dir, path, t) -> Path:
     """Where the points of frame ``t`` of ``path`` go."""
-    return Path(out_dir) / "parts" / file_stem(path) / f"t{int(t):05d}.csv"
+    return Path(parts_dir) / file_stem(path) / f"t{int(t):05d}.csv"
 
 
 def part_is_done(part) -> bool:
@@ -83,10 +84,10 @@ def part_is_done(part) -> bool:
         df = pd.read_csv(part)
     except Exception:
         return False
-    return all(c in df.columns for c in _PART_COLUMNS)
+    return all(c in df.columns for c in PART_COLUMNS)
 
 
-def plan(inputs, out_dir, axes=None, voxel_size_um=None):
+def plan(inputs, parts_dir, axes=None, voxel_size_um=None):
     """Frame tasks for ``inputs`` (paths), reading only each file's header/shape.
 
     Returns ``(tasks, failures)``: unreadable inputs become failures ``(path, None, error)``.
@@ -107,36 +108,8 @@ def plan(inputs, out_dir, axes=None, voxel_size_um=None):
         except KtError as e:
             failures.append((str(p), None, str(e)))
             continue
-        tasks += [FrameTask(str(p), t, str(part_path(out_dir, p, t))) for t in range(img.n_frames)]
+        tasks += [FrameTask(str(p), t, str(part_path(parts_dir, p, t))) for t in range(img.n_frames)]
     return tasks, failures
-
-
-@functools.lru_cache(maxsize=4)
-def _cached_model(model_dir):
-    """The model of a worker process, loaded once and kept."""
-    from kt_stardist.predict import load
-
-    return load(model_dir)
-
-
-def run_frame(task: FrameTask, model_dir=None, axes=None, voxel_size_um=None, predict_kwargs=None, model=None):
-    """Predict one frame and write its part atomically; returns ``(n_points, seconds)``.
-
-    On a worker the model is loaded once per process and cached (``model`` None); the image is
-    opened lazily and only the frames needed are read.
-    """
-    from kt_stardist.io import read_image, write_points
-    from kt_stardist.predict import predict_frame
-
-    t0 = time.perf_counter()
-    if model is None:
-        model = _cached_model(None if model_dir is None else str(model_dir))
-    image = read_image(task.path, axes=axes, voxel_size_um=voxel_size_um, lazy=True)
-    df = predict_frame(model, image, task.t, **(predict_kwargs or {}))
-    df = df.assign(t=task.t)
-    vs = image.voxel_size_um
-    write_points(df, task.part, voxel_size_um=vs)
-    return len(df), time.perf_counter() - t0
 
 
 def _client(scheduler=None, workers=1, cluster=None, cluster_kwargs=None):
@@ -165,40 +138,29 @@ def _client(scheduler=None, workers=1, cluster=None, cluster_kwargs=None):
     return Client(c), c
 
 
-def run_batch(inputs, out_dir, model_dir=None, axes=None, voxel_size_um=None, predict_kwargs=None,
-              scheduler=None, workers=1, cluster=None, cluster_kwargs=None, retries=2, progress=True):
-    """Predict every frame of every input; resumable; returns a :class:`BatchSummary`.
+def run_tasks(tasks, fn, fn_kwargs=None, local_model=None, scheduler=None, workers=1, cluster=None,
+              cluster_kwargs=None, retries=2, progress=True, summary: BatchSummary | None = None) -> BatchSummary:
+    """Run ``fn(task, **fn_kwargs)`` for every task whose part is not done yet.
 
-    Parameters
-    ----------
-    inputs : list of paths (TIFF, ``file.h5:/dataset``)
-    out_dir : folder for ``parts/`` and the merged CSVs (``<stem>.csv``, ``all_points.csv``)
-    model_dir : model folder, None for the shipped default
-    scheduler : address of a running dask scheduler (``tcp://host:port``)
-    workers : number of local worker processes (1: in this process, no dask), or jobs for ``cluster``
-    retries : how often a task whose worker died is tried again
+    In this process (no scheduler, ``workers <= 1``) ``fn`` also gets ``model=local_model()``
+    (loaded once, only when there is work); on dask each worker loads its own. Returns the
+    summary with ``frames``, ``computed``, ``skipped`` and ``failures`` filled in.
     """
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    summary = BatchSummary()
-    tasks, summary.failures = plan(inputs, out_dir, axes=axes, voxel_size_um=voxel_size_um)
+    summary = summary or BatchSummary()
+    fn_kwargs = dict(fn_kwargs or {})
     todo = [tk for tk in tasks if not part_is_done(tk.part)]
     summary.frames, summary.skipped = len(tasks), len(tasks) - len(todo)
-    kw = dict(model_dir=None if model_dir is None else str(model_dir), axes=axes,
-              voxel_size_um=voxel_size_um, predict_kwargs=predict_kwargs)
     bar = tqdm(total=len(todo), desc="frames", unit="frame", disable=not progress or not todo)
     client, cluster_obj = _client(scheduler, workers, cluster, cluster_kwargs)
     try:
         if client is None:
-            from kt_stardist.predict import load
-
-            model = load(kw["model_dir"]) if todo else None
+            model = local_model() if (todo and local_model is not None) else None
             for tk in todo:
                 try:
-                    run_frame(tk, **kw, model=model)
+                    fn(tk, **fn_kwargs, model=model)
                     summary.computed += 1
                 except KtError as e:
                     summary.failures.append((tk.path, tk.t, str(e)))
@@ -208,7 +170,7 @@ def run_batch(inputs, out_dir, model_dir=None, axes=None, voxel_size_um=None, pr
         else:
             from dask.distributed import as_completed
 
-            futures = {client.submit(run_frame, tk, **kw, key=f"kt-frame-{os.getpid()}-{i}",
+            futures = {client.submit(fn, tk, **fn_kwargs, key=f"kt-frame-{os.getpid()}-{i}",
                                      retries=retries, pure=False): tk for i, tk in enumerate(todo)}
             for fut in as_completed(futures):
                 tk = futures[fut]
@@ -224,38 +186,5 @@ def run_batch(inputs, out_dir, model_dir=None, axes=None, voxel_size_um=None, pr
             client.close()
         if cluster_obj is not None:
             cluster_obj.close()
-    summary.outputs, summary.points = merge(tasks, out_dir)
-    summary.seconds = time.perf_counter() - t0
+    summary.seconds += time.perf_counter() - t0
     return summary
-
-
-def merge(tasks, out_dir):
-    """Write ``<stem>.csv`` per input and ``all_points.csv`` from the parts that are done.
-
-    Returns ``(paths written, number of points)``. An input with a missing frame still gets its
-    file (the summary lists the failure); rerunning the batch fills it in.
-    """
-    from kt_stardist.io import write_points
-
-    out_dir = Path(out_dir)
-    by_input: dict = {}
-    for tk in tasks:
-        by_input.setdefault(tk.path, []).append(tk)
-    written, frames = [], []
-    for path, tks in by_input.items():
-        parts = [pd.read_csv(tk.part) for tk in sorted(tks, key=lambda k: k.t) if part_is_done(tk.part)]
-        if not parts:
-            continue
-        df = pd.concat(parts, ignore_index=True)
-        dest = out_dir / f"{file_stem(path)}.csv"
-        write_points(df, dest)
-        written.append(str(dest))
-        frames.append(df.assign(source=str(path)))
-    n = 0
-    if frames:
-        all_df = pd.concat(frames, ignore_index=True)
-        n = len(all_df)
-        dest = out_dir / "all_points.csv"
-        write_points(all_df.sort_values(["source", "t", "z", "y", "x"], kind="stable"), dest)
-        written.append(str(dest))
-    return written, n

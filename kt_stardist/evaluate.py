@@ -33,7 +33,7 @@ from kt_stardist.defaults import MATCH_CUTOFF_UM, VOXEL_SIZE_UM
 from kt_stardist.errors import InputError
 from kt_stardist.validate import check_points_px, check_triple
 
-__all__ = ["Matching", "match_points", "evaluate_points", "METRICS", "SEUCLIDEAN_WEIGHTS"]
+__all__ = ["Matching", "match_points", "evaluate_points", "scores", "rmse_nm", "METRICS", "SEUCLIDEAN_WEIGHTS"]
 
 METRICS = ("euclidean", "seuclidean")
 #: variances (z, y, x) of the historical standardised Euclidean distance on px coordinates
@@ -80,7 +80,16 @@ def _scores(tp, n_gt, n_pred):
     return fp, fn, float(precision), float(recall), float(f1)
 
 
-def _rmse_nm(dist_um) -> float:
+def scores(tp: int, fp: int, fn: int) -> dict:
+    """``precision, recall, f1`` from counts, with this module's empty-set rules (1 when there
+    is nothing to find or nothing found). Every precision/recall/F1 in kt-stardist comes from
+    here (or :func:`match_points`)."""
+    _, _, precision, recall, f1 = _scores(int(tp), int(tp) + int(fn), int(tp) + int(fp))
+    return dict(precision=precision, recall=recall, f1=f1)
+
+
+def rmse_nm(dist_um) -> float:
+    """Root-mean-square of distances in µm, in nm (NaN when empty)."""
     return float(np.sqrt(np.mean(np.square(dist_um))) * 1000) if len(dist_um) else float("nan")
 
 
@@ -150,7 +159,7 @@ def match_points(
     tp = len(gt_idx)
     fp, fn, precision, recall, f1 = _scores(tp, n_gt, n_pred)
     return Matching(
-        tp=tp, fp=fp, fn=fn, precision=precision, recall=recall, f1=f1, rmse_nm=_rmse_nm(dist_um),
+        tp=tp, fp=fp, fn=fn, precision=precision, recall=recall, f1=f1, rmse_nm=rmse_nm(dist_um),
         gt_idx=gt_idx, pred_idx=pred_idx, dist_um=dist_um, n_gt=n_gt, n_pred=n_pred,
         metric=metric, cutoff=cutoff,
     )
@@ -220,7 +229,7 @@ def evaluate_points(
     overall = {
         "n_frames": len(groups), "n_gt": n_gt, "n_pred": n_pred, "tp": tp, "fp": fp, "fn": fn,
         "precision": precision, "recall": recall, "f1": f1,
-        "rmse_nm": _rmse_nm(np.concatenate(dists)),
+        "rmse_nm": rmse_nm(np.concatenate(dists)),
         "metric": metric, "cutoff": float(cutoff_um),
         "voxel_size_um": [float(v) for v in np.asarray(voxel_size_um, dtype=float)],
     }

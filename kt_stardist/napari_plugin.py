@@ -180,7 +180,8 @@ def predict_widget(
     voxel_size_z_um: float = 0.0,
     voxel_size_yx_um: float = 0.0,
 ) -> "napari.types.LayerDataTuple":  # noqa: F821
-    """Find kinetochores in the selected image layer; adds a points layer (px).
+    """Find kinetochores in the selected image layer (:func:`kt_stardist.pipeline.find_points`,
+    the detection ``predict`` runs); adds a points layer (px).
 
     The layer must be one channel, ``(Z, Y, X)`` or ``(T, Z, Y, X)``. ``model_folder`` empty:
     the shipped model. Voxel size 0: taken from the layer's scale when it is set (µm), else
@@ -190,7 +191,7 @@ def predict_widget(
     from kt_stardist.defaults import VOXEL_SIZE_UM
     from kt_stardist.errors import InputError
     from kt_stardist.model import load_model
-    from kt_stardist.predict import predict_image
+    from kt_stardist.pipeline import find_points
 
     if image is None:
         raise InputError("select an image layer")
@@ -205,7 +206,7 @@ def predict_widget(
         voxel = (float(voxel_size_z_um), float(voxel_size_yx_um), float(voxel_size_yx_um))
     img = io.Image(data=data[..., None], voxel_size_um=voxel, axes="TZYXC", path=None)
     model = load_model(model_folder or None)
-    df = predict_image(model, img)
+    df, _ = find_points(model, img, show_progress=False)
     if np.asarray(image.data).ndim == 3 and "t" in df.columns:
         df = df.drop(columns="t")
     data_out, meta, kind = points_layers(df, name=f"{image.name} kinetochores")[0]

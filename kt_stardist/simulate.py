@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -594,13 +594,10 @@ def _render_frame(rng, shape, params, scene, kt, bright, sig_um, plate, shift_um
 # --------------------------------------------------------------------------- public API
 
 def _check_shape(shape_px, name="shape_px"):
-    try:
-        shape = tuple(int(s) for s in shape_px)
-    except (TypeError, ValueError):
-        raise InputError(f"{name}: expected 3 positive integers (Z, Y, X), got {shape_px!r}") from None
-    if len(shape) != 3 or min(shape) < 1:
-        raise InputError(f"{name}: expected 3 positive integers (Z, Y, X), got {shape_px!r}")
-    return shape
+    """:func:`kt_stardist.validate.check_shape` (kept under this name for :mod:`kt_stardist.physical`)."""
+    from kt_stardist.validate import check_shape
+
+    return check_shape(shape_px, name)
 
 
 def _make_params(rng, snr, randomize, voxel_size_um, params, missing_sister, layout_name):
@@ -735,13 +732,18 @@ def _user_layout(df, vox):
     return out.reset_index(drop=True)
 
 
-def _points_table(pos_um, df, vox, shape, origin_px=(0, 0, 0)):
+def _points_table(pos_um, df, vox, shape, origin_px=(0, 0, 0), **columns):
+    """The truth table of the points inside a volume of ``shape`` px: ``z, y, x`` px (positions
+    ``pos_um`` µm / voxel, minus ``origin_px``), ``pair_id`` and ``sister`` of the layout ``df``,
+    ``point_id`` (layout order) and any further per-point ``columns``."""
     pts = pos_um / vox - np.asarray(origin_px)
     inside = np.all((pts >= -0.5) & (pts < np.asarray(shape) - 0.5), axis=1)
     out = pd.DataFrame(pts, columns=["z", "y", "x"])
     out["pair_id"] = df["pair_id"].to_numpy(int)
     out["sister"] = df["sister"].to_numpy(int)
     out["point_id"] = np.arange(len(out))
+    for name, values in columns.items():
+        out[name] = values
     return out[inside].reset_index(drop=True)
 
 
@@ -887,7 +889,6 @@ def measure_snr(image, points, voxel_size_um=VOXEL_SIZE_UM, channel=0, inner_um=
     scale = vox * np.array([0.5, 1, 1])  # metric: µm, z compressed
     shape = np.array(img.shape)
     r = np.ceil(outer_um / scale).astype(int)
-    offs = [np.arange(-k, k + 1) for k in r]
     sig, noi = [], []
     for i, q in enumerate(pts):
         c = np.round(q).astype(int)

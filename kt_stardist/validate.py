@@ -19,7 +19,8 @@ from kt_stardist.errors import InputError
 
 __all__ = [
     "check_parameter", "check_triple", "check_voxel_size", "check_shape", "check_points_px",
-    "check_points_table", "check_volume", "check_labels", "check_fraction", "check_choice",
+    "check_points_table", "check_volume", "check_labels", "check_fraction", "check_choice", "check_output_file",
+    "check_output_dir",
 ]
 
 _KINDS = {
@@ -82,6 +83,30 @@ def check_shape(shape_px, name: str = "shape") -> tuple:
     if len(shape) != 3 or min(shape) < 1 or any(float(s) != float(v) for s, v in zip(shape, shape_px)):
         raise InputError(f"{name}: expected 3 positive integers (Z, Y, X), got {shape_px!r}")
     return shape
+
+
+def available_memory_bytes() -> int:
+    """Memory this process can still allocate (psutil's ``available``), bytes."""
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def check_memory(shape, dtype, name: str = "shape", copies: float = 1.0) -> None:
+    """Refuse up front an array of ``shape`` × ``dtype`` (times ``copies`` working copies) that
+    cannot fit in the available memory, with one line saying what it would need."""
+    n = 1
+    for s in shape:
+        n *= int(s)
+    need = n * np.dtype(dtype).itemsize * float(copies)
+    have = available_memory_bytes()
+    if need > have:
+        raise InputError(f"{name}: {' x '.join(str(int(s)) for s in shape)} would need {_gb(need)} of memory, "
+                         f"{_gb(have)} available")
+
+
+def _gb(n_bytes) -> str:
+    return f"{n_bytes / 1e9:.3g} GB" if n_bytes < 1e12 else f"{n_bytes / 1e12:,.1f} TB"
 
 
 def check_points_px(points_px, name: str = "points_px") -> np.ndarray:
@@ -186,3 +211,40 @@ def check_choice(value, choices, name: str):
     if value not in choices:
         raise InputError(f"{name}: expected one of {', '.join(map(str, choices))}, got {value!r}")
     return value
+
+
+def _existing_ancestor(path):
+    from pathlib import Path
+
+    p = Path(path).absolute()
+    for a in [p.parent, *p.parent.parents]:
+        if a.exists():
+            return a
+    return None
+
+
+def check_output_file(path, name: str = "output"):
+    """A file path that can be written: not an existing folder, and its nearest existing
+    ancestor is a folder (missing folders are created by the writers). Returns a Path."""
+    from pathlib import Path
+
+    p = Path(path)
+    if p.is_dir():
+        raise InputError(f"{name} {p}: is a folder; expected a file name to write")
+    a = _existing_ancestor(p)
+    if a is not None and not a.is_dir():
+        raise InputError(f"{name} {p}: {a} is a file, not a folder")
+    return p
+
+
+def check_output_dir(path, name: str = "output folder"):
+    """A folder path that can be written into: not an existing file, no ancestor a file."""
+    from pathlib import Path
+
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise InputError(f"{name} {p}: is a file; expected a folder")
+    a = _existing_ancestor(p)
+    if a is not None and not a.is_dir():
+        raise InputError(f"{name} {p}: {a} is a file, not a folder")
+    return p

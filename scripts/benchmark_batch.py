@@ -2,7 +2,7 @@
 what a cluster of N workers would do for a 100-cell × 18-frame study (on paper).
 
 A simulated time-lapse (default 4 frames of 61 × 1000 × 1000 px, real kinetochore layout, mid
-SNR, EGFP) is written as a uint16 TIFF; ``distributed.run_batch`` then predicts every frame
+SNR, EGFP) is written as a uint16 TIFF; ``pipeline.run`` (what ``kt-stardist predict --out-dir`` runs) then predicts every frame
 in-process (1 worker: no dask) and on a dask LocalCluster of 2 worker processes, each from an
 empty output folder. Both runs must give the same points. Each worker process loads the model
 once and reads its frames from the file itself.
@@ -43,7 +43,7 @@ def main(argv=None):
 
     import pandas as pd
 
-    from kt_stardist import distributed, io, simulate
+    from kt_stardist import io, pipeline, simulate
 
     with tempfile.TemporaryDirectory(prefix="kt-batch-bench-") as tmp:
         tmp = Path(tmp)
@@ -59,7 +59,7 @@ def main(argv=None):
         for w in a.workers:
             out = tmp / f"out-w{w}"
             t1 = time.perf_counter()
-            s = distributed.run_batch([str(path)], out, model_dir=a.model, workers=w, progress=False)
+            s = pipeline.run([str(path)], out_dir=out, model_dir=a.model, workers=w, progress=False)
             dt = time.perf_counter() - t1
             if s.failures:
                 raise SystemExit(f"{w} workers: failures {s.failures}")

@@ -1,4 +1,4 @@
-"""Speed and memory of ``kt_stardist.predict`` vs StarDist's own tiled ``predict_instances`` on a
+"""Speed and memory of ``kt_stardist.predict.detect`` vs StarDist's own tiled ``predict_instances`` on a
 whole frame (default 61 × 1000 × 1000 px, real kinetochore layout), same model, same normalisation.
 
 Each method runs in its own subprocess; peak memory is that process's max RSS (whole process:
@@ -46,14 +46,17 @@ def worker(method, model_dir, vol_path, out_path):
     t0 = time.perf_counter()
     extra = {}
     if method == "kt":
-        df, inst, _ = P.predict_volume(model, vol[..., None], return_instances=True)
-        pts = df[["z", "y", "x"]].to_numpy()
-        extra = dict(blocks=inst["n_blocks"], voxels_read=inst["n_voxels_read"] / vol.size)
+        det = P.detect(model, vol[..., None])
+        pts = det.points[["z", "y", "x"]].to_numpy()
+        d = det.diagnostics
+        extra = dict(blocks=d["n_blocks"], voxels_read=d["n_voxels_read"] / vol.size,
+                     **{f"s_{k}": v for k, v in d["seconds"].items()})
     else:
+        sd = model.stardist
         x = normalize(vol)
         # "stardist": StarDist's own guess of n_tiles; "stardist:1x4x4": the given tiling
-        n_tiles = tuple(int(n) for n in method.split(":")[1].split("x")) if ":" in method else model._guess_n_tiles(x)
-        _, polys = model.predict_instances(x, axes="ZYX", n_tiles=n_tiles, show_tile_progress=False)
+        n_tiles = tuple(int(n) for n in method.split(":")[1].split("x")) if ":" in method else sd._guess_n_tiles(x)
+        _, polys = sd.predict_instances(x, axes="ZYX", n_tiles=n_tiles, show_tile_progress=False)
         pts = np.asarray(polys["points"], float)
         extra = dict(n_tiles=str(tuple(int(n) for n in n_tiles)))
     dt = time.perf_counter() - t0

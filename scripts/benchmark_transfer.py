@@ -10,7 +10,7 @@ the same simulations, seed, steps and settings), and differs only in ``--from``:
 * ``scratch``: random weights (the baseline).
 
 Each model's thresholds are chosen by point F1 on its validation simulations; all are then scored
-on the same held-out volumes per SNR preset (``train.evaluate_simulated``: match_points, 0.5 µm,
+on the same held-out volumes per SNR preset (``train.evaluate_model``: the full detection, match_points, 0.5 µm,
 NMS centres, no refinement). The model folders stay in ``--work``; run again to continue an
 interrupted benchmark (finished arms are resumed, i.e. only re-scored).
 
@@ -83,15 +83,16 @@ def main(argv=None):
                 *(["--resume"] if (out / "history.csv").is_file() else []))  # an interrupted run goes on
         secs = time.time() - t0
         model = load_model(out)
-        ev = train.evaluate_simulated(model, snrs=a.snr, n=a.eval_volumes)
-        info = getattr(model, "kt_info", {})
+        cases = train.evaluation_cases(a.snr, layouts=("plate",), n=a.eval_volumes, shape_px=(48, 128, 128))
+        ev, _ = train.evaluate_model(model, cases)
+        tinfo, vinfo = model.info.training, model.info.validation
         row = dict(start=arm, rays=a.rays, steps=epochs * a.steps_per_epoch,
-                   minutes=info.get("train_seconds", secs) / 60 if done else secs / 60,
-                   fresh_layers=len(info.get("transfer", {}).get("fresh", [])) if sources[arm] else "all",
-                   prob=float(model.thresholds.prob), val_F1=info.get("validation_f1", float("nan")))
+                   minutes=tinfo.get("train_seconds", secs) / 60 if done else secs / 60,
+                   fresh_layers=len(tinfo.get("transfer", {}).get("fresh", [])) if sources[arm] else "all",
+                   prob=float(model.thresholds.prob), val_F1=vinfo.get("f1", float("nan")))
         for _, r in ev.iterrows():
-            row[f"F1_{r.snr}"] = r.f1
-            row[f"RMSE_nm_{r.snr}"] = r.rmse_nm
+            row[f"F1_{r.group}"] = r.f1
+            row[f"RMSE_nm_{r.group}"] = r.rmse_nm
         rows.append(row)
         print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.3f}"), flush=True)
     print(f"\nfinetune --rays {a.rays}, {epochs * a.steps_per_epoch} steps each, same simulations and seed; "

@@ -5,17 +5,16 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
+#: small data files the tests need, in the repository (copies of ../shared/data)
+DATA = Path(__file__).resolve().parent / "data"
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 @pytest.fixture
 def shared_data() -> Path:
-    """``../shared/data`` beside the checkout (CI lays a copy there)."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip("../shared/data not present")
-    return SHARED_DATA
+    """``tests/data``: the shared example files (real positions, an arivis export), in the repo."""
+    return DATA
 
 
 @pytest.fixture

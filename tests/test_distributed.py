@@ -1,4 +1,5 @@
-"""Batch prediction on dask: same points as one process, resumable, survives a dead worker.
+"""Batch prediction (kt_stardist.pipeline.run on kt_stardist.distributed): same points as one
+process, resumable, survives a dead worker.
 
 The model is a tiny random-initialised StarDist3D saved to a folder, its probability threshold
 set so that a few dozen points per frame come out: what is tested is the batch machinery
@@ -14,9 +15,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kt_stardist import distributed, io, simulate
+from kt_stardist import io, pipeline, simulate
+from kt_stardist.settings import DetectSettings, PipelineSettings, RefineSettings
 
-PRED = dict(refine="centroid")
+SETTINGS = PipelineSettings(detect=DetectSettings(refine=RefineSettings(method="centroid")))
+
+
+def run_batch(inputs, out_dir, **kw):
+    return pipeline.run(inputs, out_dir=out_dir, settings=SETTINGS, progress=False, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -24,18 +30,17 @@ def model_dir(tmp_path_factory, movies):
     import json
 
     import keras
-    from stardist import Rays_GoldenSpiral
-    from stardist.models import Config3D, StarDist3D
 
+    from kt_stardist.configs import load_config
+    from kt_stardist.model import build_model, save_weights
     from kt_stardist.normalize import normalize
 
     d = tmp_path_factory.mktemp("model")
     keras.utils.set_random_seed(0)
-    conf = Config3D(rays=Rays_GoldenSpiral(16, anisotropy=(2.3, 1, 1)), grid=(1, 2, 2), anisotropy=(2.3, 1, 1),
-                    n_channel_in=1, unet_n_depth=1, unet_n_filter_base=4, train_patch_size=(8, 32, 32))
-    m = StarDist3D(conf, name="tiny", basedir=str(d))
-    m.keras_model.save_weights(str(d / "tiny" / "weights_best.weights.h5"))
-    prob, _ = m.predict(normalize(io.read_image(movies[0]).frame(0)))
+    m = build_model(load_config("kt-default"), d / "tiny", n_rays=16, unet_n_depth=1, unet_n_filter_base=4,
+                    train_patch_size=(8, 32, 32))
+    save_weights(m, "weights_best.h5")
+    prob, _ = m.stardist.predict(normalize(io.read_image(movies[0]).frame(0)))
     thr = float(np.quantile(prob, 1 - 40 / prob.size))  # ~40 candidates in a frame
     (d / "tiny" / "thresholds.json").write_text(json.dumps({"prob": thr, "nms": 0.3}))
     return str(d / "tiny")
@@ -57,7 +62,7 @@ def movies(tmp_path_factory):
 def reference(movies, model_dir, tmp_path_factory):
     """Single-process run, the reference the distributed runs must equal."""
     out = tmp_path_factory.mktemp("ref")
-    s = distributed.run_batch(movies, out, model_dir=model_dir, predict_kwargs=PRED, progress=False)
+    s = run_batch(movies, out, model_dir=model_dir)
     assert s.failures == [] and s.computed == 6 and s.frames == 6
     df = pd.read_csv(out / "all_points.csv")
     assert len(df) >= 12 and set(df["t"]) == {0, 1, 2}
@@ -68,13 +73,13 @@ def _key(df):
     return df.sort_values(["source", "t", "z", "y", "x"]).reset_index(drop=True)[["t", "z", "y", "x", "prob"]]
 
 
+@pytest.mark.slow
 def test_cluster_on_loopback_gives_the_points_of_one_process(movies, model_dir, reference, tmp_path):
     from dask.distributed import LocalCluster
 
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address=None) as cluster:
-        s = distributed.run_batch(movies, tmp_path, model_dir=model_dir, predict_kwargs=PRED, scheduler=cluster.scheduler_address,
-                                  progress=False)
+        s = run_batch(movies, tmp_path, model_dir=model_dir, scheduler=cluster.scheduler_address)
     assert s.failures == [] and s.computed == 6
     got = pd.read_csv(tmp_path / "all_points.csv")
     pd.testing.assert_frame_equal(_key(got), _key(reference), check_exact=False, atol=1e-3)
@@ -82,42 +87,55 @@ def test_cluster_on_loopback_gives_the_points_of_one_process(movies, model_dir, 
         assert (tmp_path / (os.path.basename(p)[:-4] + ".csv")).is_file()
 
 
+@pytest.mark.slow
 def test_rerun_recomputes_only_missing_or_corrupt_frames(movies, model_dir, reference, tmp_path):
-    s = distributed.run_batch(movies, tmp_path, model_dir=model_dir, predict_kwargs=PRED, progress=False)
+    s = run_batch(movies, tmp_path, model_dir=model_dir)
     assert s.computed == 6
     parts = sorted((tmp_path / "parts").rglob("t*.csv"))
     assert len(parts) == 6
     parts[1].unlink()                     # a frame lost
     parts[4].write_text("t,z,y\n0,1")     # a frame corrupted (not a points table)
-    s = distributed.run_batch(movies, tmp_path, model_dir=model_dir, predict_kwargs=PRED, progress=False)
+    s = run_batch(movies, tmp_path, model_dir=model_dir)
     assert (s.computed, s.skipped, s.failures) == (2, 4, [])
     got = pd.read_csv(tmp_path / "all_points.csv")
     pd.testing.assert_frame_equal(_key(got), _key(reference), check_exact=False, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_killed_worker_loses_no_frame(movies, model_dir, reference, tmp_path):
+    """A worker is killed (SIGKILL) while it is executing a frame task: the task is retried
+    elsewhere and the batch ends with every frame once."""
     from dask.distributed import Client, LocalCluster
 
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address=None) as cluster, Client(cluster) as client:
-        pids = list(client.run(os.getpid).values())
-        killer_done = threading.Event()
+        victim = sorted(client.run(os.getpid))[0]
+        pid = client.run(os.getpid)[victim]
+        killed_during = []
 
-        def kill_one_when_work_starts():
+        def executing(dask_worker):
+            return sorted(str(ts.key) for ts in dask_worker.state.executing)
+
+        def kill_while_a_task_runs():
             deadline = time.time() + 120
-            while time.time() < deadline and not list((tmp_path / "parts").rglob("t*.csv")):
-                time.sleep(0.2)
-            os.kill(pids[0], signal.SIGKILL)  # a worker dies mid-batch
-            killer_done.set()
+            while time.time() < deadline:
+                try:
+                    running = client.run(executing, workers=[victim]).get(victim, [])
+                except Exception:
+                    return
+                if any(k.startswith("kt-frame-") for k in running):
+                    os.kill(pid, signal.SIGKILL)  # a worker dies in the middle of a frame
+                    killed_during.extend(running)
+                    return
+                time.sleep(0.02)
 
-        th = threading.Thread(target=kill_one_when_work_starts, daemon=True)
+        th = threading.Thread(target=kill_while_a_task_runs, daemon=True)
         th.start()
-        s = distributed.run_batch(movies, tmp_path, model_dir=model_dir, predict_kwargs=PRED, scheduler=cluster.scheduler_address,
-                                  progress=False, retries=3)
+        s = run_batch(movies, tmp_path, model_dir=model_dir, scheduler=cluster.scheduler_address, retries=3)
         th.join(5)
-    assert killer_done.is_set()
+    assert killed_during, "the worker was not killed while executing a task"
     if s.failures:  # a task on the dead worker may still be reported lost: a rerun finishes it
-        s = distributed.run_batch(movies, tmp_path, model_dir=model_dir, predict_kwargs=PRED, progress=False)
+        s = run_batch(movies, tmp_path, model_dir=model_dir)
     assert s.failures == []
     got = pd.read_csv(tmp_path / "all_points.csv")
     assert not got.duplicated(["source", "t", "z", "y", "x"]).any()
@@ -127,6 +145,6 @@ def test_killed_worker_loses_no_frame(movies, model_dir, reference, tmp_path):
 def test_bad_file_does_not_stop_the_batch(movies, model_dir, tmp_path):
     bad = tmp_path / "broken.tif"
     bad.write_bytes(b"not a tiff")
-    s = distributed.run_batch([movies[0], str(bad)], tmp_path / "out", model_dir=model_dir, predict_kwargs=PRED, progress=False)
+    s = run_batch([movies[0], str(bad)], tmp_path / "out", model_dir=model_dir)
     assert s.computed == 3 and len(s.failures) == 1 and "broken.tif" in s.failures[0][2]
     assert (tmp_path / "out" / "cell0.csv").is_file()

@@ -119,7 +119,7 @@ def test_evaluate_points_per_frame_and_overall():
 
 
 def test_cli_evaluate(tmp_path, capsys):
-    pytest.importorskip("kt_stardist.io")
+    import kt_stardist.io  # noqa: F401
     from kt_stardist.cli import main
 
     gt, pred, js = tmp_path / "gt.csv", tmp_path / "pred.csv", tmp_path / "scores.json"

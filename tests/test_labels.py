@@ -110,7 +110,7 @@ def test_bad_input():
 
 
 def test_cli_labels(tmp_path, capsys):
-    io = pytest.importorskip("kt_stardist.io")
+    from kt_stardist import io as io
     from kt_stardist.cli import main
 
     pts = tmp_path / "p.csv"

@@ -95,16 +95,16 @@ def test_predict_widget_plumbing(monkeypatch):
     """The widget turns an image layer into a TZYXC Image with the layer's scale as voxel size."""
     seen = {}
 
-    def predict_image(model, image):
+    def find_points(model, image, show_progress=True):
         seen.update(model=model, shape=image.data.shape, voxel=image.voxel_size_um)
-        return pd.DataFrame({"t": [0, 0], "z": [1.0, 2.0], "y": [3.0, 4.0], "x": [5.0, 6.0], "prob": [0.9, 0.8]})
+        return pd.DataFrame({"t": [0, 0], "z": [1.0, 2.0], "y": [3.0, 4.0], "x": [5.0, 6.0], "prob": [0.9, 0.8]}), []
 
     fake_model = ModuleType("kt_stardist.model")
     fake_model.load_model = lambda path=None: f"model:{path}"
-    fake_predict = ModuleType("kt_stardist.predict")
-    fake_predict.predict_image = predict_image
+    fake_pipeline = ModuleType("kt_stardist.pipeline")
+    fake_pipeline.find_points = find_points
     monkeypatch.setitem(sys.modules, "kt_stardist.model", fake_model)
-    monkeypatch.setitem(sys.modules, "kt_stardist.predict", fake_predict)
+    monkeypatch.setitem(sys.modules, "kt_stardist.pipeline", fake_pipeline)
 
     layer = SimpleNamespace(data=np.zeros((6, 8, 9), np.float32), name="cell", scale=np.array([0.25, 0.1, 0.1]))
     data, meta, kind = nap.predict_widget(layer)

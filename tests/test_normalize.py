@@ -44,3 +44,25 @@ def test_channels_normalised_independently_and_empty_volume_is_whole():
         lo, hi = np.percentile(out[..., c], [1, 99.8])
         assert abs(lo) < 1e-4 and abs(hi - 1) < 1e-4
     assert signal_region(rng.normal(0, 1, (8, 32, 32)), k_mad=50) == (slice(0, 8), slice(0, 32), slice(0, 32))
+
+
+def test_zero_clipped_background_normalised_like_the_unclipped_frame():
+    """An offset-subtracted stack clipped at 0 (most background voxels exactly 0, 1st percentile
+    and median both 0) is scaled like the same scene before clipping: the spots get the same
+    values and the background noise is not blown up to spot level."""
+    rng = np.random.default_rng(3)
+    shape = (20, 160, 160)
+    scene = np.zeros(shape, np.float32)
+    zz, yy, xx = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    centres = rng.uniform([7, 60, 60], [13, 100, 100], (25, 3))
+    for c in centres:
+        scene += 40 * np.exp(-((zz - c[0]) ** 2 / 2 + (yy - c[1]) ** 2 / 3 + (xx - c[2]) ** 2 / 3))
+    counts = rng.poisson(scene + 0.4).astype(np.float32)  # sparse background: ~67 % zeros
+    clipped = counts.astype(np.uint8)
+    assert np.mean(clipped == 0) > 0.6 and np.percentile(clipped, 1) == np.median(clipped) == 0
+    offset = (counts + 100).astype(np.uint16)  # the same frame with its camera offset kept
+    n_clip, n_off = normalize(clipped), normalize(offset)
+    idx = tuple(np.round(centres).astype(int).T)
+    np.testing.assert_allclose(np.median(n_clip[idx]), np.median(n_off[idx]), rtol=0.2)
+    background = scene < 0.05
+    assert np.mean(n_clip[background] > 0.3) < 0.005  # noise stays far below spot level

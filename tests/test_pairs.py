@@ -172,7 +172,7 @@ def test_real_positions_median_distance():
 
 
 def test_cli_round_trip(tmp_path):
-    io = pytest.importorskip("kt_stardist.io")
+    from kt_stardist import io as io
     from kt_stardist.cli import main
 
     df, _ = plate_layout(seed=5)

@@ -122,7 +122,7 @@ def test_bad_input():
 
 
 def test_cli_round_trip(tmp_path):
-    io = pytest.importorskip("kt_stardist.io")
+    from kt_stardist import io as io
     from kt_stardist.cli import main
 
     src = tmp_path / "points.csv"

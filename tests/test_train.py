@@ -12,6 +12,15 @@ from kt_stardist.errors import InputError
 PATCH = ("--patch", "16", "32", "32", "--batch", "1")
 
 
+def _fast_search():
+    """A cheap threshold search for tests about training: a one-step model leaves thousands of
+    candidates, and refining each at every threshold takes minutes."""
+    from kt_stardist.settings import DetectSettings, RefineSettings, SplitSettings, ThresholdSearch
+
+    return ThresholdSearch(prob_range=(0.5, 0.9), prob_step=0.2, nms_threshs=(0.3,), max_candidates=200,
+                           detect=DetectSettings(refine=RefineSettings(method="none"), split=SplitSettings(enabled=False)))
+
+
 def _weights_by_index(model):
     from kt_stardist.model import weighted_layers
 
@@ -53,24 +62,29 @@ def user_data(tmp_path_factory):
     return d / "movie.tif", d / "movie.csv"
 
 
+@pytest.mark.slow
 def test_pretrain_folder(pretrained):
-    from kt_stardist.model import model_info
+    from kt_stardist.model.info import read_info
 
-    for name in ("config.json", "model.json", "weights_best.h5", "weights_last.h5", "history.csv", "history.png"):
+    for name in ("config.json", "model.json", "train_settings.json", "weights_best.h5", "weights_last.h5",
+                 "history.csv", "history.png"):
         assert (pretrained / name).is_file(), name
-    info = model_info(pretrained)
-    assert info["job"] == "pretrain" and info["steps"] == 2 and info["n_channel_in"] == 1
-    assert info["config_name"] == "nuclei-pretrain"
+    info = read_info(pretrained)
+    assert info.training["job"] == "pretrain" and info.training["steps"] == 2 and info.layout.n_channel_in == 1
+    assert info.config_name == "nuclei-pretrain"
+    st = json.loads((pretrained / "train_settings.json").read_text())
+    assert st["job"] == "PretrainSettings" and st["train"]["steps_per_epoch"] == 2
     assert json.loads((pretrained / "config.json").read_text())["n_rays"] == 48
     assert len(pd.read_csv(pretrained / "history.csv")) == 1
 
 
+@pytest.mark.slow
 def test_transfer_copies_matching_layers_only(pretrained):
     from kt_stardist.configs import load_config
     from kt_stardist.model import build_model, load_model, transfer_weights
 
     src = load_model(pretrained)
-    dst = build_model(load_config("kt-default"), None, "dst", n_rays=16, n_channel_in=3)
+    dst = build_model(load_config("kt-default"), None, n_rays=16, n_channel_in=3)
     before = _weights_by_index(dst)
     rep = transfer_weights(pretrained, dst)
     after, ref = _weights_by_index(dst), _weights_by_index(src)
@@ -84,31 +98,43 @@ def test_transfer_copies_matching_layers_only(pretrained):
             assert _equal(after[k], ref[k]) and not _equal(after[k], before[k])
 
 
+@pytest.mark.slow
 def test_finetune_cli_other_rays_channels_freeze_resume(pretrained, user_data, tmp_path):
     from kt_stardist.cli import main
-    from kt_stardist.model import load_model, model_info
-    from kt_stardist.train import NMS_THRESHS, load_optimizer_state
+    from kt_stardist.model import load_model
+    from kt_stardist.model.info import read_info
+    from kt_stardist.settings import ThresholdSearch
+    from kt_stardist.train import load_optimizer_state
+
+    from kt_stardist.settings import FinetuneSettings, to_json
 
     img, pts = user_data
     out = tmp_path / "ft"
+    base = tmp_path / "base_settings.json"  # --settings: a cheap threshold search; flags override the rest
+    base.write_text(to_json(FinetuneSettings(thresholds=_fast_search())))
     args = ["finetune", "--out", str(out), "--from", str(pretrained), "--rays", "16", "--channels", "3",
             "--images", str(img), str(img), "--points", str(pts), str(pts), "--epochs", "1",
-            "--steps-per-epoch", "2", "--freeze", "1", "--no-tensorboard", *PATCH]
+            "--steps-per-epoch", "2", "--freeze", "1", "--no-tensorboard", "--settings", str(base), *PATCH]
     assert main(args) == 0
-    info = model_info(out)
-    assert info["channels"] == "egfp@t-1,t,t+1" and info["n_channel_in"] == 3 and info["temporal"] is True
-    assert info["label_radius_um"] == 0.5 and info["steps"] == 2 and info["job"] == "finetune"
-    assert [n.split(":")[0] for n in info["transfer"]["fresh"]] == ["0", "14"]
+    saved = json.loads((out / "train_settings.json").read_text())
+    assert saved["thresholds"]["max_candidates"] == 200 and saved["n_rays"] == 16 and saved["train"]["epochs"] == 1
+    info = read_info(out)
+    assert info.channels == "egfp@t-1,t,t+1" and info.layout.n_channel_in == 3 and info.layout.temporal
+    assert info.label_radius_um == 0.5 and info.training["steps"] == 2 and info.training["job"] == "finetune"
+    assert [n.split(":")[0] for n in info.training["transfer"]["fresh"]] == ["0", "14"]
     th = json.loads((out / "thresholds.json").read_text())
-    assert 0 < th["prob"] < 1 and th["nms"] in NMS_THRESHS
+    assert 0 < th["prob"] < 1 and th["nms"] in ThresholdSearch().nms_threshs
+    assert "detect" in info.validation["by"] and info.validation["volumes"] >= 1
     search = pd.read_csv(out / "thresholds_search.csv")
-    assert {"prob", "nms", "f1"} <= set(search.columns) and len(search) > 10
+    assert {"prob", "nms", "f1", "near", "above"} <= set(search.columns) and len(search) > 10
+    assert (out / "train_settings.json").is_file()
 
     ft, pre = load_model(out), load_model(pretrained)
-    assert ft.config.n_rays == 16 and ft.config.n_channel_in == 3
+    assert ft.stardist.config.n_rays == 16 and ft.n_channel_in == 3
     # the receptive field measured at training is given back on loading (not measured again)
-    rf = ft._compute_receptive_field()
-    assert info["receptive_field_px"] == [list(p) for p in rf] == [list(p) for p in ft._tile_overlap]
+    rf = ft.stardist._compute_receptive_field()
+    assert [list(p) for p in info.receptive_field_px] == [list(p) for p in rf] == \
+        [list(p) for p in ft.stardist._tile_overlap]
     assert ft.thresholds.prob == pytest.approx(th["prob"])
     w_ft, w_pre = _weights_by_index(ft), _weights_by_index(pre)
     for k in range(1, 12):  # frozen backbone: still the pretrained weights after training
@@ -120,7 +146,7 @@ def test_finetune_cli_other_rays_channels_freeze_resume(pretrained, user_data, t
     args2[args2.index("--epochs") + 1] = "2"
     assert main(args2 + ["--resume"]) == 0
     assert len(pd.read_csv(out / "history.csv")) == 2
-    assert model_info(out)["steps"] == 4
+    assert read_info(out).training["steps"] == 4
     # the frozen epoch's optimiser state does not fit the unfrozen network: epoch 2 started afresh
     assert int(load_optimizer_state(out)[0]) == 2
     # a third epoch continues epoch 2's optimiser (Adam's step count and moments), not a fresh one
@@ -129,17 +155,6 @@ def test_finetune_cli_other_rays_channels_freeze_resume(pretrained, user_data, t
     assert main(args3 + ["--resume"]) == 0
     assert len(pd.read_csv(out / "history.csv")) == 3
     assert int(load_optimizer_state(out)[0]) == 4
-
-
-def test_model_input_temporal_edges():
-    from kt_stardist.model import model_input
-
-    a = np.arange(4)[:, None, None, None, None] * np.ones((4, 2, 3, 3, 2))
-    x0 = model_input(a, 0, temporal=True)
-    assert x0.shape == (2, 3, 3, 6)
-    assert [x0[0, 0, 0, c] for c in range(6)] == [0, 0, 0, 0, 1, 1]  # t-1 repeats frame 0
-    assert [model_input(a, 3, temporal=True)[0, 0, 0, c] for c in range(6)] == [2, 2, 3, 3, 3, 3]
-    assert model_input(a, 2).shape == (2, 3, 3, 2)
 
 
 def test_augmenter_keeps_image_and_labels_aligned():
@@ -165,76 +180,97 @@ def test_load_model_errors(tmp_path):
     (tmp_path / "m" / "config.json").write_text("{}")
     with pytest.raises(InputError, match="no weights"):
         load_model(tmp_path / "m")
+    (tmp_path / "m" / "config.json").write_text("{not json")
+    (tmp_path / "m" / "weights_best.h5").write_bytes(b"")
+    with pytest.raises(InputError, match="not valid JSON"):
+        load_model(tmp_path / "m")
 
 
 def test_shipped_default_model_loads():
-    from kt_stardist.model import DEFAULT_MODEL_DIR, load_model, model_info
+    from kt_stardist.model import load_model
 
-    if not (DEFAULT_MODEL_DIR / "weights_best.h5").is_file():
-        pytest.skip("shipped model not trained yet")
     m = load_model()
-    info = model_info(m)
-    assert m.config.n_channel_in == info["n_channel_in"] == 1
-    assert info["voxel_size_um"] == [0.3, 0.13, 0.13] and info["label_radius_um"] == 0.5
-    assert 0 < m.thresholds.prob < 1
+    assert m.stardist.config.n_channel_in == m.n_channel_in == 1
+    assert m.voxel_size_um == (0.3, 0.13, 0.13) and m.info.label_radius_um == 0.5
+    assert 0 < m.thresholds.prob < 1 and m.info.receptive_field_px is not None
 
 
 def test_simulated_pairs_cycle_kinds_and_reject_unknown():
     from kt_stardist.train import simulated_pairs
 
-    pairs = simulated_pairs(5, (16, 32, 32), seed=3, snrs=("easy", "random"))
+    pairs = simulated_pairs(5, (16, 32, 32), seed=3, kinds=("easy", "random"))
     assert [p[3] for p in pairs] == ["easy", "random", "easy", "random", "easy"]
-    again = simulated_pairs(5, (16, 32, 32), seed=3, snrs=("easy", "random"))
+    again = simulated_pairs(5, (16, 32, 32), seed=3, kinds=("easy", "random"))
     assert all(np.array_equal(a[0], b[0]) for a, b in zip(pairs, again))  # reproducible
     assert not np.array_equal(pairs[0][0], pairs[2][0])  # each volume its own seed
     with pytest.raises(InputError, match="simulation kinds"):
-        simulated_pairs(2, (16, 32, 32), seed=3, snrs=("easy", "noisy"))
+        simulated_pairs(2, (16, 32, 32), seed=3, kinds=("easy", "noisy"))
 
 
+@pytest.mark.slow
 def test_warmup_epochs_train_on_easy_volumes_only(monkeypatch, tmp_path):
     """The curriculum: the first --warmup epochs sample patches from easy/mid volumes only."""
-    import stardist.models.model3d as m3d
-
     from kt_stardist import train
+    from kt_stardist.model import stardist_backend as B
+    from kt_stardist.settings import FinetuneSettings, SimulationMix, TrainSettings
 
     seen = []
-    real = m3d.StarDistData3D
+    real = B.patch_sampler
 
-    class Recording(real):
-        def __init__(self, X, Y, batch_size, **kw):
-            if kw.get("augmenter") is not None or "length" in kw and kw["length"] > 1:
-                seen.append(len(X))
-            super().__init__(X, Y, batch_size, **kw)
+    def recording(X, Y, config, batch_size, length, augmenter=None):
+        if augmenter is not None or length > 1:
+            seen.append(len(X))
+        return real(X, Y, config, batch_size, length, augmenter)
 
-    monkeypatch.setattr(m3d, "StarDistData3D", Recording)
-    model, rep = train.finetune(tmp_path / "w", simulate=4, sim_snrs=("easy", "random"), sim_shape=(16, 32, 32),
-                                n_val_sim=1, epochs=3, warmup=2, steps_per_epoch=1, patch_size=(16, 32, 32),
-                                batch_size=1, patience=0, tensorboard=False, progress=False)
+    monkeypatch.setattr(B, "patch_sampler", recording)
+    st = FinetuneSettings(train=TrainSettings(epochs=3, warmup_epochs=2, steps_per_epoch=1, patch_size_px=(16, 32, 32),
+                                              batch_size=1, patience=0),
+                          simulation=SimulationMix(n=4, shape_px=(16, 32, 32), kinds=("easy", "random"), n_val=1),
+                          thresholds=_fast_search())
+    model, rep = train.finetune(tmp_path / "w", st, tensorboard=False, progress=False)
     assert seen == [2, 4]  # epochs 1-2 on the 2 easy volumes, epoch 3 on all 4
     assert len(rep["history"]) == 3
-    assert "warm-up 2 epochs" in json.loads((tmp_path / "w" / "model.json").read_text())["training_data"]
+    info = json.loads((tmp_path / "w" / "model.json").read_text())
+    assert "warm-up 2 epochs" in info["training"]["training_data"]
 
 
-def test_choose_thresholds_caps_candidates_without_changing_results(monkeypatch):
-    """Threshold search: NMS is greedy in probability order, so starting the sweep higher when
-    there are too many candidates leaves every result above the new start unchanged."""
-    from types import SimpleNamespace
+@pytest.mark.slow
+def test_thresholds_are_chosen_through_the_predict_path(tmp_path):
+    """choose_thresholds scores the points :func:`kt_stardist.predict.detect` returns (refined,
+    sisters searched): at the chosen thresholds ``predict`` on a validation volume gives exactly
+    the F1 the search recorded, and a capped sweep leaves every result above its start unchanged."""
+    from test_predict import SpotModel, spots
 
-    from kt_stardist import train
+    from kt_stardist.evaluate import match_points
+    from kt_stardist.predict import detect
+    from kt_stardist.settings import ThresholdSearch
+    from kt_stardist.train import choose_thresholds
 
+    vox = (0.3, 0.13, 0.13)
     rng = np.random.default_rng(0)
-    gt = rng.uniform(0, 60, (20, 3))
-    pts = np.vstack([gt + rng.normal(0, 0.3, gt.shape), rng.uniform(0, 60, (40, 3))])
-    prob = np.r_[rng.uniform(0.5, 1, 20), rng.uniform(0.05, 0.7, 40)]
-    monkeypatch.setattr(train, "candidates", lambda model, x, pmin: tuple(
-        a[prob >= pmin] for a in (prob, np.zeros((len(prob), 4)), pts)))
-    # stand-in NMS: keeps every candidate, most probable first
-    monkeypatch.setattr(train, "nms_points", lambda model, p, d, q, nms_thresh: (q[np.argsort(-p)], np.sort(p)[::-1]))
-    model = SimpleNamespace()
-    args = (model, [None], [gt], (1.0, 1.0, 1.0))
-    full = train.choose_thresholds(*args, save=False, max_candidates=1000)["table"]
-    capped = train.choose_thresholds(*args, save=False, max_candidates=25)["table"]
-    floor = np.sort(prob)[::-1][25]
-    assert capped.prob.min() > floor and full.prob.min() == 0.05
-    same = full[full.prob >= capped.prob.min()].reset_index(drop=True)
-    pd.testing.assert_frame_equal(same, capped.reset_index(drop=True))
+    val = []
+    for i in range(2):
+        truth = np.c_[rng.uniform(2, 10, 8), rng.uniform(8, 56, 8), rng.uniform(8, 56, 8)]
+        amp = rng.uniform(40, 400, 8)
+        img = sum(spots((12, 64, 64), t[None], amp=a, bg=0, sigma=(0.83, 0.85, 0.85)) for t, a in zip(truth, amp))
+        img = img + np.random.default_rng(i).normal(100, 4, img.shape).astype(np.float32)
+        val.append((img[..., None], truth, vox))
+    model = SpotModel()
+    # the sweep's floor (0.45 - near_band) stays above the stand-in network's noise level
+    search = ThresholdSearch(prob_range=(0.45, 0.9), prob_step=0.1, fine_step=0.05, nms_threshs=(0.3, 0.5))
+    th = choose_thresholds(model, val, search, save=True)
+    assert model.thresholds.prob == th["prob"] and model.thresholds.nms == th["nms"]
+    assert model.info.validation["f1"] == pytest.approx(th["f1"], abs=1e-4)
+    tp = fp = fn = 0
+    for img, truth, vs in val:  # what a user gets from predict at the stored thresholds
+        m = match_points(truth, detect(model, img, vs).points[["z", "y", "x"]].to_numpy(), vs)
+        tp, fp, fn = tp + m.tp, fp + m.fp, fn + m.fn
+    assert 2 * tp / (2 * tp + fp + fn) == pytest.approx(th["f1"])
+    table = th["table"]
+    assert table.f1.max() == th["f1"] and table.prob.nunique() > 5  # coarse + fine sweep
+    capped = choose_thresholds(model, val, ThresholdSearch(**{**search.__dict__, "max_candidates": 5}), save=False)
+    assert capped["table"].prob.min() > 0.45
+    both = table.merge(capped["table"], on=["nms", "prob"], suffixes=("", "_capped"))
+    assert len(both) >= 2
+    for c in ("tp", "fp", "fn"):
+        assert (both[c] == both[c + "_capped"]).all()

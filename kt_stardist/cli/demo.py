@@ -59,28 +59,32 @@ def run(args) -> int:
     from kt_stardist.tracks import track_points, write_trackmate_xml
 
     image = io.read_image(image_path)
+    vs = image.voxel_size_um or VOXEL_SIZE_UM
     use_model = args.detector == "model" or (
         args.detector == "auto" and (args.model is not None or (DEFAULT_MODEL_DIR / "config.json").is_file()))
+    points_path = out / "points.csv"
     if use_model:
-        step("loading the model (TensorFlow)")
-        from kt_stardist.model import load_model, model_info
-        from kt_stardist.predict import predict_image
+        from kt_stardist import pipeline
+        from kt_stardist.settings import PipelineSettings
 
-        model = load_model(args.model)
-        info = model_info(model)
-        step(f"finding kinetochores with model {info.get('name', model.name)}")
-        points = predict_image(model, image, channel=0, show_progress=True)
-        detector = {"model": str(getattr(model, "logdir", args.model)),
-                    "thresholds": {"prob": float(model.thresholds.prob), "nms": float(model.thresholds.nms)}}
+        step("finding, pairing and tracking kinetochores with the model (kt_stardist.pipeline.run, "
+             "what `kt-stardist predict --pairs --track` runs)")
+        summary = pipeline.run([image_path], out=points_path, model_dir=args.model,
+                               settings=PipelineSettings(pairs=True, tracks=True), progress=True,
+                               command=" ".join(["kt-stardist", "demo"] + sys.argv[2:]))
+        for w in summary.warnings:
+            step(f"warning: {w}")
+        if summary.failures:
+            raise InputError(f"demo: detection failed: {summary.failures[0][2]}")
+        points = io.read_points(points_path)
+        run_rec = json.loads(pipeline.run_json_path(points_path).read_text())
+        detector = {"model": run_rec["model"]["folder"], "thresholds": run_rec["model"]["thresholds"]}
     else:
         points, detector = _log_baseline(image, args.seed, step)
-    step("pairing sisters and tracking")
-    vs = image.voxel_size_um or VOXEL_SIZE_UM
-    points = assign_pairs(points, voxel_size_um=vs)
-    points = track_points(points, voxel_size_um=vs)
+        step("pairing sisters and tracking")
+        points = track_points(assign_pairs(points, voxel_size_um=vs), voxel_size_um=vs)
+        io.write_points(points, points_path, voxel_size_um=vs)
     ptable = pairs_table(points, voxel_size_um=vs)
-    points_path = out / "points.csv"
-    io.write_points(points, points_path, voxel_size_um=vs)
     if len(ptable):
         io.write_points(ptable, out / "pairs.csv")
     write_trackmate_xml(points, out / "tracks.xml", voxel_size_um=vs, shape_px=image.shape_zyx)

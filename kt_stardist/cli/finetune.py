@@ -15,12 +15,16 @@ DESCRIPTION = (
 
 
 def add_arguments(parser) -> None:
+    from kt_stardist.settings import FinetuneSettings
+
+    ft = FinetuneSettings()
+    tr, sim = ft.train, ft.simulation
     parser.add_argument("--out", default="models/kt-finetuned", metavar="DIR",
                         help="model folder to write (default models/kt-finetuned)")
     parser.add_argument("--from", dest="from_model", metavar="MODEL",
                         help="model folder to transfer weights from; 'default' = the shipped model")
-    parser.add_argument("--config", default="kt-default", metavar="NAME",
-                        help="configuration name or JSON file (default kt-default)")
+    parser.add_argument("--config", default=ft.config, metavar="NAME",
+                        help=f"configuration name or JSON file (default {ft.config})")
     parser.add_argument("--rays", type=int, metavar="N", help="number of rays (default: the config's)")
     parser.add_argument("--grid", type=int, nargs=3, metavar=("Z", "Y", "X"), help="grid (default: the config's)")
     parser.add_argument("--channels", type=int, choices=(1, 2, 3, 6),
@@ -28,31 +32,81 @@ def add_arguments(parser) -> None:
     parser.add_argument("--images", nargs="+", default=[], metavar="IMG", help="training images")
     parser.add_argument("--points", nargs="+", default=[], metavar="CSV", help="their points (same order)")
     parser.add_argument("--axes", metavar="AXES", help="axes of the images when the files do not say (e.g. TZYX)")
+    parser.add_argument("--voxel-size", nargs=3, type=float, metavar=("Z", "Y", "X"),
+                        help="voxel size of the images in µm when the files do not say; images are rescaled "
+                             "to the model's voxel size for training, as predict does")
     parser.add_argument("--simulate", type=int, default=0, metavar="N", help="simulated training volumes")
-    parser.add_argument("--sim-shape", type=int, nargs=3, default=(32, 128, 128), metavar=("Z", "Y", "X"),
-                        help="simulated volume shape px (default 32 128 128)")
-    parser.add_argument("--sim-snrs", nargs="+", default=["easy", "mid"], metavar="KIND",
-                        help="kinds of simulated volume, cycled: SNR presets (easy, mid, hard, very_hard) "
-                             "and/or random (domain-randomised); default: easy mid, what the shipped model "
-                             "learned from")
+    parser.add_argument("--sim-shape", type=int, nargs=3, default=sim.shape_px, metavar=("Z", "Y", "X"),
+                        help=f"simulated volume shape px (default {' '.join(map(str, sim.shape_px))})")
+    parser.add_argument("--sim-snrs", nargs="+", default=list(sim.kinds), metavar="KIND",
+                        help="kinds of simulated volume, cycled: SNR presets (easy, mid, hard, very_hard), "
+                             "random (domain-randomised) and/or physical (physical optics, cameras, samples); "
+                             f"default: {' '.join(sim.kinds)}")
     parser.add_argument("--warmup", type=int, metavar="E",
                         help="epochs on the easy/mid simulations (and your frames) before the full mix "
                              "(default: a quarter of --epochs, at least 2, when the mix has both)")
-    parser.add_argument("--epochs", type=int, default=20, metavar="E", help="epochs (default 20)")
-    parser.add_argument("--steps-per-epoch", type=int, default=40, metavar="S", help="default 40")
-    parser.add_argument("--freeze", type=int, default=0, metavar="E",
+    parser.add_argument("--epochs", type=int, default=tr.epochs, metavar="E", help=f"epochs (default {tr.epochs})")
+    parser.add_argument("--steps-per-epoch", type=int, default=tr.steps_per_epoch, metavar="S",
+                        help=f"default {tr.steps_per_epoch}")
+    parser.add_argument("--freeze", type=int, default=tr.freeze_epochs, metavar="E",
                         help="keep the transferred U-Net backbone fixed for the first E epochs")
     parser.add_argument("--patch", type=int, nargs=3, metavar=("Z", "Y", "X"), help="patch size px")
     parser.add_argument("--batch", type=int, metavar="B", help="batch size")
-    parser.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
-    parser.add_argument("--patience", type=int, default=10, help="early stopping patience, epochs (0: off)")
-    parser.add_argument("--val-fraction", type=float, default=0.2, help="share of user frames held out")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lr", type=float, default=tr.lr, help=f"learning rate (default {tr.lr:g})")
+    parser.add_argument("--patience", type=int, default=tr.patience,
+                        help=f"early stopping patience, epochs (0: off; default {tr.patience})")
+    parser.add_argument("--val-fraction", type=float, default=ft.val_fraction,
+                        help=f"share of user frames held out (default {ft.val_fraction:g})")
+    parser.add_argument("--seed", type=int, default=tr.seed)
     parser.add_argument("--resume", action="store_true", help="continue from weights_last.h5 in --out")
     parser.add_argument("--augment-intensity", action="store_true",
                         help="also augment intensities (gamma, scale, offset, noise); default: y-x flips and "
                              "rotations only, which lets a fresh network start learning sooner")
     parser.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard logs")
+    parser.add_argument("--settings", metavar="JSON",
+                        help="start from these settings (e.g. the train_settings.json of an earlier model, "
+                             "which also holds the threshold search); the flags given override them")
+
+
+#: command-line flag → FinetuneSettings field (``section__field`` for nested settings)
+FLAGS = dict(config="config", rays="n_rays", grid="grid", channels="channels", val_fraction="val_fraction",
+             epochs="train__epochs", steps_per_epoch="train__steps_per_epoch", lr="train__lr",
+             batch="train__batch_size", patch="train__patch_size_px", freeze="train__freeze_epochs",
+             warmup="train__warmup_epochs", patience="train__patience", seed="train__seed",
+             augment_intensity="train__augment_intensity", simulate="simulation__n", sim_shape="simulation__shape_px",
+             sim_snrs="simulation__kinds")
+
+
+def settings_from_args(args):
+    """The :class:`kt_stardist.settings.FinetuneSettings` of the command line: those of
+    ``--settings`` (a ``train_settings.json`` of an earlier run, or any JSON of the same shape),
+    else the defaults; then every flag given with a value other than its default."""
+    import json
+    from pathlib import Path
+
+    from kt_stardist.errors import InputError
+    from kt_stardist.settings import FinetuneSettings, from_dict, replace
+
+    base = FinetuneSettings()
+    if args.settings:
+        p = Path(args.settings)
+        try:
+            d = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise InputError(f"--settings {p}: cannot read as JSON ({e})") from None
+        if isinstance(d, dict):
+            d.pop("job", None)
+        base = from_dict(FinetuneSettings, d, f"--settings {p}")
+    defaults = FinetuneSettings()
+    changes = {}
+    for flag, field in FLAGS.items():
+        v = getattr(args, flag)
+        v = tuple(v) if isinstance(v, list) else v
+        sec, _, name = field.rpartition("__")
+        default = getattr(getattr(defaults, sec) if sec else defaults, name)
+        if v is not None and v != default:
+            changes[field] = v
+    return replace(base, **changes) if changes else base
 
 
 def run(args) -> int:
@@ -62,19 +116,15 @@ def run(args) -> int:
         raise InputError(f"--images/--points: {len(args.images)} images but {len(args.points)} point files")
     if not args.images and args.simulate <= 0:
         raise InputError("no training data: give --images with --points and/or --simulate N")
-    from kt_stardist import train
+    from kt_stardist import io, train
     from kt_stardist.model import DEFAULT_MODEL_DIR
 
     src = DEFAULT_MODEL_DIR if args.from_model == "default" else args.from_model
-    model, rep = train.finetune(
-        args.out, from_model=src, config=args.config, n_rays=args.rays, grid=args.grid, channels=args.channels,
-        images=args.images, points=args.points, axes=args.axes, simulate=args.simulate,
-        sim_shape=tuple(args.sim_shape), sim_snrs=tuple(args.sim_snrs),
-        warmup=args.warmup, val_fraction=args.val_fraction, epochs=args.epochs,
-        steps_per_epoch=args.steps_per_epoch, freeze=args.freeze, seed=args.seed, lr=args.lr,
-        patch_size=args.patch, batch_size=args.batch, patience=args.patience, resume=args.resume,
-        tensorboard=not args.no_tensorboard, augment={} if args.augment_intensity else None)
+    vs = io.check_voxel_size(args.voxel_size) if args.voxel_size else None
+    model, rep = train.finetune(args.out, settings_from_args(args), from_model=src, images=args.images,
+                                points=args.points, axes=args.axes, voxel_size_um=vs, resume=args.resume,
+                                tensorboard=not args.no_tensorboard)
     th = rep["thresholds"]
-    print(f"model folder: {model.logdir}  (prob_thresh {th['prob']:.3f}, nms_thresh {th['nms']:.2f}, "
+    print(f"model folder: {model.folder}  (prob_thresh {th['prob']:.3f}, nms_thresh {th['nms']:.2f}, "
           f"validation F1 {th['f1']:.3f}, {rep['steps']} steps, {rep['seconds']:.0f} s)")
     return 0

@@ -40,8 +40,11 @@ def run(args) -> int:
         raise InputError("--data: expected 'example' or IMG_DIR LBL_DIR")
     from kt_stardist import train
 
-    model = train.pretrain(args.out, config=args.config, data=data, epochs=args.epochs, steps_per_epoch=args.steps,
-                           seed=args.seed, patch_size=args.patch, batch_size=args.batch, lr=args.lr,
-                           resume=args.resume, tensorboard=not args.no_tensorboard)
-    print(f"model folder: {model.logdir}")
+    from kt_stardist.settings import PretrainSettings, TrainSettings
+
+    tr = TrainSettings(epochs=args.epochs, steps_per_epoch=args.steps, seed=args.seed, lr=args.lr,
+                       patch_size_px=tuple(args.patch) if args.patch else None, batch_size=args.batch, patience=0)
+    model = train.pretrain(args.out, data, PretrainSettings(config=args.config, train=tr), resume=args.resume,
+                           tensorboard=not args.no_tensorboard)
+    print(f"model folder: {model.folder}")
     return 0

@@ -23,7 +23,8 @@ def add_arguments(parser):
     parser.add_argument("--axes", help="axes of the image file, e.g. TZCYX (default: from the file)")
     parser.add_argument("--title", help="page title")
     parser.add_argument("--meta", metavar="RUN.json",
-                        help="JSON with model, thresholds, command of the run that made POINTS (shown in the page)")
+                        help="JSON with model, thresholds, command of the run that made POINTS (shown in the page; "
+                             "default: the run.json that predict wrote beside POINTS, if any)")
 
 
 def _read_table(path, what):
@@ -74,13 +75,17 @@ def run(args) -> int:
         if "distance_um" not in pair_table.columns:
             raise InputError(f"{args.pairs}: no distance_um column; expected a pair table from kt-stardist pairs")
     meta = {}
-    if args.meta:
+    from kt_stardist.pipeline import run_json_path
+
+    beside = run_json_path(args.points)
+    meta_path = args.meta or (str(beside) if beside.is_file() else None)  # predict's run.json
+    if meta_path:
         try:
-            meta = json.loads(Path(args.meta).read_text(encoding="utf-8"))
+            meta = json.loads(Path(meta_path).read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
-            raise InputError(f"{args.meta}: cannot read run metadata as JSON ({type(e).__name__})") from None
+            raise InputError(f"{meta_path}: cannot read run metadata as JSON ({type(e).__name__})") from None
         if not isinstance(meta, dict):
-            raise InputError(f"{args.meta}: expected a JSON object (model, thresholds, command)")
+            raise InputError(f"{meta_path}: expected a JSON object (model, thresholds, command)")
     meta.setdefault("command", _command_line(args))
     meta.setdefault("image", str(args.image))
     meta.setdefault("points", str(args.points))

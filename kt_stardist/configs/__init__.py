@@ -16,28 +16,16 @@ Shipped names: ``list_configs()``. Axis order is always z, y, x.
 from __future__ import annotations
 
 import json
-from collections import namedtuple
 from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 
+from kt_stardist.channels import LAYOUTS, ChannelLayout, layout_for
 from kt_stardist.defaults import LABEL_RADIUS_UM, VOXEL_SIZE_UM
 from kt_stardist.errors import InputError
 
-ChannelLayout = namedtuple("ChannelLayout", ["n_channel_in", "description", "order"])
-
-#: channel layouts: name -> (n_channel_in, description, channel order in the last (C) axis).
-#: Temporal layouts stack the neighbouring frames time-major: all channels of t-1, then t, then t+1.
-CHANNEL_LAYOUTS = {
-    "egfp": ChannelLayout(1, "kinetochore marker (EGFP) only", ("egfp",)),
-    "egfp+mcherry": ChannelLayout(
-        2, "kinetochore marker (EGFP) and a second marker (mCherry)", ("egfp", "mcherry")),
-    "egfp@t-1,t,t+1": ChannelLayout(
-        3, "EGFP of the previous, current and next frame", ("egfp@t-1", "egfp@t", "egfp@t+1")),
-    "egfp+mcherry@t-1,t,t+1": ChannelLayout(
-        6, "EGFP and mCherry of the previous, current and next frame (time-major)",
-        ("egfp@t-1", "mcherry@t-1", "egfp@t", "mcherry@t", "egfp@t+1", "mcherry@t+1")),
-}
+#: channel layouts, defined once in :mod:`kt_stardist.channels`
+CHANNEL_LAYOUTS = LAYOUTS
 
 _HERE = Path(__file__).resolve().parent
 
@@ -57,10 +45,10 @@ def anisotropy_from_voxel_size(voxel_size_um) -> tuple:
     return tuple(round(s / m, 2) for s in v)
 
 
-def _check_layout(layout: str) -> ChannelLayout:
-    if layout not in CHANNEL_LAYOUTS:
-        raise InputError(f"channels: unknown layout {layout!r}; expected one of {', '.join(CHANNEL_LAYOUTS)}")
-    return CHANNEL_LAYOUTS[layout]
+def _check_layout(name: str) -> ChannelLayout:
+    from kt_stardist.channels import layout
+
+    return layout(name)
 
 
 def _tuples(d: dict) -> dict:
@@ -129,11 +117,7 @@ class KtConfig:
             cfg = cfg.with_channels(overrides.pop("channels"))
         if "n_channel_in" in overrides:
             n = int(overrides.pop("n_channel_in"))
-            match = [k for k, v in CHANNEL_LAYOUTS.items() if v.n_channel_in == n]
-            if not match:
-                raise InputError(f"n_channel_in: {n} matches no channel layout "
-                                 f"({', '.join(f'{k}={v.n_channel_in}' for k, v in CHANNEL_LAYOUTS.items())})")
-            cfg = cfg.with_channels(match[0])
+            cfg = cfg.with_channels(layout_for(n).name)
         kw = dict(cfg.stardist)
         kw.update(overrides)
         if kw.get("anisotropy") is None:
@@ -146,15 +130,14 @@ class KtConfig:
         ``overrides`` replace entries of ``stardist`` (e.g. ``n_rays=256, grid=(1,1,1)``);
         ``channels="egfp+mcherry"`` or ``n_channel_in=2`` switch the channel layout.
         """
-        from stardist import Rays_GoldenSpiral
-        from stardist.models import Config3D
+        from kt_stardist.model.stardist_backend import config3d, rays_golden
 
         kw = self.stardist_kwargs(**overrides)
         n_rays = int(kw.pop("n_rays"))
         anisotropy = kw.pop("anisotropy")
-        rays = Rays_GoldenSpiral(n_rays, anisotropy=anisotropy)
+        rays = rays_golden(n_rays, anisotropy)
         try:
-            return Config3D(axes="ZYX", rays=rays, anisotropy=anisotropy, **kw)
+            return config3d(axes="ZYX", rays=rays, anisotropy=anisotropy, **kw)
         except AttributeError as e:  # unknown parameter
             raise InputError(f"config {self.name!r}: {e}") from None
 

@@ -4,7 +4,7 @@ A detector's positions sit on its output grid (StarDist (1, 2, 2): 0.3 × 0.26 �
 cells). :func:`refine_points` moves each one to the centre of the spot in the image:
 
 * ``gauss``: least-squares fit of 3D Gaussians on a linear background (a plane: the haze of the
-  cell body slopes) in a window of about one PSF width on each side (:data:`REFINE_HALF_UM`).
+  cell body slopes) in a window of about one PSF width on each side (``half_um``).
   As crowded-field photometry does (DAOPHOT), spots are fitted brightest first and every fit
   sees the window with its neighbours' already fitted spots subtracted: in a metaphase plate
   every kinetochore has several neighbours within 1–1.5 µm whose tails, long in z, pull a fit
@@ -12,18 +12,20 @@ cells). :func:`refine_points` moves each one to the centre of the spot in the im
   apart) are fitted *jointly*, one Gaussian each with one shared PSF width, so a neighbour's
   light is explained rather than cut away; larger clumps are fitted one by one on the voxels
   nearer to each detection than to any other (its Voronoi cell). Later passes
-  (:data:`REFINE_PASSES`) refit each detection alone with all its neighbours subtracted. On
+  (``passes``) refit each detection alone with all its neighbours subtracted. On
   whole simulated mid frames (model detections) the z error fell from ~56 to ~31 nm rms;
   :func:`refine_and_split` then looks inside every detection for a close sister that the
   detector merged with it (sisters 0.3–0.6 µm apart are one blob to the network): one vs two
-  Gaussians on a wider window, neighbours subtracted, kept by an F-test (:data:`SPLIT_ALPHA`)
-  when two spots explain clearly more (:data:`SPLIT_MIN_GAIN`), lie 0.25–0.8 µm apart, have
+  Gaussians on a wider window, neighbours subtracted, kept by an F-test (``alpha``)
+  when two spots explain clearly more (``min_gain``), lie 0.25–0.8 µm apart, have
   comparable amplitudes and the second is not a neighbour's leftover light;
 * ``centroid``: background-subtracted intensity-weighted centroid, iterated in a soft window;
 * ``none``: keep the positions.
 
 A fit that fails or moves further than ``max_shift_um`` falls back to the centroid, and that,
-if it too moves too far, to the start. Positions are px (z, y, x) of the volume given.
+if it too moves too far, to the start. Positions are px (z, y, x) of the volume given. Every
+setting is a field of :class:`kt_stardist.settings.RefineSettings` /
+:class:`kt_stardist.settings.SplitSettings`.
 """
 
 from __future__ import annotations
@@ -33,46 +35,7 @@ from typing import NamedTuple
 import numpy as np
 
 from kt_stardist.defaults import VOXEL_SIZE_UM
-
-#: refinement window half-size, µm (z, y, x): about one PSF width on each side
-REFINE_HALF_UM = (0.6, 0.4, 0.4)
-
-#: starting Gaussian sigma, µm (z, y, x); fitted within :data:`SIGMA_BOUNDS` × this
-PSF_SIGMA_UM = (0.25, 0.11, 0.11)
-
-#: the fitted sigma stays within these factors of its start
-SIGMA_BOUNDS = (0.5, 2.0)
-
-#: passes of the ``gauss`` fit: 1 = joint fits of overlapping windows (brightest first); each
-#: further pass refits every detection alone with its neighbours' current fits subtracted
-REFINE_PASSES = 2
-
-#: fitted neighbours within this distance (µm) are subtracted from a detection's window
-NEIGHBOUR_UM = 2.5
-
-#: second-spot search (:func:`refine_and_split`): F-test level of two Gaussians vs one
-SPLIT_ALPHA = 1e-6
-#: ... distance (µm) of the second spot from the first: close sisters the detector merged
-SPLIT_SEP_UM = (0.25, 0.8)
-#: ... the fainter of the two at least this fraction of the brighter's amplitude
-SPLIT_MIN_AMP = 0.25
-#: ... and further than this (µm) from every other detection (not a neighbour's leftover light)
-SPLIT_MIN_OTHER_UM = 0.5
-#: ... in a window of this half-size (µm, z, y, x)
-SPLIT_HALF_UM = (0.6, 0.5, 0.5)
-#: ... tried only where the one-spot fit leaves a residual peak this many noise sd high
-SPLIT_MIN_RESIDUAL = 3.0
-#: ... and kept only when two spots leave at least this much less residual than one: at high SNR
-#: a single spot's small misfit to a Gaussian passes any F-test, a merged pair leaves more (on
-#: separate validation frames true second spots gained 9-15 %, false ones 4-5 % and one 11 %)
-SPLIT_MIN_GAIN = 0.075
-
-#: largest shift from the start a fit may make, µm (z, y, x)
-MAX_SHIFT_UM = (0.45, 0.3, 0.3)
-
-#: most detections fitted jointly; larger groups of overlapping windows are fitted one by one
-MAX_GROUP = 4
-
+from kt_stardist.settings import RefineSettings, SplitSettings
 
 def _window(shape, center, half):
     """Slices (z, y, x) of the window of ``half`` px around ``center`` px, clipped to ``shape``."""
@@ -131,7 +94,7 @@ class GaussFit(NamedTuple):
         return self.amplitudes[k] * np.exp(-0.5 * np.sum(((coords - self.centres[k]) / self.sigma) ** 2, axis=1))
 
 
-def gauss_fit(vals, coords, starts, sigma0, max_shift, sigma_bounds=SIGMA_BOUNDS):
+def gauss_fit(vals, coords, starts, sigma0, max_shift, sigma_bounds=(0.5, 2.0)):
     """Least-squares fit of K 3D Gaussians (each its own centre and amplitude, one shared sigma
     per axis: the same PSF) on a linear background to intensities ``vals`` at ``coords`` (px).
 
@@ -228,14 +191,16 @@ class _Fitter:
     ``fits[i]`` = (GaussFit, k) the fit whose spot k is detection i (None where the fit failed
     and the centroid was taken); :meth:`second_spots` then finds merged close sisters."""
 
-    def __init__(self, vol, pts, voxel_size_um, half_um, psf_sigma_um, max_shift_um):
+    def __init__(self, vol, pts, voxel_size_um, settings: RefineSettings):
         from scipy.spatial import cKDTree
 
-        self.vol, self.pts = vol, pts
+        self.vol, self.pts, self.settings = vol, pts, settings
         self.vs = vs = np.asarray(voxel_size_um, np.float64)
+        half_um = settings.half_um
         self.half = np.maximum(np.round(np.asarray(half_um) / vs).astype(int), 1)
-        self.sigma0 = np.asarray(psf_sigma_um) / vs
-        self.max_shift = np.asarray(max_shift_um) / vs
+        self.sigma0 = np.asarray(settings.psf_sigma_um) / vs
+        self.max_shift = np.asarray(settings.max_shift_um) / vs
+        self.bounds = tuple(settings.sigma_bounds)
         self.pts_um = pts * vs
         self.tree = cKDTree(self.pts_um)
         self.radius = float(np.linalg.norm(np.asarray(half_um)) * 2)
@@ -261,7 +226,8 @@ class _Fitter:
 
     def others_removed(self, members, coords, vals):
         """``vals`` minus the fitted spots of the detections near ``members`` (not among them)."""
-        near = set().union(*(self.tree.query_ball_point(self.pts_um[i], NEIGHBOUR_UM) for i in members))
+        near = set().union(*(self.tree.query_ball_point(self.pts_um[i], self.settings.neighbour_um)
+                            for i in members))
         for j in sorted(near - set(members)):
             if self.fits[j] is not None:
                 vals = vals - self.fits[j][0].spot(self.fits[j][1], coords)
@@ -294,7 +260,7 @@ class _Fitter:
                 coords, vals = self.read(tuple(slice(min(w[a].start for w in wins), max(w[a].stop for w in wins))
                                                for a in range(3)))
                 vals = self.others_removed(g, coords, vals)
-                f = gauss_fit(vals, coords, pts[g], self.sigma0, self.max_shift)
+                f = gauss_fit(vals, coords, pts[g], self.sigma0, self.max_shift, self.bounds)
                 for k, i in enumerate(g):
                     self.accept(i, f, k)
                 continue
@@ -304,7 +270,7 @@ class _Fitter:
                 m = _own_mask(coords, i, self.pts_um, self.tree, self.vs, self.radius)
                 if m is not None and m.sum() >= 8:
                     coords, vals = coords[m], vals[m]
-                f = gauss_fit(vals, coords, pts[i], self.sigma0, self.max_shift) if vals.size >= 8 else None
+                f = gauss_fit(vals, coords, pts[i], self.sigma0, self.max_shift, self.bounds) if vals.size >= 8 else None
                 self.accept(i, f, 0, (coords, vals))
 
     def order(self):
@@ -320,48 +286,46 @@ class _Fitter:
                 continue
             vals = self.others_removed([i], coords, vals)
             s0 = self.fits[i][0].sigma if self.fits[i] is not None else self.sigma0
-            f = gauss_fit(vals, coords, self.out[i], s0, self.max_shift)
+            f = gauss_fit(vals, coords, self.out[i], s0, self.max_shift, self.bounds)
             if f is not None and self.within(f.centres[0], i):
                 self.out[i], self.fits[i] = f.centres[0], (f, 0)
 
-    def second_spots(self, alpha, min_gain, sep_um, min_amp, min_other_um, half_um):
+    def second_spots(self, split: SplitSettings):
         """Test every fitted detection for an unresolved second spot (a close sister): one vs two
         Gaussians on a wider window, neighbours subtracted. Yields (i, (2, 3) px) for each
-        detection whose two-spot fit passes the F-test at ``alpha`` and leaves a fraction
-        ``min_gain`` less residual, with the spots ``sep_um`` (lo, hi) µm apart, the fainter at
-        least ``min_amp`` × the brighter's amplitude and the second inside the volume and further
-        than ``min_other_um`` from every other detection."""
+        detection whose two-spot fit passes the tests of ``split`` (:class:`SplitSettings`) and
+        whose second spot lies inside the volume."""
         from scipy.spatial import cKDTree
 
-        half = np.maximum(np.round(np.asarray(half_um) / self.vs).astype(int), 1)
+        half = np.maximum(np.round(np.asarray(split.half_um) / self.vs).astype(int), 1)
         placed = cKDTree(self.out * self.vs)  # the refined detections, µm
         for i in self.order():
             if self.fits[i] is None:
                 continue
             coords, vals = self.window(self.out[i], half)
             vals = self.others_removed([i], coords, vals)
-            one = gauss_fit(vals, coords, self.out[i], self.fits[i][0].sigma, self.max_shift)
+            one = gauss_fit(vals, coords, self.out[i], self.fits[i][0].sigma, self.max_shift, self.bounds)
             if one is None or vals.size <= n_params(2):
                 continue
             resid = vals - one.spot(0, coords)
             k = int(np.argmax(resid))
-            if resid[k] - np.median(resid) < SPLIT_MIN_RESIDUAL * np.sqrt(one.rss / one.n):
+            if resid[k] - np.median(resid) < split.min_residual * np.sqrt(one.rss / one.n):
                 continue  # nothing left that could be a second spot: skip the two-spot fit
             two = gauss_fit(vals, coords, np.stack([one.centres[0], coords[k]]), one.sigma,
-                            np.maximum(half, self.max_shift))
-            if two is None or f_test(one, two) >= alpha or two.rss > (1 - min_gain) * one.rss:
+                            np.maximum(half, self.max_shift), self.bounds)
+            if two is None or f_test(one, two) >= split.alpha or two.rss > (1 - split.min_gain) * one.rss:
                 continue
             sep = float(np.linalg.norm((two.centres[1] - two.centres[0]) * self.vs))
             a = two.amplitudes
-            crowded = set(placed.query_ball_point(two.centres[1] * self.vs, min_other_um)) - {i}
+            crowded = set(placed.query_ball_point(two.centres[1] * self.vs, split.min_other_um)) - {i}
             inside = np.all((two.centres[1] >= 0) & (two.centres[1] <= np.array(self.vol.shape) - 1))
-            if sep_um[0] <= sep <= sep_um[1] and a.min() >= min_amp * a.max() and inside and not crowded \
+            lo, hi = split.sep_um
+            if lo <= sep <= hi and a.min() >= split.min_amp * a.max() and inside and not crowded \
                     and self.within(two.centres[0], i):
                 yield i, two.centres
 
 
-def refine_points(volume, points_px, voxel_size_um=VOXEL_SIZE_UM, method="gauss", half_um=REFINE_HALF_UM,
-                  psf_sigma_um=PSF_SIGMA_UM, max_shift_um=MAX_SHIFT_UM, max_group=MAX_GROUP, passes=REFINE_PASSES):
+def refine_points(volume, points_px, voxel_size_um=VOXEL_SIZE_UM, settings: RefineSettings = RefineSettings()):
     """Sub-voxel positions from raw intensities around each detection.
 
     Parameters
@@ -372,33 +336,21 @@ def refine_points(volume, points_px, voxel_size_um=VOXEL_SIZE_UM, method="gauss"
     points_px : (N, 3) float px (z, y, x)
         Starting positions (e.g. NMS centres on the network's grid).
     voxel_size_um : (z, y, x) µm of ``volume``.
-    method : "gauss", "centroid" or "none" (see the module docstring).
-    half_um : window half-size (z, y, x) µm.
-    psf_sigma_um : starting Gaussian sigma (z, y, x) µm for "gauss".
-    max_shift_um : (z, y, x) µm; a fit that moves further than this from the start, or fails,
-        falls back to the centroid (and that, if it too moves too far, to the start).
-    max_group : detections with overlapping windows are fitted jointly in groups of up to this
-        many ("gauss"); 1 fits every detection alone on its Voronoi cell.
-    passes : "gauss" passes; from the second on, each detection is refitted alone (brightest
-        first) with its neighbours' current fits subtracted.
+    settings : :class:`kt_stardist.settings.RefineSettings` (method ``gauss``, ``centroid`` or
+        ``none``; windows, PSF start, passes, neighbour subtraction, max shift, joint groups).
 
     Returns
     -------
     (N, 3) float64 px.
     """
-    return refine_and_split(volume, points_px, voxel_size_um, method, half_um, psf_sigma_um, max_shift_um,
-                            max_group, passes, split=False)[0]
+    return refine_and_split(volume, points_px, voxel_size_um, settings, SplitSettings(enabled=False))[0]
 
 
-def refine_and_split(volume, points_px, voxel_size_um=VOXEL_SIZE_UM, method="gauss", half_um=REFINE_HALF_UM,
-                     psf_sigma_um=PSF_SIGMA_UM, max_shift_um=MAX_SHIFT_UM, max_group=MAX_GROUP,
-                     passes=REFINE_PASSES, split=True, split_alpha=SPLIT_ALPHA, split_min_gain=SPLIT_MIN_GAIN,
-                     split_sep_um=SPLIT_SEP_UM,
-                     split_min_amp=SPLIT_MIN_AMP, split_min_other_um=SPLIT_MIN_OTHER_UM,
-                     split_half_um=SPLIT_HALF_UM):
-    """:func:`refine_points`, then (``split``, method "gauss" only) a search for close sisters
-    that the detector merged into one detection: each fitted detection is tested for a second
-    spot (:data:`SPLIT_ALPHA` and the other ``SPLIT_*`` settings; see the module docstring).
+def refine_and_split(volume, points_px, voxel_size_um=VOXEL_SIZE_UM, settings: RefineSettings = RefineSettings(),
+                     split: SplitSettings = SplitSettings()):
+    """:func:`refine_points`, then (``split.enabled``, method "gauss" only) a search for close
+    sisters that the detector merged into one detection: each fitted detection is tested for a
+    second spot (:class:`kt_stardist.settings.SplitSettings`; see the module docstring).
 
     Returns
     -------
@@ -410,24 +362,22 @@ def refine_and_split(volume, points_px, voxel_size_um=VOXEL_SIZE_UM, method="gau
     vol = volume if O.is_lazy(volume) else np.asarray(volume)  # lazy: only the windows are read
     pts = np.asarray(points_px, np.float64).reshape(-1, 3)
     parent = np.arange(len(pts))
+    method = settings.method
     if method == "none" or len(pts) == 0:
         return pts.copy(), parent
-    if method not in ("gauss", "centroid"):
-        raise ValueError(f"refine method must be 'gauss', 'centroid' or 'none', got {method!r}")
-    fitter = _Fitter(vol, pts, voxel_size_um, half_um, psf_sigma_um, max_shift_um)
+    fitter = _Fitter(vol, pts, voxel_size_um, settings)
     if method == "centroid":
         for i in range(len(pts)):
             coords, vals = fitter.window(pts[i])
             if vals.size >= 8:
                 fitter.out[i] = fitter.centroid(i, coords, vals)
         return fitter.out, parent
-    fitter.first_pass(max_group)
-    for _ in range(passes - 1):
+    fitter.first_pass(settings.max_group)
+    for _ in range(settings.passes - 1):
         fitter.next_pass()
-    if not split:
+    if not split.enabled:
         return fitter.out, parent
-    found = list(fitter.second_spots(split_alpha, split_min_gain, split_sep_um, split_min_amp,
-                                     split_min_other_um, split_half_um))
+    found = list(fitter.second_spots(split))
     if not found:
         return fitter.out, parent
     out = fitter.out.copy()

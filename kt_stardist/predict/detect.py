@@ -1,0 +1,227 @@
+"""The one detection function: a volume in, kinetochore points out.
+
+::
+
+    raw volume ─ prepare (defect repair, rescale, normalise) ─ screen ─ blocks around candidates
+      ─ network (predict_sparse, b=0) ─ NMS per block, each detection kept by the block owning
+      its centre ─ points ≥ prob threshold ─ back to image px ─ refine (raw intensities)
+      ─ sister search ─▶ points table
+
+:func:`detect` is what ``kt-stardist predict``, the demo, the napari widget, the threshold search
+and model evaluation all run. It is split in three steps so that the threshold search can run
+the network once per validation volume and still go through the same code for every threshold:
+:func:`~kt_stardist.predict.preprocess.prepare`, :func:`network_candidates` (NMS is greedy in
+probability order, so NMS at a low floor filtered to ``prob >= p`` equals NMS at ``p``: one
+network pass and one NMS per NMS threshold serve every probability threshold) and
+:func:`finish` (threshold, refinement, sister search, points table).
+
+Axis order z, y, x; positions px (of the image unless a name says model px), sizes µm.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from kt_stardist.predict.blocks import block_geometry, owns, plan_blocks
+from kt_stardist.predict.preprocess import Prepared, prepare
+from kt_stardist.predict.refine import refine_and_split
+from kt_stardist.predict.screen import screen, screen_lazy
+from kt_stardist.settings import DetectSettings
+
+__all__ = ["Candidates", "Detection", "detect", "network_candidates", "finish", "thresholds_of",
+           "calibration_warning", "points_frame"]
+
+
+@dataclass
+class Candidates:
+    """Network detections of one prepared volume after NMS at ``nms_thresh``, each kept by the
+    block owning its centre: ``points`` (N, 3) **model px**, ``prob`` (N,), ``dist`` (N, rays),
+    with everything at or above ``prob_floor``; ``n_blocks``, ``n_voxels_read`` (sent to the
+    network), ``n_voxels`` (of the volume), ``seconds`` per step."""
+
+    points: np.ndarray
+    prob: np.ndarray
+    dist: np.ndarray
+    nms_thresh: float
+    prob_floor: float
+    n_blocks: int = 0
+    n_voxels_read: int = 0
+    n_voxels: int = 0
+    seconds: dict = field(default_factory=dict)
+
+    def above(self, prob_thresh):
+        """The candidates with ``prob >= prob_thresh``: (points model px, prob, dist)."""
+        keep = self.prob >= prob_thresh
+        return self.points[keep], self.prob[keep], self.dist[keep]
+
+
+@dataclass
+class Detection:
+    """What :func:`detect` found in one volume.
+
+    ``points``: DataFrame ``z, y, x`` (float px of the image), ``z_um, y_um, x_um``, ``prob``,
+    ``split`` (True for a close sister found inside another detection), sorted by z, y, x.
+    ``instances``: (points model px, prob, dist) of the network's detections (for label images);
+    ``prepared``: the :class:`~kt_stardist.predict.preprocess.Prepared` volume (``zoom``,
+    ``defects``); ``prob_thresh`` / ``nms_thresh`` used; ``n_near``: network detections just
+    below the threshold (within ``near_band``); ``diagnostics``: counts and seconds per step;
+    ``warnings``: one-line messages for the user.
+    """
+
+    points: pd.DataFrame
+    instances: tuple
+    prepared: Prepared
+    prob_thresh: float
+    nms_thresh: float
+    n_near: int = 0
+    diagnostics: dict = field(default_factory=dict)
+    warnings: list = field(default_factory=list)
+
+
+def thresholds_of(model, settings: DetectSettings) -> tuple:
+    """(prob, nms): the settings' thresholds, else the model's stored ones."""
+    th = model.thresholds
+    p = th.prob if settings.prob_thresh is None else settings.prob_thresh
+    n = th.nms if settings.nms_thresh is None else settings.nms_thresh
+    return float(p), float(n)
+
+
+def network_candidates(model, prep: Prepared, prob_floor: float, nms_threshs, settings: DetectSettings,
+                       spot_channel: int = 0, show_progress: bool = False) -> dict:
+    """NMS'ed network detections of a prepared volume, one :class:`Candidates` per NMS threshold.
+
+    Blocks are planned around the screen's candidates (:func:`kt_stardist.predict.blocks.plan_blocks`);
+    each block goes through the network once (``predict_sparse`` at ``prob_floor``, ``b=0``),
+    then NMS per threshold in ``nms_threshs``, and each detection is kept by the one block whose
+    core holds its centre.
+    """
+    from tqdm.auto import tqdm
+
+    t0 = time.perf_counter()
+    backend, x, vs = model.backend, prep.x, prep.model_voxel_um
+    if prep.lazy:
+        mask = screen_lazy(x, vs, settings.screen, channel=spot_channel)
+    else:
+        mask = screen(x[..., spot_channel], vs, settings.screen)
+    t_screen = time.perf_counter() - t0
+    geometry = block_geometry(backend, settings.block_size_px, 2 * model.info.label_radius_um, vs)
+    todo = plan_blocks(mask, *geometry)
+    nms_threshs = [float(v) for v in np.atleast_1d(nms_threshs)]
+    found = {n: ([], [], []) for n in nms_threshs}
+    n_vox, t_net, t_nms = 0, 0.0, 0.0
+    for b, read in tqdm(todo, desc="blocks", disable=not show_progress, leave=False):
+        n_vox += int(np.prod([s.stop - s.start for s in read]))
+        t1 = time.perf_counter()
+        prob, dist, pts = backend.candidates(x[read], prob_floor)
+        t_net += time.perf_counter() - t1
+        if len(prob) == 0:
+            continue
+        t1 = time.perf_counter()
+        offset = np.array([s.start for s in read], np.float64)
+        for n in nms_threshs:
+            p, pr, d = backend.nms(prob, dist, pts, n)
+            g = p.astype(np.float64) + offset
+            keep = owns(b, g)
+            found[n][0].append(g[keep]), found[n][1].append(pr[keep]), found[n][2].append(d[keep])
+        t_nms += time.perf_counter() - t1
+    n_rays = len(backend.rays)
+    out = {}
+    for n, (p, pr, d) in found.items():
+        out[n] = Candidates(
+            points=np.concatenate(p) if p else np.zeros((0, 3)),
+            prob=np.concatenate(pr) if pr else np.zeros(0, np.float32),
+            dist=np.concatenate(d) if d else np.zeros((0, n_rays), np.float32),
+            nms_thresh=n, prob_floor=float(prob_floor), n_blocks=len(todo), n_voxels_read=n_vox,
+            n_voxels=int(np.prod(prep.model_shape)),
+            seconds=dict(screen=t_screen, network=t_net, nms=t_nms))
+    return out
+
+
+def points_frame(points_px, prob, voxel_size_um, split=None) -> pd.DataFrame:
+    """The points table of one volume: ``z, y, x`` px, ``z_um, y_um, x_um``, ``prob``, ``split``,
+    sorted by z, y, x."""
+    df = pd.DataFrame(np.asarray(points_px, np.float64).reshape(-1, 3), columns=["z", "y", "x"])
+    for c, v in zip("zyx", voxel_size_um):
+        df[f"{c}_um"] = df[c] * float(v)
+    df["prob"] = np.asarray(prob, np.float64)
+    df["split"] = np.zeros(len(df), bool) if split is None else np.asarray(split, bool)
+    return df.sort_values(["z", "y", "x"], kind="stable").reset_index(drop=True)
+
+
+def calibration_warning(n_near: int, n_above: int, prob_thresh: float, reference, near_band: float,
+                        where: str = "") -> str | None:
+    """A one-line warning when far more network detections sit just below the probability
+    threshold (within ``near_band``) than in the model's validation data (``reference``: the
+    validation share ``near / above``, from ``model.json``), or None."""
+    if reference is None or n_near < 10:
+        return None
+    ratio = n_near / max(n_above, 1)
+    if ratio <= max(3.0 * float(reference), float(reference) + 0.5):
+        return None
+    lo = max(round(prob_thresh - near_band, 2), 0.05)
+    return (f"{where}{n_near} detections lie just below the probability threshold {prob_thresh:.2f} for "
+            f"{n_above} above it ({ratio:.1f} per detection; validation data: {float(reference):.2f}): this "
+            f"image looks unlike the model's validation data; check the result (e.g. --report) and try "
+            f"--prob-thresh {lo:.2f}")
+
+
+def finish(model, prep: Prepared, cands: Candidates, prob_thresh: float, settings: DetectSettings,
+           spot_channel: int = 0) -> Detection:
+    """Points of the candidates at or above ``prob_thresh``: mapped to image px, refined on the
+    repaired raw spot channel, close sisters searched (``settings.refine`` / ``settings.split``)."""
+    t0 = time.perf_counter()
+    pts_m, prob, dist = cands.above(prob_thresh)
+    n_near = int(np.sum((cands.prob < prob_thresh) & (cands.prob >= prob_thresh - settings.near_band)))
+    pts = prep.to_image_px(pts_m)
+    raw_spot = prep.raw[..., spot_channel]
+    refined, parent = refine_and_split(raw_spot, pts, prep.image_voxel_um, settings.refine, settings.split)
+    split = np.arange(len(refined)) >= len(pts)
+    df = points_frame(refined, np.asarray(prob, np.float64)[parent], prep.image_voxel_um, split)
+    t_refine = time.perf_counter() - t0
+    diag = dict(n_blocks=cands.n_blocks, n_voxels_read=cands.n_voxels_read, n_voxels=cands.n_voxels,
+                n_detections=int(len(pts)), n_split=int(split.sum()), n_near=n_near,
+                seconds={**prep.seconds, **cands.seconds, "refine": t_refine})
+    warnings = list(prep.notes)
+    ref = model.info.validation.get("near_ratio") if hasattr(model, "info") else None
+    w = calibration_warning(n_near, len(pts), prob_thresh, ref, settings.near_band)
+    if w:
+        warnings.append(w)
+    return Detection(df, (pts_m, prob, dist), prep, float(prob_thresh), cands.nms_thresh, n_near, diag, warnings)
+
+
+def detect(model, volume, voxel_size_um=None, settings: DetectSettings | None = None, spot_channel: int = 0,
+           show_progress: bool = False) -> Detection:
+    """Kinetochore points of one volume (module docstring).
+
+    Parameters
+    ----------
+    model : :class:`kt_stardist.model.KtModel`
+    volume : ndarray or lazy array (dask, h5py/zarr dataset) ``(Z, Y, X[, C])``, raw intensities,
+        image px; C == the model's input channels (temporal models: frames t-1, t, t+1 already
+        stacked, :func:`kt_stardist.channels.stack_frames`).
+    voxel_size_um : (z, y, x) µm of ``volume``; None: the model's. Another voxel size is
+        rescaled to the model's and the points mapped back.
+    settings : :class:`kt_stardist.settings.DetectSettings` (None: defaults, the model's thresholds).
+    spot_channel : the input channel refined on and screened (the EGFP channel of the centre frame).
+
+    Returns
+    -------
+    :class:`Detection` (``.points``: the points table).
+    """
+    from kt_stardist.errors import InputError
+
+    settings = settings or DetectSettings()
+    shape = tuple(volume.shape) + ((1,) if len(volume.shape) == 3 else ())
+    if len(shape) != 4 or shape[-1] != model.n_channel_in:
+        raise InputError(f"volume of shape {tuple(volume.shape)} does not fit model {model.name}: "
+                         f"it takes {model.n_channel_in} channel(s) (Z, Y, X, C)")
+    prob, nms = thresholds_of(model, settings)
+    prep = prepare(volume, voxel_size_um, model.voxel_size_um, model.info.normalize, settings.repair_defects,
+                   settings.max_in_memory_gb)
+    floor = max(prob - settings.near_band, 0.01)
+    cands = network_candidates(model, prep, floor, (nms,), settings, spot_channel, show_progress)[nms]
+    return finish(model, prep, cands, prob, settings, spot_channel)

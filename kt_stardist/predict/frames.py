@@ -1,0 +1,93 @@
+"""Frames of an image through :func:`kt_stardist.predict.detect.detect`.
+
+An :class:`kt_stardist.io.Image` holds ``(T, Z, Y, X, C)`` data, possibly lazy. For frame ``t``
+the model input is built by :func:`kt_stardist.channels.stack_frames` (the spot channel of
+1-fluorophore models, frames t-1, t, t+1 for temporal models; only those frames are read). Frames
+whose model input is larger than ``settings.max_in_memory_gb`` stay lazy and are predicted block
+by block (same points). Every frame's table has a ``t`` column, 3D volumes included (t = 0).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from kt_stardist.channels import stack_frames
+from kt_stardist.errors import InputError
+from kt_stardist.predict.detect import Detection, detect
+from kt_stardist.predict.preprocess import exceeds_memory
+from kt_stardist.settings import DetectSettings
+
+__all__ = ["check_image_for_model", "frame_input", "detect_frame", "detect_image", "label_image"]
+
+
+def check_image_for_model(image, model, channel=None) -> None:
+    """One-line :class:`InputError` when an image's channels or frames do not fit a model."""
+    name = getattr(image, "path", None) or "image"
+    T, C = image.data.shape[0], image.data.shape[-1]
+    lay = model.layout
+    if lay.temporal and T < 2:
+        raise InputError(f"{name}: model {model.name} is temporal (takes frames t-1, t, t+1) "
+                         f"but the image is a single 3D volume; give a time-lapse (T > 1)")
+    if lay.n_fluor > 1 and C != lay.n_fluor:
+        raise InputError(f"{name}: image has {C} channel(s), model {model.name} takes {lay.n_fluor} per frame")
+    if lay.n_fluor == 1 and channel is not None and not 0 <= int(channel) < C:
+        raise InputError(f"{name}: --channel {channel} out of range, the image has {C} channel(s)")
+
+
+def frame_input(image, t, model, channel=None, max_in_memory_gb=4.0):
+    """The model input of frame ``t``: a numpy ``(Z, Y, X, C_in)`` array, or a lazy dask array
+    when it is larger than ``max_in_memory_gb`` (nothing read)."""
+    data = image.data
+    if exceeds_memory(data.shape[1:4], model.n_channel_in, max_in_memory_gb):
+        import dask.array as da
+
+        from kt_stardist import outofcore as O
+
+        if not O.is_lazy(data):
+            data = da.from_array(data, chunks=(1,) + tuple(O.CHUNK_PX) + (-1,), asarray=True)
+        return stack_frames(data, t, model.layout, channel)
+
+    class _Frames:  # reads frame by frame (Image.frame computes lazy frames here)
+        shape = tuple(data.shape)
+
+        def __getitem__(self, i):
+            return np.asarray(image.frame(i)) if hasattr(image, "frame") else np.asarray(data[i])
+
+    return stack_frames(_Frames(), t, model.layout, channel)
+
+
+def detect_frame(model, image, t: int, settings: DetectSettings | None = None, channel=None, voxel_size_um=None,
+                 show_progress: bool = False) -> Detection:
+    """:func:`~kt_stardist.predict.detect.detect` on frame ``t`` of an :class:`kt_stardist.io.Image`;
+    the points get a ``t`` column. ``voxel_size_um`` overrides the image's (without either: the
+    model's)."""
+    settings = settings or DetectSettings()
+    check_image_for_model(image, model, channel)
+    vs = voxel_size_um if voxel_size_um is not None else getattr(image, "voxel_size_um", None)
+    x = frame_input(image, t, model, channel, settings.max_in_memory_gb)
+    det = detect(model, x, vs, settings, spot_channel=model.layout.spot_channel, show_progress=show_progress)
+    det.points.insert(0, "t", int(t))
+    det.warnings = [f"frame {t}: {w}" if image.data.shape[0] > 1 else w for w in det.warnings]
+    return det
+
+
+def detect_image(model, image, settings: DetectSettings | None = None, channel=None, voxel_size_um=None,
+                 show_progress: bool = True):
+    """Every frame of an image: ``(points DataFrame with t, [Detection per frame])``."""
+    from tqdm.auto import tqdm
+
+    check_image_for_model(image, model, channel)
+    T = image.data.shape[0]
+    dets = [detect_frame(model, image, t, settings, channel, voxel_size_um, show_progress=show_progress and T == 1)
+            for t in tqdm(range(T), desc="frames", disable=not show_progress or T == 1)]
+    return pd.concat([d.points for d in dets], ignore_index=True), dets
+
+
+def label_image(model, det: Detection) -> np.ndarray:
+    """int32 ``(Z, Y, X)`` label image (image px) of a detection's network instances (polyhedra
+    drawn by StarDist, rescaled back to image px when the model's voxel size differs)."""
+    pts, prob, dist = det.instances
+    zoom = det.prepared.zoom
+    scale = None if zoom is None else 1.0 / np.asarray(zoom)
+    return model.backend.labels(dist, pts, prob, det.prepared.image_shape, scale)

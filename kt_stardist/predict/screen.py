@@ -1,0 +1,107 @@
+"""Where can spots be? A conservative difference-of-Gaussians screen of the normalised spot channel.
+
+It only decides which blocks reach the network (:mod:`kt_stardist.predict.blocks`), so it errs on
+the side of keeping. The DoG (spot-sized minus 4× larger Gaussian) runs on ``bin_yx`` × ``bin_yx``
+y-x means; a voxel is a candidate when the DoG exceeds ``max(k × robust noise, floor)``
+(normalised units; robust noise: :func:`_screen_threshold`). Frames too large for memory are screened chunk by chunk with a halo
+(:func:`screen_lazy`, equal to the in-memory screen). Axis order z, y, x; sizes µm or px as named.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from kt_stardist.defaults import VOXEL_SIZE_UM
+from kt_stardist.settings import ScreenSettings
+
+__all__ = ["screen", "screen_lazy", "dog"]
+
+
+def screen(volume, voxel_size_um=VOXEL_SIZE_UM, settings: ScreenSettings = ScreenSettings()):
+    """Boolean ``(Z, Y, X)`` mask of where spots can be in the normalised spot channel
+    ``volume`` (module docstring)."""
+    s = settings
+    d = dog(np.asarray(volume, np.float32), voxel_size_um, s.spot_sigma_um, s.bin_yx)
+    return d > _screen_threshold(d[_noise_sample(d.shape)], s.k, s.floor)
+
+
+def dog(v, voxel_size_um, spot_sigma_um, b=2):
+    """DoG of ``v`` (Z, Y, X) computed on b × b y-x means (edges repeated to whole bins) and
+    repeated back to ``v``'s shape; a chunk whose y-x start is a multiple of b, read with the
+    halo of :func:`_dog_radius`, gives the whole volume's values."""
+    Z, Y, X = v.shape
+    if b > 1:
+        if Y % b or X % b:
+            v = np.pad(v, ((0, 0), (0, -Y % b), (0, -X % b)), mode="edge")
+        binned = np.zeros((Z, v.shape[1] // b, v.shape[2] // b), np.float32)
+        for i in range(b):
+            for j in range(b):
+                binned += v[:, i::b, j::b]
+        v = binned / (b * b)
+    s1 = np.array(spot_sigma_um) / (np.array(voxel_size_um) * (1, b, b))
+    small = ndimage.gaussian_filter(v, s1, mode="nearest")
+    out = small - ndimage.gaussian_filter(small, 4 * s1, mode="nearest")
+    if b > 1:
+        out = np.repeat(np.repeat(out, b, axis=1), b, axis=2)[:, :Y, :X]
+    return out
+
+
+def _dog_radius(voxel_size_um, spot_sigma_um, b=2):
+    """Halo (px, z, y, x; y-x multiples of b) that makes a per-chunk :func:`dog` equal to the
+    whole-volume one."""
+    s1 = np.array(spot_sigma_um) / (np.array(voxel_size_um) * (1, b, b))
+    r = [int(4.0 * a + 0.5) + int(4.0 * 4 * a + 0.5) for a in s1]  # scipy's truncate=4 radii, in bins
+    return (r[0], b * r[1], b * r[2])
+
+
+def _noise_sample(shape):
+    """Strided subsample (slices) the screen's noise level is estimated on."""
+    return (slice(None, None, max(1, shape[0] // 16)), slice(None, None, 4), slice(None, None, 4))
+
+
+def _screen_threshold(sub, k, floor):
+    """``median + max(k × sd, floor)`` of a DoG sample, sd = 1.4826 × MAD. When most of the
+    sample ties at the median (empty or zero-clipped regions, where the DoG is exactly 0), the
+    MAD is taken over the other values: the noise where there is signal. The screen errs on the
+    side of keeping, so the upper tail (spots) is never read as noise."""
+    from kt_stardist.normalize import SD_PER_MAD
+
+    sub = np.asarray(sub, np.float32).ravel()
+    med = float(np.median(sub))
+    vals = sub
+    tied = sub == med
+    if np.count_nonzero(tied) > 0.5 * sub.size and not tied.all():
+        vals = sub[~tied]
+    sd = SD_PER_MAD * float(np.median(np.abs(vals - med)))
+    return med + max(k * sd, floor)
+
+
+def screen_lazy(x, voxel_size_um=VOXEL_SIZE_UM, settings: ScreenSettings = ScreenSettings(), chunk_px=None,
+                channel=0):
+    """:func:`screen` of channel ``channel`` (the spot channel) of a normalised ``(Z, Y, X, C)`` array-like read by chunks
+    (DoG with a halo of the kernels' radius: equal to the in-memory screen), as a
+    :class:`kt_stardist.outofcore.SparseMask`. Two passes: the noise subsample, then the
+    candidates; memory: one chunk, the subsample (≤ 1/16 of the volume) and the candidates."""
+    from kt_stardist import outofcore as O
+
+    shape = tuple(int(s) for s in x.shape[:3])
+    chunk_px = O.CHUNK_PX if chunk_px is None else chunk_px
+    s = settings
+    b = s.bin_yx  # chunks start on whole y-x bins, so their DoG equals the whole volume's
+    chunk_px = (chunk_px[0], -(-chunk_px[1] // b) * b, -(-chunk_px[2] // b) * b)
+    depth = _dog_radius(voxel_size_um, s.spot_sigma_um, b)
+    step = [sl.step for sl in _noise_sample(shape)]
+
+    def dogs():
+        for core, rd, inner in O.chunks(shape, chunk_px, depth):
+            yield core, dog(x[rd][..., channel], voxel_size_um, s.spot_sigma_um, b)[inner]
+
+    sub = []
+    for core, d in dogs():
+        first = tuple(slice((-c.start) % st, None, st) for c, st in zip(core, step))
+        sub.append(d[first].ravel())
+    thr = _screen_threshold(np.concatenate(sub), s.k, s.floor)
+    del sub
+    coords = [np.argwhere(d > thr) + np.array([c.start for c in core]) for core, d in dogs()]
+    return O.SparseMask(shape, np.concatenate(coords) if coords else np.zeros((0, 3), int))

@@ -1,0 +1,296 @@
+"""Settings are objects: every knob of detection, as frozen dataclasses with a JSON round-trip.
+
+:class:`DetectSettings` holds everything :func:`kt_stardist.predict.detect` uses (thresholds,
+blocks, screen, refinement, sister search, defect repair); the CLI's defaults come from these
+classes, and every run saves the settings it used (``run.json``; training saves its own in the
+model folder). Nested settings round-trip through :func:`to_dict` / :func:`from_dict`, which
+refuse unknown keys with one line.
+
+Units are in the field names (``_um`` µm, ``_px`` px); axis order z, y, x.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+
+from kt_stardist.defaults import SPOT_SIGMA_UM
+from kt_stardist.errors import InputError
+
+__all__ = [
+    "ScreenSettings", "RefineSettings", "SplitSettings", "DetectSettings", "PipelineSettings", "ThresholdSearch", "SimulationMix",
+    "TrainSettings", "FinetuneSettings", "PretrainSettings",
+    "to_dict", "from_dict", "to_json", "from_json", "replace",
+]
+
+
+@dataclass(frozen=True)
+class ScreenSettings:
+    """The difference-of-Gaussians screen that decides which blocks reach the network.
+
+    ``spot_sigma_um`` (z, y, x) µm: the spot-sized Gaussian (minus a 4× larger one); a voxel is a
+    candidate when the DoG exceeds ``max(k × robust noise, floor)`` (normalised units), computed
+    on means of ``bin_yx`` × ``bin_yx`` px in y-x. Errs on the side of keeping.
+    """
+
+    spot_sigma_um: tuple = SPOT_SIGMA_UM
+    k: float = 6.0
+    floor: float = 0.05
+    bin_yx: int = 2
+
+
+@dataclass(frozen=True)
+class RefineSettings:
+    """Sub-voxel refinement on the raw intensities (:mod:`kt_stardist.predict.refine`).
+
+    ``method``: ``gauss`` (crowded-field 3D Gaussian fits), ``centroid`` or ``none``.
+    ``half_um``: window half-size (z, y, x) µm; ``psf_sigma_um``: starting Gaussian sigma, fitted
+    within ``sigma_bounds`` × it; ``passes``: 1 = joint fits of overlapping windows, brightest
+    first; each further pass refits every detection alone with its neighbours' fits subtracted;
+    ``neighbour_um``: fitted neighbours within this distance are subtracted; ``max_shift_um``: a
+    fit moving further than this falls back to the centroid (then to the start); ``max_group``:
+    most detections fitted jointly.
+    """
+
+    method: str = "gauss"
+    half_um: tuple = (0.6, 0.4, 0.4)
+    psf_sigma_um: tuple = SPOT_SIGMA_UM
+    sigma_bounds: tuple = (0.5, 2.0)
+    passes: int = 2
+    neighbour_um: float = 2.5
+    max_shift_um: tuple = (0.45, 0.3, 0.3)
+    max_group: int = 4
+
+    def __post_init__(self):
+        if self.method not in ("gauss", "centroid", "none"):
+            raise InputError(f"refine method must be 'gauss', 'centroid' or 'none', got {self.method!r}")
+
+
+@dataclass(frozen=True)
+class SplitSettings:
+    """The search for a close sister merged into one detection (one vs two Gaussians).
+
+    A second spot is kept when the two-spot fit passes an F-test at ``alpha``, leaves at least
+    ``min_gain`` less residual, the spots are ``sep_um`` (lo, hi) µm apart, the fainter has at
+    least ``min_amp`` × the brighter's amplitude and the second lies further than
+    ``min_other_um`` from every other detection; tried only where the one-spot fit leaves a
+    residual peak ``min_residual`` noise sd high; window half-size ``half_um`` (z, y, x) µm.
+    """
+
+    enabled: bool = True
+    alpha: float = 1e-6
+    min_gain: float = 0.075
+    sep_um: tuple = (0.25, 0.8)
+    min_amp: float = 0.25
+    min_other_um: float = 0.5
+    half_um: tuple = (0.6, 0.5, 0.5)
+    min_residual: float = 3.0
+
+
+@dataclass(frozen=True)
+class DetectSettings:
+    """Everything one detection run uses, with the model's own facts (voxel size, channel
+    layout, normalisation) kept in the model.
+
+    ``prob_thresh`` / ``nms_thresh``: None = the model's stored thresholds.
+    ``block_size_px`` (z, y, x): largest block sent to the network at once (at the model's voxel
+    size). ``max_in_memory_gb``: a frame larger than this as float32 (GB) is read and predicted
+    block by block (None: never). ``repair_defects``: replace camera-defect columns (hot/dead
+    pixels, hot in every z plane) before anything else. ``near_band``: width of the probability
+    band just below the threshold that is watched for images unlike the validation data.
+    """
+
+    prob_thresh: float | None = None
+    nms_thresh: float | None = None
+    block_size_px: tuple = (64, 320, 320)
+    max_in_memory_gb: float | None = 4.0
+    repair_defects: bool = True
+    near_band: float = 0.15
+    screen: ScreenSettings = field(default_factory=ScreenSettings)
+    refine: RefineSettings = field(default_factory=RefineSettings)
+    split: SplitSettings = field(default_factory=SplitSettings)
+
+    def __post_init__(self):
+        for name in ("prob_thresh", "nms_thresh"):
+            v = getattr(self, name)
+            if v is not None and not 0 < float(v) < 1:
+                raise InputError(f"{name.replace('_', '-')} must be in (0, 1), got {v}")
+        if self.max_in_memory_gb is not None and self.max_in_memory_gb < 0:
+            raise InputError(f"max_in_memory_gb must be at least 0, got {self.max_in_memory_gb}")
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    """A whole ``predict`` run: ``detect`` settings, the spot ``channel`` of a multichannel image
+    for 1-fluorophore models (None: 0), and what follows detection: sister ``pairs`` and
+    ``tracks`` over time (:mod:`kt_stardist.pairs`, :mod:`kt_stardist.tracks`)."""
+
+    detect: DetectSettings = field(default_factory=DetectSettings)
+    channel: int | None = None
+    pairs: bool = False
+    tracks: bool = False
+
+
+# --------------------------------------------------------------------------------------------
+# JSON round-trip
+# --------------------------------------------------------------------------------------------
+
+def to_dict(settings) -> dict:
+    """A settings object (nested dataclasses) as a JSON-ready dict (tuples become lists)."""
+
+    def plain(v):
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (tuple, list)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(settings)
+
+
+def _hints(cls):
+    return typing.get_type_hints(cls)
+
+
+def from_dict(cls, d: dict, name: str | None = None):
+    """Build ``cls`` (a settings dataclass) from a dict of :func:`to_dict`; nested settings are
+    built recursively, lists become tuples, unknown keys are refused."""
+    name = name or cls.__name__
+    if not isinstance(d, dict):
+        raise InputError(f"{name}: expected a JSON object, got {type(d).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - set(fields))
+    if unknown:
+        raise InputError(f"{name}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(fields)}")
+    hints = _hints(cls)
+    kw = {}
+    for k, v in d.items():
+        t = hints.get(k)
+        if isinstance(t, type) and dataclasses.is_dataclass(t):
+            kw[k] = from_dict(t, v, f"{name}.{k}")
+        else:
+            kw[k] = tuple(v) if isinstance(v, list) else v
+    try:
+        return cls(**kw)
+    except TypeError as e:
+        raise InputError(f"{name}: {e}") from None
+
+
+def to_json(settings) -> str:
+    return json.dumps(to_dict(settings), indent=2)
+
+
+def from_json(cls, text: str):
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InputError(f"{cls.__name__}: not valid JSON ({e})") from None
+    return from_dict(cls, d)
+
+
+def replace(settings, **changes):
+    """A copy of ``settings`` with fields replaced; ``section__field=value`` reaches nested
+    settings (``replace(s, refine__method="none", split__enabled=False)``)."""
+    nested, flat = {}, {}
+    for k, v in changes.items():
+        if "__" in k:
+            sec, sub = k.split("__", 1)
+            nested.setdefault(sec, {})[sub] = v
+        else:
+            flat[k] = v
+    for sec, sub in nested.items():
+        flat[sec] = replace(getattr(settings, sec), **sub)
+    return dataclasses.replace(settings, **flat)
+
+
+# --------------------------------------------------------------------------------------------
+# training
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ThresholdSearch:
+    """How :func:`kt_stardist.train.choose_thresholds` searches (prob, nms) by point F1 through
+    the prediction path: a coarse sweep of probabilities ``prob_range`` (lo, hi) in steps of
+    ``prob_step``, then ``fine_step`` steps within one coarse step of the best; every NMS
+    threshold of ``nms_threshs``; at most ``max_candidates`` network detections per volume at the
+    sweep's floor (a half-trained model leaves tens of thousands: the sweep then starts higher).
+    ``detect``: the detection settings the search runs with (thresholds ignored)."""
+
+    prob_range: tuple = (0.3, 0.95)
+    prob_step: float = 0.05
+    fine_step: float = 0.01
+    nms_threshs: tuple = (0.3, 0.5)
+    max_candidates: int = 3000
+    detect: DetectSettings = field(default_factory=DetectSettings)
+
+
+@dataclass(frozen=True)
+class SimulationMix:
+    """Simulated training data: ``n`` volumes of ``shape_px`` (z, y, x) cycling ``kinds``
+    (SNR presets ``easy``, ``mid``, ``hard``, ``very_hard``; ``random``: every parameter drawn
+    wide; ``physical``: physical optics and cameras, see :mod:`kt_stardist.simulate`), and
+    ``n_val`` validation volumes (None: ``max(2, n // 5)``) of ``val_shape_px`` (None: the same
+    shape) with seeds of their own."""
+
+    n: int = 0
+    shape_px: tuple = (32, 128, 128)
+    kinds: tuple = ("easy", "mid")
+    n_val: int | None = None
+    val_shape_px: tuple | None = None
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """The training loop. ``patch_size_px`` (z, y, x) None: the config's, capped at the smallest
+    training image (said in the log); ``batch_size`` None: the config's; ``lr``: 1e-3 learns
+    (1e-4 and lower collapsed to background in trials); ``freeze_epochs``: backbone fixed for the
+    first epochs; ``warmup_epochs``: epochs on the easy simulations (and the user's frames) only,
+    None: a quarter of the epochs (at least 2) when the mix has harder kinds; ``patience``: early
+    stopping (0: off); ``augment_intensity``: gamma/scale/offset/noise besides y-x flips and
+    rotations; ``foreground_prob``: share of patches drawn around spots (None: the config's)."""
+
+    epochs: int = 20
+    steps_per_epoch: int = 40
+    lr: float = 1e-3
+    batch_size: int | None = None
+    patch_size_px: tuple | None = None
+    freeze_epochs: int = 0
+    warmup_epochs: int | None = None
+    patience: int = 10
+    seed: int = 0
+    augment_intensity: bool = False
+    foreground_prob: float | None = None
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    """Everything :func:`kt_stardist.train.finetune` uses besides its input files.
+
+    ``config``: configuration name or JSON path; ``n_rays`` / ``grid`` / ``channels`` (1, 2, 3, 6)
+    override it; ``config_overrides``: further Config3D fields (e.g. ``unet_n_filter_base``);
+    ``val_fraction``: share of the user's frames held out; ``train``, ``simulation``,
+    ``thresholds``: see those classes. Saved as ``train_settings.json`` in the model folder."""
+
+    config: str = "kt-default"
+    n_rays: int | None = None
+    grid: tuple | None = None
+    channels: int | None = None
+    config_overrides: dict = field(default_factory=dict)
+    val_fraction: float = 0.2
+    train: TrainSettings = field(default_factory=TrainSettings)
+    simulation: SimulationMix = field(default_factory=SimulationMix)
+    thresholds: ThresholdSearch = field(default_factory=ThresholdSearch)
+
+
+@dataclass(frozen=True)
+class PretrainSettings:
+    """:func:`kt_stardist.train.pretrain`: ``config`` and the training loop (``data`` is an
+    argument: the example nuclei or folders of images and labels)."""
+
+    config: str = "nuclei-pretrain"
+    config_overrides: dict = field(default_factory=dict)
+    train: TrainSettings = field(default_factory=lambda: TrainSettings(epochs=4, steps_per_epoch=25, patience=0))
