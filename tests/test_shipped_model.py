@@ -1,0 +1,81 @@
+"""Golden tests of the shipped model through :func:`kt_stardist.predict.detect`, the code path
+``kt-stardist predict`` runs (as StarDist's own integration tests run its pretrained models):
+fixed simulated volumes, floors on counts, F1 and RMSE, and hostile volumes that must give a
+clear result (no spots, a one-line warning), never a crash or a flood of detections."""
+
+import numpy as np
+import pytest
+
+from kt_stardist.evaluate import match_points
+
+pytestmark = pytest.mark.slow
+
+VOX = (0.3, 0.13, 0.13)
+
+
+@pytest.fixture(scope="module")
+def model():
+    from kt_stardist.model import load_model
+
+    return load_model()
+
+
+def _score(model, image, truth, vs=VOX, **settings):
+    from kt_stardist.predict import detect
+    from kt_stardist.settings import DetectSettings
+
+    det = detect(model, image, vs, DetectSettings(**settings))
+    pts = det.points[["z", "y", "x"]].to_numpy(float)
+    return det, match_points(truth, pts, vs, 0.5)
+
+
+def test_golden_mid_volume(model):
+    from kt_stardist.simulate import simulate_volume
+
+    img, df = simulate_volume((40, 192, 192), seed=20261206, snr="mid", layout="real")
+    det, m = _score(model, img, df[["z", "y", "x"]].to_numpy(float))
+    assert m.n_gt > 50
+    assert m.f1 >= 0.95 and m.rmse_nm <= 60, (m.f1, m.rmse_nm)
+    assert abs(m.n_pred - m.n_gt) <= 0.1 * m.n_gt
+    assert not det.warnings
+
+
+def test_golden_physical_hot_pixel_camera(model):
+    """Physical optics and an sCMOS camera with hot and dead pixel columns, seeds of the
+    robustness panel: spots are found and no hot column is reported as a spot."""
+    from kt_stardist.physical import simulate_condition
+
+    img, df, vs, info = simulate_condition("hot_pixels", 10_000)
+    det, m = _score(model, img, df[["z", "y", "x"]].to_numpy(float), vs)
+    assert m.f1 >= 0.9, m.f1
+    hot = np.asarray(info["hot_yx"], float)
+    pts = det.points[["y", "x"]].to_numpy(float)
+    assert len(hot) > 20
+    assert np.min(np.linalg.norm(pts[:, None] - hot[None], axis=2), axis=1).min() > 1.0
+    assert any("hot" in w for w in det.warnings)  # the repair is said, in one line
+
+
+def test_volume_of_hot_pixels_only_gives_no_spots(model):
+    rng = np.random.default_rng(0)
+    vol = rng.poisson(100, (24, 128, 128)).astype(np.uint16)
+    yx = rng.integers(0, 128, (60, 2))
+    vol[:, yx[:, 0], yx[:, 1]] += rng.integers(200, 3000, 60).astype(np.uint16)
+    det, _ = _score(model, vol, np.zeros((0, 3)))
+    assert len(det.points) == 0
+    assert det.warnings and all("\n" not in w for w in det.warnings)
+
+
+def test_zero_and_saturated_planes_are_ignored(model):
+    from kt_stardist.simulate import simulate_volume
+
+    img, df = simulate_volume((40, 160, 160), seed=7, snr="mid", layout="real")
+    img = np.clip(np.round(img), 0, 65535).astype(np.uint16)
+    truth = df[["z", "y", "x"]].to_numpy(float)
+    _, clean = _score(model, img, truth)
+    bad = img.copy()
+    bad[0] = 0  # a dropped plane
+    bad[-1] = 65535  # a saturated plane
+    det, m = _score(model, bad, truth)
+    assert m.f1 >= clean.f1 - 0.03, (m.f1, clean.f1)
+    assert m.n_pred <= clean.n_pred + 3  # no flood of detections on the bad planes
+    assert any("plane" in w for w in det.warnings)
