@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Axis order z, y, x; default voxel size 0.3 x 0.13 x 0.13 µm.",
     )
     parser.add_argument("--version", action="version", version=f"kt-stardist {__version__}")
+    parser.add_argument("--verbose", action="store_true", help="show TensorFlow's log lines too")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, mod in _subcommand_modules():
         p = sub.add_parser(name, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP))
@@ -47,9 +48,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_tensorflow(verbose: bool) -> None:
+    """TensorFlow's C++ log lines (oneDNN, CPU features, ...) off unless ``--verbose``; must run
+    before TensorFlow is imported."""
+    import os
+
+    if verbose:
+        os.environ["KT_STARDIST_VERBOSE"] = "1"  # kt_stardist.model.stardist_backend.VERBOSE_ENV
+    else:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
+        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _quiet_tensorflow(getattr(args, "verbose", False))
     if getattr(args, "_run", None) is None:
         parser.print_help()
         return 0

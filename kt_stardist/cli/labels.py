@@ -97,6 +97,9 @@ def run(args) -> int:
 
     frames = _frames_to_draw(df, args, args.points, image.n_frames if args.like and image.n_frames > 1 else None)
     dtype = np.uint16 if max([len(rows) for _, rows in frames] + [0]) < 65535 else np.int32
+    from kt_stardist.validate import check_memory
+
+    check_memory((len(frames),) + tuple(shape), np.int32, "--shape", copies=2)
     stack = np.zeros((len(frames),) + shape, dtype=dtype)
     lines = []
     for k, (t, rows) in enumerate(frames):

@@ -48,6 +48,10 @@ def run(args) -> int:
         raise InputError(f"--timelapse: expected 0 (volumes) or a number of frames, got {args.timelapse}")
     if min(args.shape) < 1:
         raise InputError(f"--shape: expected 3 positive integers Z Y X, got {args.shape}")
+    from kt_stardist.validate import check_memory
+
+    check_memory((max(1, args.timelapse),) + tuple(args.shape) + (args.channels,), np.float32, "--shape",
+                 copies=6)  # background, spots, noise and the written copy
     voxel = io.check_voxel_size(args.voxel_size or VOXEL_SIZE_UM, "--voxel-size")
     layout = args.layout
     if layout not in ("plate", "real"):

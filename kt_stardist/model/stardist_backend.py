@@ -1,0 +1,222 @@
+"""The one adapter between kt-stardist and StarDist: every use of StarDist's (and csbdeep's)
+internals lives here, so an upgrade of StarDist touches one file.
+
+A :class:`StarDistBackend` wraps a ``stardist.models.StarDist3D`` and gives the rest of the
+package the few operations it needs:
+
+* :meth:`~StarDistBackend.candidates`: ``predict_sparse`` of one block with ``b=0`` (objects at
+  the block border are kept: StarDist drops them otherwise);
+* :meth:`~StarDistBackend.nms`: StarDist's sparse 3D non-maximum suppression;
+* :meth:`~StarDistBackend.context_px`: the network's receptive field (StarDist measures it with a
+  forward pass, ~1 s on CPU; training stores it in ``model.json`` so prediction skips that);
+* :meth:`~StarDistBackend.labels`: polyhedra drawn as a label image.
+
+Training-side helpers (model construction and loading, ``Config3D`` with overrides, StarDist's
+patch sampler, ``prepare_for_training``) are module functions. TensorFlow and StarDist are
+imported inside the functions that need them. Axis order z, y, x, channel last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io as _pyio
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "StarDistBackend", "quiet", "import_tensorflow", "VERBOSE_ENV", "load_stardist", "new_stardist", "config3d", "config_with", "rays_golden",
+    "patch_sampler", "prepare_for_training", "example_nuclei", "nms_sparse",
+]
+
+
+#: set (to anything) to see TensorFlow's start-up lines (``kt-stardist --verbose`` sets it)
+VERBOSE_ENV = "KT_STARDIST_VERBOSE"
+
+
+def import_tensorflow():
+    """Import TensorFlow once. Its C++ start-up lines (oneDNN, CPU features), written to the
+    stderr file descriptor before its logging is configured, are hidden unless
+    :data:`VERBOSE_ENV` is set; an import error is raised as usual."""
+    import os
+    import sys
+
+    if "tensorflow" in sys.modules or os.environ.get(VERBOSE_ENV):
+        import tensorflow  # noqa: F401
+
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+@contextlib.contextmanager
+def quiet():
+    """Silence StarDist's/csbdeep's prints (loading messages) on stdout."""
+    with contextlib.redirect_stdout(_pyio.StringIO()):
+        yield
+
+
+def nms_sparse(prob, dist, points, rays, nms_thresh):
+    """StarDist's sparse 3D NMS: ``(points (M, 3), prob (M,), dist (M, R))``, most probable first."""
+    from stardist.nms import non_maximum_suppression_3d_sparse
+
+    prob = np.asarray(prob)
+    if len(prob) == 0:
+        return np.zeros((0, 3)), np.zeros(0, np.float32), np.zeros((0, len(rays)), np.float32)
+    p, pr, d, _ = non_maximum_suppression_3d_sparse(np.asarray(dist), prob, np.asarray(points), rays,
+                                                    nms_thresh=float(nms_thresh), verbose=False)
+    return np.asarray(p, float).reshape(-1, 3), np.asarray(pr), np.asarray(d)
+
+
+class StarDistBackend:
+    """A StarDist3D network behind the operations prediction needs (module docstring)."""
+
+    def __init__(self, sd, receptive_field_px=None):
+        from stardist import rays_from_json
+
+        self.sd = sd
+        self.rays = rays_from_json(sd.config.rays_json)
+        self.grid = tuple(int(g) for g in sd.config.grid)
+        self.n_channel_in = int(sd.config.n_channel_in)
+        if receptive_field_px is not None:
+            sd._tile_overlap = tuple(tuple(int(a) for a in p) for p in receptive_field_px)  # StarDist's cache
+
+    @property
+    def keras_model(self):
+        return self.sd.keras_model
+
+    @property
+    def config(self):
+        return self.sd.config
+
+    def receptive_field_px(self) -> list:
+        """``[[before, after]] * 3`` px (z, y, x), measured once (cached by StarDist)."""
+        if not hasattr(self.sd, "_tile_overlap"):
+            with quiet():
+                self.sd._tile_overlap = self.sd._compute_receptive_field()
+        return [[int(a) for a in p] for p in self.sd._tile_overlap]
+
+    def context_px(self) -> tuple:
+        """Halo (px, z, y, x) a block needs so its core sees what the whole volume would give:
+        StarDist's own tile-overlap estimate."""
+        self.receptive_field_px()
+        return tuple(int(c) for c in self.sd._axes_tile_overlap("ZYX"))
+
+    def candidates(self, x, prob_thresh):
+        """``predict_sparse`` of a normalised ``(Z, Y, X, C)`` block, ``b=0``:
+        ``(prob (N,), dist (N, R), points (N, 3) int px)``."""
+        with quiet():
+            r = self.sd.predict_sparse(np.asarray(x, np.float32), axes="ZYXC", prob_thresh=float(prob_thresh), b=0,
+                                       show_tile_progress=False)
+        prob, dist, points = r[0], r[1], r[-1]
+        return np.asarray(prob), np.asarray(dist), np.asarray(points).reshape(-1, 3)
+
+    def nms(self, prob, dist, points, nms_thresh):
+        return nms_sparse(prob, dist, points, self.rays, nms_thresh)
+
+    def labels(self, dist, points, prob, shape, scale=None):
+        """Label image (int32, ``shape`` px) of polyhedra ``dist`` at ``points``; ``scale``
+        (z, y, x) maps the network's px to the image's (rays scaled alike)."""
+        from stardist.geometry import polyhedron_to_label
+
+        if len(points) == 0:
+            return np.zeros(tuple(shape), np.int32)
+        rays = self.rays
+        pts = np.asarray(points, float)
+        if scale is not None:
+            pts = pts * np.asarray(scale)
+            rays = rays.copy(scale=tuple(np.asarray(scale, float)))
+        return polyhedron_to_label(np.asarray(dist), pts, rays=rays, prob=np.asarray(prob), shape=tuple(shape),
+                                   verbose=False).astype(np.int32)
+
+
+# --------------------------------------------------------------------------------------------
+# construction, loading, training
+# --------------------------------------------------------------------------------------------
+
+def load_stardist(folder, weights=None):
+    """A StarDist3D from its folder (config.json, weights; thresholds.json if any)."""
+    import_tensorflow()
+    from stardist.models import StarDist3D
+
+    folder = Path(folder)
+    with quiet():
+        sd = StarDist3D(None, name=folder.name, basedir=str(folder.parent))
+        if weights is not None:
+            sd.load_weights(weights)
+    return sd
+
+
+def new_stardist(conf, name="model"):
+    """A fresh StarDist3D for ``conf`` (a Config3D), in memory (no folder)."""
+    import_tensorflow()
+    from stardist.models import StarDist3D
+
+    with quiet():
+        return StarDist3D(conf, name=name, basedir=None)
+
+
+def rays_golden(n_rays, anisotropy=None):
+    from stardist import Rays_GoldenSpiral
+
+    return Rays_GoldenSpiral(int(n_rays), anisotropy=None if anisotropy is None else tuple(anisotropy))
+
+
+def config3d(**kwargs):
+    """``stardist.models.Config3D(**kwargs)``, quietly."""
+    from stardist.models import Config3D
+
+    with quiet():
+        return Config3D(**kwargs)
+
+
+def config_with(conf, **overrides):
+    """A copy of a Config3D with fields replaced (``n_rays``, ``n_channel_in``, ``grid``,
+    ``anisotropy``, ``train_*``, ...); derived fields (rays, input shape) follow."""
+    if not overrides:
+        return conf
+    d = vars(conf).copy()
+    for k in ("net_input_shape", "net_mask_shape", "n_dim", "n_channel_out"):
+        d.pop(k, None)
+    d.update(overrides)
+    if "n_rays" in overrides or "anisotropy" in overrides:
+        n_rays = int(d.pop("n_rays"))
+        d.pop("rays_json", None)
+        d["rays"] = rays_golden(n_rays, d.get("anisotropy"))
+    return config3d(**d)
+
+
+def patch_sampler(X, Y, config, batch_size, length, augmenter=None):
+    """StarDist's 3D patch sampler (``StarDistData3D``) for images ``X`` (ZYXC) and labels ``Y``
+    (ZYX): patches of ``config.train_patch_size``, ``config.train_foreground_only`` of them
+    around labelled voxels."""
+    from stardist.models.model3d import StarDistData3D
+    from stardist.rays3d import rays_from_json
+
+    return StarDistData3D(X, Y, batch_size=batch_size, length=length, augmenter=augmenter,
+                          rays=rays_from_json(config.rays_json), grid=config.grid,
+                          patch_size=config.train_patch_size, anisotropy=config.anisotropy, use_gpu=False,
+                          foreground_prob=config.train_foreground_only, n_classes=None,
+                          sample_ind_cache=config.train_sample_cache,
+                          keras_kwargs=dict(workers=1, use_multiprocessing=False))
+
+
+def prepare_for_training(sd, optimizer):
+    """StarDist's loss/metrics compilation of the Keras model with ``optimizer``."""
+    with quiet():
+        sd.prepare_for_training(optimizer=optimizer)
+
+
+def example_nuclei():
+    """StarDist's synthetic 3D nuclei (ships in the stardist wheel): (image ZYX, labels ZYX)."""
+    from stardist.data import test_image_nuclei_3d
+
+    return test_image_nuclei_3d(return_mask=True)
