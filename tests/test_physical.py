@@ -220,3 +220,18 @@ def test_recipes_round_trip_json():
         d = json.loads(json.dumps(cond.to_dict()))
         assert Optics.from_dict(d["optics"]) == cond.optics
         assert Camera.from_dict(d["camera"]) == cond.camera
+
+
+def test_cli_simulate_condition_writes_camera_dtype_voxel_size_and_truth(tmp_path):
+    from kt_stardist.cli import main
+    from kt_stardist.io import read_image, read_points
+
+    out = tmp_path / "sim"
+    assert main(["simulate", str(out), "--condition", "fine_pixels", "--n", "1", "--seed", "3",
+                 "--shape", "16", "96", "96"]) == 0
+    im = read_image(out / "sim_000.tif")
+    assert im.data.shape == (1, 16, 96, 96, 1) and im.data.dtype == np.uint16
+    assert im.voxel_size_um == pytest.approx(CONDITIONS["fine_pixels"].voxel_size_um)
+    pts = read_points(out / "sim_000.csv")
+    assert len(pts) and pts[["z", "y", "x"]].to_numpy().min() >= -0.5
+    assert main(["simulate", str(tmp_path / "bad"), "--condition", "no_such"]) == 2
