@@ -22,7 +22,7 @@ from kt_stardist.errors import InputError
 __all__ = [
     "ScreenSettings", "RefineSettings", "SplitSettings", "DetectSettings", "PipelineSettings", "ThresholdSearch", "SimulationMix",
     "TrainSettings", "FinetuneSettings", "PretrainSettings",
-    "to_dict", "from_dict", "to_json", "from_json", "replace",
+    "to_dict", "from_dict", "to_json", "from_json", "read_file", "replace",
 ]
 
 
@@ -190,6 +190,24 @@ def from_json(cls, text: str):
     except json.JSONDecodeError as e:
         raise InputError(f"{cls.__name__}: not valid JSON ({e})") from None
     return from_dict(cls, d)
+
+
+def read_file(cls, path, within=(), drop=(), name="--settings"):
+    """Settings ``cls`` from a JSON file: the object itself, or nested in it under the keys
+    ``within`` (each followed when present: a ``run.json`` holds ``settings.detect``); keys in
+    ``drop`` are ignored (e.g. ``job`` in ``train_settings.json``). One-line errors."""
+    from pathlib import Path
+
+    p = Path(path)
+    try:
+        d = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(f"{name} {p}: cannot read as JSON ({e})") from None
+    for key in within:
+        d = d.get(key, d) if isinstance(d, dict) else d
+    if isinstance(d, dict):
+        d = {k: v for k, v in d.items() if k not in drop}
+    return from_dict(cls, d, f"{name} {p}")
 
 
 def replace(settings, **changes):

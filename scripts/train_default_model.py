@@ -26,6 +26,7 @@ cases as ``scripts/benchmark.py``) and copied into the package.
     python scripts/train_default_model.py --from default --stages physical   # how the shipped model was made
     python scripts/train_default_model.py --resume ...            # continue an interrupted stage
     python scripts/train_default_model.py --evaluate-only         # re-evaluate the shipped model
+    python scripts/train_default_model.py --stages physical --skip-training --frame-val 0 0   # ship a trained stage
 """
 
 from __future__ import annotations
@@ -144,7 +145,9 @@ def main(argv=None):
     ap.add_argument("--epochs", type=int, default=None, help="override every stage's epochs")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true")
-    ap.add_argument("--evaluate-only", action="store_true")
+    ap.add_argument("--evaluate-only", action="store_true", help="re-evaluate the --out folder")
+    ap.add_argument("--skip-training", action="store_true",
+                    help="evaluate and ship the last stage's folder in --work as it is")
     ap.add_argument("--frame-val", type=int, nargs=2, default=(2, 6), metavar=("FRAMES", "PHYSICAL"),
                     help="frame-sized Gaussian and physical volumes the thresholds are chosen on after "
                          "training (0 0: keep the stage's)")
@@ -158,7 +161,9 @@ def main(argv=None):
 
     work, t0 = Path(a.work), time.time()
     src = Path(a.out)
-    if not a.evaluate_only:
+    if a.skip_training:
+        src = work / a.stages[-1]
+    elif not a.evaluate_only:
         prev = None if a.from_model is None else (DEFAULT_MODEL_DIR if a.from_model == "default" else Path(a.from_model))
         previous = _describe_source(prev) if prev is not None else None
         for name in a.stages:

@@ -81,22 +81,9 @@ def settings_from_args(args):
     """The :class:`kt_stardist.settings.FinetuneSettings` of the command line: those of
     ``--settings`` (a ``train_settings.json`` of an earlier run, or any JSON of the same shape),
     else the defaults; then every flag given with a value other than its default."""
-    import json
-    from pathlib import Path
+    from kt_stardist.settings import FinetuneSettings, read_file, replace
 
-    from kt_stardist.errors import InputError
-    from kt_stardist.settings import FinetuneSettings, from_dict, replace
-
-    base = FinetuneSettings()
-    if args.settings:
-        p = Path(args.settings)
-        try:
-            d = json.loads(p.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise InputError(f"--settings {p}: cannot read as JSON ({e})") from None
-        if isinstance(d, dict):
-            d.pop("job", None)
-        base = from_dict(FinetuneSettings, d, f"--settings {p}")
+    base = read_file(FinetuneSettings, args.settings, drop=("job",)) if args.settings else FinetuneSettings()
     defaults = FinetuneSettings()
     changes = {}
     for flag, field in FLAGS.items():

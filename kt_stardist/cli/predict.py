@@ -57,22 +57,9 @@ def add_arguments(p):
 def settings_from_args(args):
     """The :class:`kt_stardist.settings.PipelineSettings` of the command line (``--settings`` file,
     then the flags)."""
-    import json
-    from pathlib import Path
+    from kt_stardist.settings import DetectSettings, PipelineSettings, read_file, replace
 
-    from kt_stardist.errors import InputError
-    from kt_stardist.settings import DetectSettings, PipelineSettings, from_dict, replace
-
-    det = DetectSettings()
-    if args.settings:
-        p = Path(args.settings)
-        try:
-            d = json.loads(p.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise InputError(f"--settings {p}: cannot read as JSON ({e})") from None
-        d = d.get("settings", d) if isinstance(d, dict) else d
-        d = d.get("detect", d) if isinstance(d, dict) else d
-        det = from_dict(DetectSettings, d, f"--settings {p}")
+    det = read_file(DetectSettings, args.settings, within=("settings", "detect")) if args.settings else DetectSettings()
     changes = {}
     if args.prob_thresh is not None:
         changes["prob_thresh"] = args.prob_thresh

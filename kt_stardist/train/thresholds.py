@@ -4,7 +4,7 @@ For every validation volume the network runs once (:func:`kt_stardist.predict.ne
 at the sweep's lowest probability, one NMS per NMS threshold); then, for every (prob, nms) pair,
 :func:`kt_stardist.predict.finish` thresholds, refines and searches sisters exactly as ``predict``
 does, and the points are scored with :func:`kt_stardist.evaluate.match_points` (0.5 µm). The sweep
-is coarse first, then fine around the best, and it also tries the model's current thresholds. The
+is coarse first, then fine around the best (at its NMS threshold), and it also tries the model's current thresholds. The
 result is the pair with the best summed-count F1 (ties: the middle of the best plateau, then the
 lower NMS threshold), and the validation share of detections just below the threshold, which
 ``predict`` compares images with.
@@ -83,10 +83,9 @@ def choose_thresholds(model, validation, search: ThresholdSearch = ThresholdSear
     if stored is not None and lo <= float(stored.prob) <= hi and float(stored.nms) in [float(n) for n in search.nms_threshs]:
         score(round(float(stored.prob), 4), float(stored.nms))
     best = max(rows.values(), key=lambda r: r["f1"])
-    for nms in search.nms_threshs:  # fine sweep around the coarse best
-        a, b = max(lo, best["prob"] - search.prob_step), min(hi, best["prob"] + search.prob_step)
-        for p in _sweep(a, b, search.fine_step):
-            score(p, float(nms))
+    a, b = max(lo, best["prob"] - search.prob_step), min(hi, best["prob"] + search.prob_step)
+    for p in _sweep(a, b, search.fine_step):  # fine sweep around the coarse best, at its NMS threshold
+        score(p, float(best["nms"]))
     table = pd.DataFrame(sorted(rows.values(), key=lambda r: (r["nms"], r["prob"])))
     top = table[table.f1 >= table.f1.max() - 1e-12]
     nms_best = float(top.nms.min())
