@@ -26,6 +26,7 @@ cases as ``scripts/benchmark.py``) and copied into the package.
     python scripts/train_default_model.py --from default --stages physical   # how the shipped model was made
     python scripts/train_default_model.py --resume ...            # continue an interrupted stage
     python scripts/train_default_model.py --evaluate-only         # re-evaluate the shipped model
+    python scripts/train_default_model.py --calibrate-only        # record its calibration in model.json
     python scripts/train_default_model.py --stages physical --skip-training --frame-val 0 0   # ship a trained stage
 """
 
@@ -72,17 +73,45 @@ STAGES = {
 
 
 def frame_thresholds(folder, n_frames, n_physical, seed):
-    """Choose the thresholds again through the prediction path on frame-sized volumes: ``n_frames``
-    Gaussian 61×256×256 real-layout frames (easy, mid) and ``n_physical`` physical volumes from
-    the training stream's validation seeds (never panel seeds). Saved in the model folder."""
-    import numpy as np
-
-    from kt_stardist import simulate, train
-    from kt_stardist.io import atomic_write, points_zyx
+    """Choose the thresholds again through the prediction path on :func:`validation_set`
+    (frames have more haze and empty space than training crops). Saved in the model folder."""
+    from kt_stardist import train
+    from kt_stardist.io import atomic_write
     from kt_stardist.model import load_model
-    from kt_stardist.physical import physical_training_pairs
 
     model = load_model(folder)
+    search = ThresholdSearch(prob_range=(0.4, 0.95), detect=DetectSettings())
+    th = train.choose_thresholds(model, validation_set(model, n_frames, n_physical, seed), search)
+    with atomic_write(Path(folder) / "thresholds_search_frames.csv", "w") as f:
+        th["table"].to_csv(f, index=False, float_format="%.4f")
+    print(f"thresholds on {n_frames} frames + {n_physical} physical volumes: prob {th['prob']:.3f}, nms {th['nms']:.2f} "
+          f"(F1 {th['f1']:.3f}, precision {th['precision']:.3f}, recall {th['recall']:.3f})", flush=True)
+    return th
+
+
+def calibrate(folder, n_frames, n_physical, seed):
+    """Record in ``model.json`` how the model scores at its stored thresholds on
+    :func:`validation_set`, and its share of detections just below the threshold (what
+    ``predict``'s calibration warning compares images with); thresholds unchanged."""
+    from kt_stardist import train
+    from kt_stardist.model import load_model
+
+    model = load_model(folder)
+    rec = train.record_calibration(model, validation_set(model, n_frames, n_physical, seed))
+    print(f"calibration at the stored thresholds: {rec}", flush=True)
+    return rec
+
+
+def validation_set(model, n_frames, n_physical, seed):
+    """Frame-sized validation volumes: ``n_frames`` Gaussian 61×256×256 real-layout frames (easy,
+    mid) and ``n_physical`` physical volumes from the training stream's validation seeds (never
+    panel seeds): ``[(image ZYXC raw, points px, voxel size µm)]``."""
+    import numpy as np
+
+    from kt_stardist import simulate
+    from kt_stardist.io import points_zyx
+    from kt_stardist.physical import physical_training_pairs
+
     val = []
     for i in range(n_frames):
         img, df = simulate.simulate_volume((61, 256, 256), seed=[seed, 424_242, i], snr=("easy", "mid")[i % 2],
@@ -92,13 +121,7 @@ def frame_thresholds(folder, n_frames, n_physical, seed):
     for _ in range(n_physical):
         img, df, vs = next(gen)
         val.append((img[..., None], points_zyx(df), vs))
-    search = ThresholdSearch(prob_range=(0.4, 0.95), detect=DetectSettings())
-    th = train.choose_thresholds(model, val, search)
-    with atomic_write(Path(folder) / "thresholds_search_frames.csv", "w") as f:
-        th["table"].to_csv(f, index=False, float_format="%.4f")
-    print(f"thresholds on {n_frames} frames + {n_physical} physical volumes: prob {th['prob']:.3f}, nms {th['nms']:.2f} "
-          f"(F1 {th['f1']:.3f}, precision {th['precision']:.3f}, recall {th['recall']:.3f})", flush=True)
-    return th
+    return val
 
 
 def evaluate(folder, n, seed=0):
@@ -152,6 +175,9 @@ def main(argv=None):
                     help="frame-sized Gaussian and physical volumes the thresholds are chosen on after "
                          "training (0 0: keep the stage's)")
     ap.add_argument("--eval-volumes", type=int, default=1, help="held-out frames per preset and layout")
+    ap.add_argument("--calibrate-only", action="store_true",
+                    help="record the --out model's validation scores and near-threshold share at its stored "
+                         "thresholds in its model.json (on the --frame-val volumes), then stop")
     a = ap.parse_args(argv)
 
     from kt_stardist import train
@@ -161,6 +187,9 @@ def main(argv=None):
 
     work, t0 = Path(a.work), time.time()
     src = Path(a.out)
+    if a.calibrate_only:
+        calibrate(src, *a.frame_val, a.seed)
+        return 0
     if a.skip_training:
         src = work / a.stages[-1]
     elif not a.evaluate_only:

@@ -266,6 +266,12 @@ def test_thresholds_are_chosen_through_the_predict_path(tmp_path):
         m = match_points(truth, detect(model, img, vs).points[["z", "y", "x"]].to_numpy(), vs)
         tp, fp, fn = tp + m.tp, fp + m.fp, fn + m.fn
     assert 2 * tp / (2 * tp + fp + fn) == pytest.approx(th["f1"])
+    # the calibration record of a model at its stored thresholds agrees with the search
+    from kt_stardist.train import record_calibration
+
+    rec = record_calibration(model, val)
+    assert rec["f1"] == pytest.approx(th["f1"], abs=1e-4) and rec["near_ratio"] == pytest.approx(th["near_ratio"], abs=1e-4)
+    assert model.info.validation["near_ratio"] == rec["near_ratio"] and "stored thresholds" in model.info.validation["by"]
     table = th["table"]
     assert table.f1.max() == th["f1"] and table.prob.nunique() > 5  # coarse + fine sweep
     capped = choose_thresholds(model, val, ThresholdSearch(**{**search.__dict__, "max_candidates": 5}), save=False)

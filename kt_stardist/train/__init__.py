@@ -19,10 +19,10 @@ from kt_stardist.train.evaluation import (EvalCase, evaluate_detector, evaluate_
                                           summarize)
 from kt_stardist.train.fit import LEARNING_RATE, OPTIMIZER_STATE, fit, load_optimizer_state
 from kt_stardist.train.jobs import TRAIN_SETTINGS, finetune, pretrain
-from kt_stardist.train.thresholds import choose_thresholds
+from kt_stardist.train.thresholds import choose_thresholds, record_calibration
 
 __all__ = [
-    "pretrain", "finetune", "choose_thresholds", "evaluate_model", "evaluate_detector", "evaluation_cases",
+    "pretrain", "finetune", "choose_thresholds", "record_calibration", "evaluate_model", "evaluate_detector", "evaluation_cases",
     "summarize", "EvalCase", "fit", "make_augmenter", "GEOMETRIC_AUGMENT", "example_data", "folder_data",
     "read_pairs", "simulated_pairs", "to_arrays", "load_optimizer_state", "LEARNING_RATE", "OPTIMIZER_STATE",
     "TRAIN_SETTINGS",

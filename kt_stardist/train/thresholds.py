@@ -17,7 +17,7 @@ import numpy as np
 from kt_stardist.defaults import MATCH_CUTOFF_UM
 from kt_stardist.settings import ThresholdSearch
 
-__all__ = ["choose_thresholds", "ValidationSet"]
+__all__ = ["choose_thresholds", "record_calibration", "ValidationSet"]
 
 
 class ValidationSet(list):
@@ -102,3 +102,29 @@ def choose_thresholds(model, validation, search: ThresholdSearch = ThresholdSear
                                         volumes=len(validation), by="point F1 of kt_stardist.predict.detect "
                                         f"(screen, blocks, NMS, refinement, sister search), {cutoff_um} µm"))
     return out
+
+
+def record_calibration(model, validation, settings=None, cutoff_um=MATCH_CUTOFF_UM, save=True):
+    """Score the model at its *stored* thresholds on ``validation`` (list of ``(image ZYXC raw,
+    points px, voxel size µm)``) through :func:`kt_stardist.predict.detect`, and record in
+    ``model.json`` what :func:`choose_thresholds` records (f1, precision, recall, the share of
+    detections just below the threshold ``near_ratio`` that ``predict`` compares images with),
+    without changing the thresholds. Returns that record."""
+    from kt_stardist.evaluate import match_points, scores
+    from kt_stardist.predict import detect
+    from kt_stardist.settings import DetectSettings
+
+    st = settings or DetectSettings()
+    tp = fp = fn = near = above = 0
+    for img, gt, vs in validation:
+        det = detect(model, img, vs, st, spot_channel=model.layout.spot_channel)
+        m = match_points(gt, det.points[["z", "y", "x"]].to_numpy(float), vs, cutoff_um)
+        tp, fp, fn = tp + m.tp, fp + m.fp, fn + m.fn
+        near, above = near + det.n_near, above + det.diagnostics["n_detections"]
+    s = scores(tp, fp, fn)
+    rec = dict(f1=round(s["f1"], 4), precision=round(s["precision"], 4), recall=round(s["recall"], 4),
+               near_ratio=round(near / max(above, 1), 4), volumes=len(validation),
+               by=f"point F1 of kt_stardist.predict.detect at the stored thresholds, {cutoff_um} µm")
+    if save:
+        model.save_info(validation=rec)
+    return rec
