@@ -26,7 +26,7 @@ cases as ``scripts/benchmark.py``) and copied into the package.
     python scripts/train_default_model.py --from default --stages physical   # how the shipped model was made
     python scripts/train_default_model.py --resume ...            # continue an interrupted stage
     python scripts/train_default_model.py --evaluate-only         # re-evaluate the shipped model
-    python scripts/train_default_model.py --calibrate-only        # record its calibration in model.json
+    python scripts/train_default_model.py --calibrate-only --frame-val 4 0   # record its calibration (4 Gaussian frames)
     python scripts/train_default_model.py --stages physical --skip-training --frame-val 0 0   # ship a trained stage
 """
 
