@@ -121,13 +121,6 @@ def repair_channels(vol):
     return out, found
 
 
-def _defect_note(found) -> str | None:
-    if not found or not any(len(d) for d in found):
-        return None
-    parts = [d.summary() + (f" (channel {c})" if len(found) > 1 else "") for c, d in enumerate(found) if len(d)]
-    return "; ".join(parts)
-
-
 def prepare(volume, voxel_size_um, model_voxel_um, normalization=None, repair=True,
             max_in_memory_gb=4.0) -> Prepared:
     """Repair, rescale and normalise one volume for the network (module docstring).
@@ -143,6 +136,7 @@ def prepare(volume, voxel_size_um, model_voxel_um, normalization=None, repair=Tr
     max_in_memory_gb : larger volumes (float32 GB) are prepared lazily, block by block.
     """
     from kt_stardist import outofcore as O
+    from kt_stardist.defects import summary_line
     from kt_stardist.normalize import normalize
 
     t0 = time.perf_counter()
@@ -173,7 +167,7 @@ def prepare(volume, voxel_size_um, model_voxel_um, normalization=None, repair=Tr
         x = O.NormalizedView(vol, ranges, defects=found)
         raw = O.RepairedView(vol, found) if found and any(len(d) for d in found) else vol
         seconds["prepare"] = time.perf_counter() - t0
-        notes = [n for n in [_defect_note(found)] if n]
+        notes = [n for n in [summary_line(found)] if n]
         return Prepared(x, raw, vs_img, vs_model, None, lazy=True, defects=found, notes=notes, seconds=seconds)
 
     vol = np.asarray(volume)
@@ -185,7 +179,7 @@ def prepare(volume, voxel_size_um, model_voxel_um, normalization=None, repair=Tr
     x = rescale_volume(vol, f)
     seconds["rescale"] = time.perf_counter() - t1
     t1 = time.perf_counter()
-    x = normalize(x, pmin=pmin, pmax=pmax, voxel_size_um=vs_model)
+    x, info = normalize(x, pmin=pmin, pmax=pmax, voxel_size_um=vs_model, return_info=True)
     seconds["normalize"] = time.perf_counter() - t1
-    notes = [n for n in [_defect_note(found)] if n]
+    notes = [n for n in [summary_line(found, info)] if n]  # defects repaired, planes left out
     return Prepared(x, vol, vs_img, vs_model, f, lazy=False, defects=found, notes=notes, seconds=seconds)
