@@ -1,0 +1,115 @@
+"""Property-based tests of the readers (hypothesis): random bytes, truncated files, odd dtypes
+and shapes give either a valid result or a clean one-line :class:`InputError`, never another
+exception."""
+
+import numpy as np
+import pytest
+import tifffile
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kt_stardist.errors import InputError
+from kt_stardist.io import read_image, read_points
+
+FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def _clean(fn, *args, **kw):
+    """Run a reader: a result, or an InputError of one line."""
+    try:
+        return fn(*args, **kw)
+    except InputError as e:
+        assert "\n" not in str(e) and str(e), repr(e)
+        return None
+
+
+def _valid_image(im):
+    assert im.data.ndim == 5 and min(im.data.shape) >= 1
+    assert im.voxel_size_um is None or (len(im.voxel_size_um) == 3 and min(im.voxel_size_um) > 0)
+
+
+@FUZZ
+@given(data=st.binary(min_size=0, max_size=4096), suffix=st.sampled_from([".tif", ".tiff", ".h5", ".csv"]))
+def test_random_bytes(tmp_path, data, suffix):
+    p = tmp_path / f"junk{suffix}"
+    p.write_bytes(data)
+    if suffix == ".csv":
+        df = _clean(read_points, p)
+        if df is not None:
+            assert {"z", "y", "x"} <= set(df.columns)
+    else:
+        im = _clean(read_image, f"{p}:/raw" if suffix == ".h5" else p)
+        if im is not None:
+            _valid_image(im)
+
+
+@FUZZ
+@given(cut=st.floats(0.0, 0.99), dtype=st.sampled_from(["uint8", "uint16", "int16", "float32", "float64"]),
+       shape=st.sampled_from([(4, 8, 8), (2, 3, 8, 8), (6, 16, 16)]))
+def test_truncated_tiffs(tmp_path, cut, dtype, shape):
+    rng = np.random.default_rng(0)
+    arr = (rng.random(shape) * 200).astype(dtype)
+    p = tmp_path / "a.tif"
+    tifffile.imwrite(p, arr, imagej=dtype in ("uint8", "uint16", "float32"))
+    raw = p.read_bytes()
+    p.write_bytes(raw[: int(len(raw) * cut)])
+    im = _clean(read_image, p, axes="TZYX" if len(shape) == 4 else None)
+    if im is not None:
+        _valid_image(im)
+
+
+@FUZZ
+@given(dtype=st.sampled_from(["bool", "int8", "uint32", "int64", "float16", "complex64"]),
+       shape=st.sampled_from([(8,), (8, 8), (1, 1, 1), (3, 8, 8), (2, 2, 2, 8, 8), (1, 2, 3, 4, 5, 6)]))
+def test_odd_dtypes_and_shapes(tmp_path, dtype, shape):
+    rng = np.random.default_rng(1)
+    arr = (rng.random(shape) * 3).astype(dtype)
+    p = tmp_path / "b.tif"
+    tifffile.imwrite(p, arr)
+    im = _clean(read_image, p)
+    if im is not None:
+        _valid_image(im)
+        assert np.isfinite(np.asarray(im.data, np.float64)).all()
+
+
+@FUZZ
+@given(rows=st.lists(st.lists(st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=5),
+                                        st.integers()), min_size=1, max_size=5), min_size=0, max_size=8),
+       header=st.sampled_from(["z,y,x", "t,z,y,x", "index,axis-0,axis-1,axis-2", "Tags,a,b", "x", ""]))
+def test_odd_csvs(tmp_path, rows, header):
+    p = tmp_path / "p.csv"
+    p.write_text(header + "\n" + "\n".join(",".join(map(str, r)) for r in rows) + "\n")
+    df = _clean(read_points, p)
+    if df is not None:
+        assert {"z", "y", "x"} <= set(df.columns)
+        assert np.isfinite(df[["z", "y", "x"]].to_numpy(float)).all()
+
+
+def test_wide_csv_is_bounded(tmp_path):
+    """A CSV of 10^5 columns is read or refused quickly, in one line."""
+    import time
+
+    p = tmp_path / "wide.csv"
+    p.write_text(",".join(f"c{i}" for i in range(100_000)) + "\n" + ",".join("1" for _ in range(100_000)) + "\n")
+    t0 = time.perf_counter()
+    _clean(read_points, p)
+    assert time.perf_counter() - t0 < 30
+
+
+@pytest.mark.parametrize("kind", ["external_link", "virtual"])
+def test_hdf5_links_outside_the_file_are_refused(tmp_path, kind):
+    import h5py
+
+    other = tmp_path / "other.h5"
+    with h5py.File(other, "w") as f:
+        f["secret"] = np.ones((4, 8, 8), np.float32)
+    p = tmp_path / "a.h5"
+    with h5py.File(p, "w") as f:
+        if kind == "external_link":
+            f["raw"] = h5py.ExternalLink(str(other), "/secret")
+        else:
+            layout = h5py.VirtualLayout(shape=(4, 8, 8), dtype=np.float32)
+            layout[:] = h5py.VirtualSource(str(other), "secret", shape=(4, 8, 8))
+            f.create_virtual_dataset("raw", layout)
+    with pytest.raises(InputError):
+        read_image(f"{p}:/raw")
