@@ -65,3 +65,20 @@ def test_loading_a_model_prints_no_tensorflow_log_lines():
     if "oneDNN" not in subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                       env={**env, "KT_STARDIST_VERBOSE": "1"}).stderr:
         pytest.skip("this TensorFlow build prints nothing at start-up: the quiet path is not exercised")
+
+
+def test_quiet_prints_no_progress(tmp_path):
+    """--quiet: no progress bar or progress line on stderr; the result line stays."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in ("KT_STARDIST_QUIET", "TQDM_DISABLE")}
+
+    def run(*extra, out):
+        cmd = [sys.executable, "-m", "kt_stardist", *extra, "simulate", str(tmp_path / out), "--n", "1",
+               "--shape", "8", "32", "32", "--seed", "1"]
+        return subprocess.run(cmd, capture_output=True, text=True, env=env)
+
+    loud, quiet = run(out="a"), run("--quiet", out="b")
+    assert loud.returncode == quiet.returncode == 0
+    assert "simulate (volumes)" in loud.stderr  # the progress bar
+    assert quiet.stderr == "" and "wrote 1 volume" in quiet.stdout

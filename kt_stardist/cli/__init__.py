@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"kt-stardist {__version__}")
     parser.add_argument("--verbose", action="store_true", help="show TensorFlow's log lines too")
+    parser.add_argument("--quiet", action="store_true",
+                        help="for scripts: no progress bars or progress lines; warnings, errors and results only")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, mod in _subcommand_modules():
         p = sub.add_parser(name, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP))
@@ -61,10 +63,25 @@ def _quiet_tensorflow(verbose: bool) -> None:
         os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 
+def info(msg: str) -> None:
+    """A progress line on stderr, unless ``--quiet``."""
+    import os
+
+    if not os.environ.get("KT_STARDIST_QUIET"):
+        print(msg, file=sys.stderr, flush=True)
+
+
 def main(argv=None) -> int:
+    """Run ``kt-stardist``. Exit codes: 0 done; 1 done, but some inputs or frames failed (each
+    said in one line); 2 bad input or arguments (one line); 130 interrupted."""
+    import os
+
     parser = build_parser()
     args = parser.parse_args(argv)
     _quiet_tensorflow(getattr(args, "verbose", False))
+    if getattr(args, "quiet", False):
+        os.environ["KT_STARDIST_QUIET"] = "1"
+        os.environ["TQDM_DISABLE"] = "1"  # tqdm reads its defaults from TQDM_* variables
     if getattr(args, "_run", None) is None:
         parser.print_help()
         return 0

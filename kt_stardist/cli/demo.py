@@ -43,8 +43,10 @@ def run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
 
+    from kt_stardist.cli import info
+
     def step(msg):
-        print(f"[{time.perf_counter() - t_start:5.1f} s] {msg}", file=sys.stderr, flush=True)
+        info(f"[{time.perf_counter() - t_start:5.1f} s] {msg}")
 
     step(f"simulating {args.frames} frames of {'x'.join(map(str, args.shape))} px, 2 channels, SNR {args.snr}")
     movie, truth = simulate.simulate_timelapse(args.frames, tuple(args.shape), seed=args.seed, snr=args.snr,

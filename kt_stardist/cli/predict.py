@@ -81,6 +81,7 @@ def run(args) -> int:
     import sys
 
     from kt_stardist import io, pipeline
+    from kt_stardist.cli import info
     from kt_stardist.errors import InputError
 
     if args.workers < 1:
@@ -102,7 +103,7 @@ def run(args) -> int:
         v = im.voxel_size_um
         vtxt = " × ".join(f"{x:g}" for x in v) + " µm" + (" (--voxel-size)" if vs else " (file)") if v else \
             "not in the file: the model's is assumed (pass --voxel-size Z Y X)"
-        print(f"{path}: axes {im.axes}, shape {tuple(im.data.shape)} (T, Z, Y, X, C), voxel {vtxt}", file=sys.stderr)
+        info(f"{path}: axes {im.axes}, shape {tuple(im.data.shape)} (T, Z, Y, X, C), voxel {vtxt}")
     summary = pipeline.run(args.images, out=args.out, out_dir=args.out_dir, model_dir=args.model, settings=settings,
                            axes=args.axes, voxel_size_um=vs, labels_out=args.labels_out, report_dir=args.report,
                            workers=args.workers, scheduler=args.scheduler, cluster=args.cluster,
@@ -110,7 +111,7 @@ def run(args) -> int:
     for w in summary.warnings:
         print(f"kt-stardist predict: warning: {w}", file=sys.stderr)
     for line in summary.lines():
-        print(line, file=sys.stderr)
+        info(line)
     for path in summary.outputs:
         print(f"-> {path}", file=sys.stderr)
     if summary.failures and not summary.outputs and len(args.images) == 1:
