@@ -8,3 +8,8 @@ class KtError(Exception):
 class InputError(KtError, ValueError):
     """Bad input: unreadable file, wrong shape or channel count, NaN/Inf, constant volume,
     missing voxel size, unknown axis layout."""
+
+
+class OutputError(KtError, OSError):
+    """An output could not be written (disk full, read-only, no permission); the previous file,
+    if any, is left as it was."""

@@ -334,3 +334,54 @@ def test_lazy_read_gives_the_same_frames_for_tiff_and_hdf5(tmp_path):
         for t in range(4):
             np.testing.assert_array_equal(lazy.frame(t), eager.frame(t))
     assert read_image(tif, lazy=True).voxel_size_um == (0.3, 0.13, 0.13)
+
+
+def _full_disk(tmp_path):
+    """A 64 kB tmpfs (root only), or None where it cannot be mounted."""
+    import subprocess
+
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True)
+    return mnt if r.returncode == 0 else None
+
+
+def test_disk_full_is_one_line_and_keeps_the_previous_file(tmp_path, monkeypatch):
+    import errno
+    import os
+    import subprocess
+
+    from kt_stardist.errors import OutputError
+    from kt_stardist.io import atomic_path, atomic_write, write_points
+
+    df = pd.DataFrame({"z": [1.0], "y": [2.0], "x": [3.0]})
+    mnt = _full_disk(tmp_path)
+    try:
+        where = mnt if mnt is not None else tmp_path
+        target = where / "points.csv"
+        write_points(df, target)
+        before = target.read_bytes()
+        if mnt is not None:  # a real full disk: 64 kB cannot hold 1 MB
+            with pytest.raises(OutputError, match="cannot write .*No space left on device.*nothing was changed"):
+                with atomic_write(target, "w") as f:
+                    f.write("z,y,x\n" + "1,2,3\n" * 200_000)
+        real_fsync = os.fsync
+
+        def enospc(fd):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(os, "fsync", enospc)  # the same where no tmpfs can be mounted
+        with pytest.raises(OutputError, match="No space left on device"):
+            write_points(pd.concat([df] * 3), target)
+        with pytest.raises(OutputError, match="No space left on device"):
+            with atomic_path(where / "img.tif") as p:
+                open(p, "wb").write(b"x")
+        monkeypatch.setattr(os, "fsync", real_fsync)
+        assert target.read_bytes() == before  # the previous file is intact
+        assert sorted(q.name for q in where.iterdir()) == ["points.csv"]  # no temporary left
+        with pytest.raises(ValueError):  # an error of the writer itself is not a write error
+            with atomic_write(where / "other.csv", "w"):
+                raise ValueError("bad")
+    finally:
+        if mnt is not None:
+            subprocess.run(["umount", str(mnt)], capture_output=True)

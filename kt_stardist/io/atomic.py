@@ -2,17 +2,20 @@
 
 Every file kt-stardist writes goes through :func:`atomic_write` (file objects) or
 :func:`atomic_path` (writers that need a path): the data goes to a temporary file beside the
-target, which is fsynced and renamed onto it with :func:`os.replace` only on success.
+target, which is fsynced and renamed onto it with :func:`os.replace` only on success. An OS
+error while writing (disk full, read-only, permissions) becomes one line,
+:class:`kt_stardist.errors.OutputError`, and the previous file is left as it was.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
 
-from kt_stardist.errors import InputError
+from kt_stardist.errors import InputError, KtError, OutputError
 
 __all__ = ["atomic_write", "atomic_path"]
 
@@ -22,6 +25,20 @@ def _file_mode() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return 0o666 & ~mask
+
+
+#: OS errors that mean "this output cannot be written here"
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EIO}
+
+
+def _is_write_error(e: BaseException) -> bool:
+    return isinstance(e, OSError) and not isinstance(e, KtError) and e.errno in _WRITE_ERRNOS
+
+
+def _write_failed(path, err: OSError) -> OutputError:
+    """One line for an OS error while writing ``path`` (disk full, read-only, permissions)."""
+    what = err.strerror or type(err).__name__
+    return OutputError(f"{path}: cannot write ({what}); nothing was changed there")
 
 
 def _prepare_target(path) -> Path:
@@ -47,10 +64,13 @@ def atomic_write(path, mode: str = "wb", **open_kwargs):
     path = _prepare_target(path)
     if "b" not in mode:
         open_kwargs.setdefault("encoding", "utf-8")
-    tmp = tempfile.NamedTemporaryFile(
-        mode=mode.replace("x", "w").replace("a", "w"), delete=False, dir=path.parent,
-        prefix=f".{path.name}.", suffix=".tmp", **open_kwargs,
-    )
+    try:
+        tmp = tempfile.NamedTemporaryFile(
+            mode=mode.replace("x", "w").replace("a", "w"), delete=False, dir=path.parent,
+            prefix=f".{path.name}.", suffix=".tmp", **open_kwargs,
+        )
+    except OSError as e:
+        raise _write_failed(path, e) from None
     try:
         with tmp as f:
             yield f
@@ -58,9 +78,11 @@ def atomic_write(path, mode: str = "wb", **open_kwargs):
             os.fsync(f.fileno())
         os.chmod(tmp.name, _file_mode())
         os.replace(tmp.name, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp.name)
+        if _is_write_error(e):
+            raise _write_failed(path, e) from None
         raise
 
 
@@ -76,7 +98,10 @@ def atomic_path(path):
     path = _prepare_target(path)
     suffix = "".join(path.suffixes[-2:]) if path.name.lower().endswith(
         (".ome.tif", ".ome.tiff")) else path.suffix
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.tmp-", suffix=suffix)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.tmp-", suffix=suffix)
+    except OSError as e:
+        raise _write_failed(path, e) from None
     os.close(fd)
     try:
         yield tmp
@@ -86,7 +111,9 @@ def atomic_path(path):
             os.fsync(f.fileno())
         os.chmod(tmp, _file_mode())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if _is_write_error(e):
+            raise _write_failed(path, e) from None
         raise
