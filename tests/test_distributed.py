@@ -148,3 +148,24 @@ def test_bad_file_does_not_stop_the_batch(movies, model_dir, tmp_path):
     s = run_batch([movies[0], str(bad)], tmp_path / "out", model_dir=model_dir)
     assert s.computed == 3 and len(s.failures) == 1 and "broken.tif" in s.failures[0][2]
     assert (tmp_path / "out" / "cell0.csv").is_file()
+
+
+def test_a_corrupt_frame_fails_alone_and_is_named(movies, model_dir, tmp_path, capsys):
+    """A frame of NaNs in the middle of a movie: that frame fails with one line naming it, the
+    others are written, run.json lists it as missing, and the command exits 1."""
+    import json
+
+    from kt_stardist.cli import main
+
+    movie = io.read_image(movies[0]).data.astype(np.float32)
+    movie[1] = np.nan
+    bad = tmp_path / "nanframe.tif"
+    io.write_image(bad, movie, axes="TZYXC")
+    out = tmp_path / "points.csv"
+    rc = main(["predict", str(bad), "--out", str(out), "--model", model_dir, "--refine", "centroid"])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert any("frame 1" in line and "NaN" in line for line in err.splitlines()), err
+    df = pd.read_csv(out)
+    assert set(df.t) <= {0, 2} and len(df)
+    assert json.loads(pipeline.run_json_path(out).read_text())["frames_missing"] == [1]

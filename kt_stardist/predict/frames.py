@@ -66,6 +66,11 @@ def detect_frame(model, image, t: int, settings: DetectSettings | None = None, c
     check_image_for_model(image, model, channel)
     vs = voxel_size_um if voxel_size_um is not None else getattr(image, "voxel_size_um", None)
     x = frame_input(image, t, model, channel, settings.max_in_memory_gb)
+    if isinstance(x, np.ndarray):  # a frame read into memory: NaN/Inf or constant → this frame fails, named
+        from kt_stardist.validate import check_volume
+
+        where = getattr(image, "path", None) or "image"
+        check_volume(x, f"{where} frame {t}" if image.data.shape[0] > 1 else str(where))
     det = detect(model, x, vs, settings, spot_channel=model.layout.spot_channel, show_progress=show_progress)
     det.points.insert(0, "t", int(t))
     det.warnings = [f"frame {t}: {w}" if image.data.shape[0] > 1 else w for w in det.warnings]
