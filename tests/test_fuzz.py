@@ -113,3 +113,15 @@ def test_hdf5_links_outside_the_file_are_refused(tmp_path, kind):
             f.create_virtual_dataset("raw", layout)
     with pytest.raises(InputError):
         read_image(f"{p}:/raw")
+
+
+def test_tiff_header_claiming_a_huge_shape_is_refused_before_reading(tmp_path, capsys):
+    p = tmp_path / "huge.tif"
+    tifffile.imwrite(p, np.zeros((4, 8, 8), np.uint16))
+    with tifffile.TiffFile(p, mode="r+") as tif:
+        for page in tif.pages:
+            page.tags["ImageWidth"].overwrite(1_000_000)
+            page.tags["ImageLength"].overwrite(1_000_000)
+    with pytest.raises(InputError, match="header declares .* damaged or hostile"):
+        read_image(p)
+    assert capsys.readouterr().err == ""  # tifffile's own complaints are not printed

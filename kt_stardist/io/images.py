@@ -151,11 +151,38 @@ def _clean_voxel(vs) -> tuple | None:
         return None
     return vs
 
+@contextlib.contextmanager
+def _quiet_logger(name):
+    """A library's warnings about a broken file off while reading it: the reader raises one
+    line of its own instead."""
+    import logging
+
+    log = logging.getLogger(name)
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def _check_declared_size(path, shape, dtype, file_bytes):
+    """Refuse, before reading, a header that declares more data than the file could hold
+    uncompressed at a plausible ratio (×1000) or than memory can take: one line."""
+    from kt_stardist.validate import check_memory
+
+    n = int(np.prod([int(s) for s in shape], dtype=np.float64)) * np.dtype(dtype).itemsize
+    if n > 1000 * max(int(file_bytes), 1) + 2**20:
+        raise InputError(f"{path}: the header declares a {' x '.join(map(str, shape))} {np.dtype(dtype).name} image "
+                         f"({n / 1e9:.3g} GB) in a file of {file_bytes / 1e6:.3g} MB; the file is damaged or hostile")
+    check_memory(shape, dtype, str(path))
+
+
 def _read_tiff(path: Path, lazy: bool = False):
     import tifffile
 
     try:
-        with tifffile.TiffFile(path) as tif:
+        with _quiet_logger("tifffile"), tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             file_axes = series.axes
             data = None
@@ -167,6 +194,7 @@ def _read_tiff(path: Path, lazy: bool = False):
                 except Exception:
                     data = None
             if data is None:
+                _check_declared_size(path, series.shape, series.dtype, tif.filehandle.size)
                 data = series.asarray()
             if tif.is_imagej:
                 kind, vs = "imagej", _imagej_voxel_size(tif)
@@ -174,6 +202,8 @@ def _read_tiff(path: Path, lazy: bool = False):
                 kind, vs = "ome", _ome_voxel_size(tif)
             else:
                 kind, vs = "plain", None
+    except InputError:
+        raise
     except Exception as e:  # tifffile raises many kinds for broken files
         raise InputError(f"{path}: cannot read as TIFF ({type(e).__name__}: "
                          f"{str(e).splitlines()[0] if str(e) else 'unreadable'})") from None
