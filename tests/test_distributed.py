@@ -169,3 +169,57 @@ def test_a_corrupt_frame_fails_alone_and_is_named(movies, model_dir, tmp_path, c
     df = pd.read_csv(out)
     assert set(df.t) <= {0, 2} and len(df)
     assert json.loads(pipeline.run_json_path(out).read_text())["frames_missing"] == [1]
+
+
+def _predict_cmd(movie, model_dir, *out):
+    import sys
+
+    return [sys.executable, "-m", "kt_stardist", "--quiet", "predict", movie, *out, "--model", model_dir,
+            "--refine", "centroid"]
+
+
+def _points(path):
+    df = pd.read_csv(path)
+    return df.sort_values(["t", "z", "y", "x"]).reset_index(drop=True)[["t", "z", "y", "x", "prob"]]
+
+
+@pytest.mark.slow
+def test_kill_9_of_predict_leaves_no_partial_output_and_a_rerun_completes(movies, model_dir, tmp_path):
+    import subprocess
+
+    ref = tmp_path / "ref.csv"
+    pipeline.run([movies[0]], out=ref, model_dir=model_dir, settings=SETTINGS, progress=False)
+    out = tmp_path / "points.csv"
+    proc = subprocess.Popen(_predict_cmd(movies[0], model_dir, "--out", str(out)), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    parts = tmp_path / f".{out.name}.parts"
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(parts.glob("*/t*.csv")) and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "predict finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)  # after the first frame, in the middle of the next
+    proc.wait()
+    done = list(parts.glob("*/t*.csv"))
+    assert 1 <= len(done) < 3 and not out.exists()  # no output, and every part present is whole
+    for p in done:
+        assert len(pd.read_csv(p).columns) >= 4
+    assert subprocess.run(_predict_cmd(movies[0], model_dir, "--out", str(out)), capture_output=True).returncode == 0
+    pd.testing.assert_frame_equal(_points(out), _points(ref), check_exact=False, atol=1e-4)
+    assert not parts.exists() and not list(tmp_path.glob(".*tmp*"))
+
+
+@pytest.mark.slow
+def test_two_concurrent_runs_into_one_out_dir(movies, model_dir, tmp_path):
+    import subprocess
+
+    ref = tmp_path / "ref"
+    run_batch(movies, ref, model_dir=model_dir)
+    out = tmp_path / "out"
+    procs = [subprocess.Popen(_predict_cmd(movies[0], model_dir, movies[1], "--out-dir", str(out)),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(2)]
+    errs = [p.communicate()[1].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs
+    got = pd.read_csv(out / "all_points.csv")
+    assert not got.duplicated(["source", "t", "z", "y", "x"]).any()
+    for name in ("cell0.csv", "cell1.csv"):
+        pd.testing.assert_frame_equal(_points(out / name), _points(ref / name), check_exact=False, atol=1e-4)
