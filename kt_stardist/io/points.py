@@ -25,6 +25,22 @@ POINT_COLUMNS = ["t", "z", "y", "x", "z_um", "y_um", "x_um", "prob",
 _ARIVIS_TAG_RE = re.compile(r"Pair(\d+)_(\d+)$", re.I)
 
 
+#: a points table has a handful of columns; more than this is not one (refused before parsing)
+MAX_COLUMNS = 1000
+
+
+def _check_header_width(path):
+    """Refuse a CSV whose first line has more than :data:`MAX_COLUMNS` fields, reading only the
+    first 1 MB of it."""
+    with open(path, "rb") as f:
+        head = f.read(2**20)
+    whole_line = b"\n" in head
+    n = head.split(b"\n", 1)[0].count(b",") + 1
+    if n > MAX_COLUMNS or not whole_line and len(head) == 2**20:
+        count = str(n) if whole_line else f"over {n}"
+        raise InputError(f"{path}: {count} columns in the header; a points table has a few (t, z, y, x, ...)")
+
+
 def _read_csv(path):
     import pandas as pd
 
@@ -33,6 +49,7 @@ def _read_csv(path):
         raise InputError(f"{path}: no such file")
     if path.is_dir():
         raise InputError(f"{path}: is a folder; expected a points CSV file")
+    _check_header_width(path)
     try:
         return pd.read_csv(path)
     except pd.errors.EmptyDataError:
@@ -103,7 +120,8 @@ def read_points(path):
         df = df.rename(columns=dict(zip(axis_cols, names)))
         df = df.drop(columns=[c for c in ("index",) if c in df.columns])
         return _finish_points(df, name)
-    raise InputError(f"{name}: unknown points layout (columns {', '.join(map(str, df.columns))}); "
+    cols = ", ".join(map(str, df.columns[:12])) + (f", ... ({len(df.columns)} columns)" if len(df.columns) > 12 else "")
+    raise InputError(f"{name}: unknown points layout (columns {cols}); "
                      "expected z,y,x columns, an arivis export (Tags) or a napari CSV (axis-0..)")
 
 
