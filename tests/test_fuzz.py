@@ -129,3 +129,18 @@ def test_tiff_header_claiming_a_huge_shape_is_refused_before_reading(tmp_path, c
     with pytest.raises(InputError, match="header declares .* damaged or hostile"):
         read_image(p)
     assert capsys.readouterr().err == ""  # tifffile's own complaints are not printed
+
+
+def test_nothing_is_ever_unpickled():
+    """No reader of kt-stardist unpickles: no pickle/joblib/torch loads, np.load never with
+    allow_pickle, pandas never read_pickle (a source scan of the package)."""
+    import re
+    from pathlib import Path
+
+    import kt_stardist
+
+    bad = re.compile(r"pickle\.loads?\(|allow_pickle\s*=\s*True|read_pickle\(|joblib\.load\(|torch\.load\(|"
+                     r"dill\.load|cloudpickle\.load")
+    hits = [f"{p.name}:{i + 1}" for p in Path(kt_stardist.__file__).parent.rglob("*.py")
+            for i, line in enumerate(p.read_text(encoding="utf-8").splitlines()) if bad.search(line)]
+    assert hits == []
