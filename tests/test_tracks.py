@@ -153,3 +153,26 @@ def test_points_that_do_not_move_are_linked():
     out = track_points(df)
     assert out.groupby("track_id").size().tolist() == [3, 3, 3]
     assert (out.groupby("track_id")[["z", "y", "x"]].nunique() == 1).all().all()
+
+
+def test_trackmate_xml_read_back_by_pytrackmate(tmp_path):
+    """The TrackMate XML, read by a real reader (pytrackmate, which parses it as TrackMate's
+    TmXmlReader does): every spot comes back in its frame at its position in µm, and the
+    tracks are the same partition of the spots."""
+    pytrackmate = pytest.importorskip("pytrackmate", reason="pytrackmate is in the test extra")
+    from kt_stardist.simulate import simulate_timelapse
+    from kt_stardist.tracks import track_points, write_trackmate_xml
+
+    vox = (0.3, 0.13, 0.13)
+    _, df = simulate_timelapse(3, (16, 64, 64), seed=1, snr="easy")
+    tr = track_points(df[["t", "z", "y", "x"]].copy(), voxel_size_um=vox)
+    path = tmp_path / "tracks.xml"
+    write_trackmate_xml(tr, path, voxel_size_um=vox, shape_px=(16, 64, 64))
+    got = pytrackmate.trackmate_peak_import(str(path), get_tracks=True)
+    assert len(got) == len(tr) and sorted(got.t.astype(int)) == sorted(tr.t)
+    mine = tr.assign(xu=tr.x * vox[2], yu=tr.y * vox[1], zu=tr.z * vox[0]).sort_values(["t", "xu", "yu"])
+    theirs = got.sort_values(["t", "x", "y"])
+    for a, b in (("xu", "x"), ("yu", "y"), ("zu", "z")):
+        np.testing.assert_allclose(mine[a].to_numpy(), theirs[b].to_numpy(), atol=1e-6)
+    pairs = set(zip(mine.track_id, theirs.label.astype(int)))  # one label per track and back
+    assert len(pairs) == tr.track_id.nunique() == got.label.nunique()
