@@ -17,12 +17,7 @@ import numpy as np
 from kt_stardist.defaults import MATCH_CUTOFF_UM
 from kt_stardist.settings import ThresholdSearch
 
-__all__ = ["choose_thresholds", "record_calibration", "ValidationSet"]
-
-
-class ValidationSet(list):
-    """Validation volumes for the search: a list of ``(raw image ZYXC, points (N, 3) px of the
-    image, voxel size (z, y, x) µm)``."""
+__all__ = ["choose_thresholds", "record_calibration"]
 
 
 def _sweep(lo, hi, step):
