@@ -82,3 +82,23 @@ def test_quiet_prints_no_progress(tmp_path):
     assert loud.returncode == quiet.returncode == 0
     assert "simulate (volumes)" in loud.stderr  # the progress bar
     assert quiet.stderr == "" and "wrote 1 volume" in quiet.stdout
+
+
+def test_pairs_track_and_labels_write_a_run_record(tmp_path):
+    """Every output file of pairs, track and labels gets <name>.run.json: version, command,
+    arguments, seconds."""
+    import json
+
+    pts = tmp_path / "p.csv"
+    pts.write_text("t,z,y,x\n0,5,10,10\n0,5,10,17\n1,5,10.5,10\n1,5,10.5,17\n")
+    for argv, out in ((["pairs", str(pts), "--voxel-size", "0.3", "0.13", "0.13"], "paired.csv"),
+                      (["track", str(pts), "--voxel-size", "0.3", "0.13", "0.13"], "tracked.csv"),
+                      (["labels", str(pts), "--shape", "10", "32", "32", "--voxel-size", "0.3", "0.13", "0.13"],
+                       "labels.tif")):
+        assert main(argv + ["--out", str(tmp_path / out)]) == 0
+        rec = json.loads((tmp_path / (out.rsplit(".", 1)[0] + ".run.json")).read_text())
+        assert rec["arguments"]["command"] == argv[0] and rec["output"] == str(tmp_path / out)
+        assert rec["kt_stardist_version"] and rec["seconds"] >= 0
+    assert not (tmp_path / "q.run.json").exists()
+    assert main(["pairs", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "q.csv")]) == 2
+    assert not (tmp_path / "q.run.json").exists()  # no record of a failed run

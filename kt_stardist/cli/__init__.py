@@ -87,6 +87,9 @@ def main(argv=None) -> int:
         return 0
     from kt_stardist.errors import KtError
 
+    import time
+
+    started, t0 = time.strftime("%Y-%m-%dT%H:%M:%S%z"), time.perf_counter()
     try:
         rc = args._run(args)
     except KtError as e:
@@ -95,4 +98,24 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"kt-stardist {args.command}: interrupted", file=sys.stderr)
         return 130
+    if not rc and args.command in RUN_JSON_COMMANDS and getattr(args, "out", None):
+        _write_run_json(args, started, time.perf_counter() - t0)
     return int(rc or 0)
+
+
+#: commands whose ``--out`` file gets a ``<name>.run.json`` record from here (``predict`` and the
+#: demo write a fuller one through :mod:`kt_stardist.pipeline`; training writes the model folder's)
+RUN_JSON_COMMANDS = ("pairs", "track", "labels")
+
+
+def _write_run_json(args, started, seconds):
+    """``<out>.run.json``: version, command line, every argument, start time and seconds."""
+    from kt_stardist import __version__
+    from kt_stardist.model.info import write_json
+    from kt_stardist.pipeline import run_json_path
+
+    arguments = {k: v for k, v in vars(args).items() if not k.startswith("_")}
+    write_json(run_json_path(args.out), dict(kt_stardist_version=__version__,
+                                             command=" ".join(["kt-stardist"] + sys.argv[1:]),
+                                             arguments=arguments, started=started, seconds=round(seconds, 3),
+                                             output=str(args.out)))
