@@ -15,6 +15,7 @@ no files) used by the napari widget and scripts. Both detect through
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
 import json
@@ -227,8 +228,39 @@ def run(inputs, *, out=None, out_dir=None, model_dir=None, settings: PipelineSet
     ``<stem>.csv`` and ``<stem>.run.json`` per input, ``all_points.csv`` (with ``source``),
     ``run.json`` and ``parts/``. ``labels_out``: an int32 label image (TZYX). ``report_dir``: the
     HTML report (per input in ``report_dir/<stem>/`` with several inputs). Every file is written
-    atomically; an interrupted run is finished by running it again.
+    atomically; an interrupted run is finished by running it again. Runs into the same output
+    hold a lock on it (a hidden ``.lock`` file beside it) and so wait for each other.
     """
+    check_outputs(out, out_dir, len([str(p) for p in inputs]), labels_out)
+    lock = Path(out).parent / f".{Path(out).name}.lock" if out is not None else Path(out_dir) / ".lock"
+    with _exclusive(lock):  # concurrent runs into the same output wait for each other
+        return _run(inputs, out=out, out_dir=out_dir, model_dir=model_dir, settings=settings, axes=axes,
+                    voxel_size_um=voxel_size_um, labels_out=labels_out, report_dir=report_dir, workers=workers,
+                    scheduler=scheduler, cluster=cluster, cluster_kwargs=cluster_kwargs, retries=retries,
+                    progress=progress, command=command)
+
+
+@contextlib.contextmanager
+def _exclusive(path):
+    """An exclusive lock on ``path`` (created, kept) for the duration of the block (POSIX
+    ``flock``; released if the process dies). Where ``fcntl`` does not exist, no lock."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _run(inputs, *, out, out_dir, model_dir, settings, axes, voxel_size_um, labels_out, report_dir, workers,
+         scheduler, cluster, cluster_kwargs, retries, progress, command) -> BatchSummary:
+    """:func:`run`, with the output locked."""
     import shutil
 
     from kt_stardist.io import write_points
@@ -237,7 +269,6 @@ def run(inputs, *, out=None, out_dir=None, model_dir=None, settings: PipelineSet
     started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     settings = settings or PipelineSettings()
     inputs = [str(p) for p in inputs]
-    check_outputs(out, out_dir, len(inputs), labels_out)
     record, info, th = _model_record(model_dir)
     if out is not None:
         out = Path(out)
