@@ -15,7 +15,6 @@ plane (0 with ``clip_offset``).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -99,16 +98,15 @@ class Camera:
         return np.uint8 if self.bit_depth == 8 else np.uint16
 
     def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["hot_level_e"] = list(d["hot_level_e"])
-        return d
+        from kt_stardist.settings import to_dict
+
+        return to_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "Camera":
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise InputError(f"Camera: unknown field(s) {sorted(unknown)}")
-        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})
+        from kt_stardist.settings import from_dict
+
+        return from_dict(cls, d)
 
 
 def _n_defects(per_256sq, shape_yx):

@@ -30,7 +30,6 @@ somewhere). Each kernel sums to 1, so ``photons`` are the total photons of a spo
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 from dataclasses import dataclass
@@ -127,14 +126,15 @@ class Optics:
         return abs(float(self.sample_index) - self.immersion_index) > 1e-6
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        from kt_stardist.settings import to_dict
+
+        return to_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "Optics":
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise InputError(f"Optics: unknown field(s) {sorted(unknown)}")
-        return cls(**d)
+        from kt_stardist.settings import from_dict
+
+        return from_dict(cls, d)
 
 
 # --------------------------------------------------------------------------- grids

@@ -44,8 +44,10 @@ from kt_stardist.camera import Camera, apply_camera
 from kt_stardist.defaults import VOXEL_SIZE_UM
 from kt_stardist.errors import InputError
 from kt_stardist.optics import KERNEL_HALF_UM, Optics, _voxel, render_points, spot_kernel
-from kt_stardist.simulate import (SimParams, _background, _background_scene, _check_shape, _Grid,
-                                  _points_table, _smooth_noise, layout_from_real, layout_plate)
+from kt_stardist.settings import to_dict
+from kt_stardist.simulate import (SimParams, _background, _background_scene, _Grid, _points_table, _smooth_noise,
+                                  layout_from_real, layout_plate)
+from kt_stardist.validate import check_shape
 
 __all__ = ["Sample", "Condition", "CONDITIONS", "simulate_condition", "simulate_physical",
            "random_condition", "physical_training_pairs", "training_shape", "default_shape",
@@ -111,9 +113,7 @@ class Sample:
         object.__setattr__(self, "sister_distance_um", tuple(float(v) for v in self.sister_distance_um))
 
     def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["sister_distance_um"] = list(d["sister_distance_um"])
-        return d
+        return to_dict(self)
 
 
 @dataclass(frozen=True)
@@ -129,9 +129,7 @@ class Condition:
     description: str = ""
 
     def to_dict(self) -> dict:
-        return dict(name=self.name, optics=self.optics.to_dict(), camera=self.camera.to_dict(),
-                    sample=self.sample.to_dict(), voxel_size_um=list(self.voxel_size_um),
-                    shape_px=list(self.shape_px), description=self.description)
+        return to_dict(self)
 
 
 def default_shape(voxel_size_um, z_um=12.0, field_um=FIELD_UM) -> tuple:
@@ -270,7 +268,7 @@ def simulate_physical(condition: Condition, seed=None, shape_px=None):
     :func:`numpy.random.default_rng` takes. Returns as :func:`simulate_condition`."""
     if not isinstance(condition, Condition):
         raise InputError(f"condition: expected a Condition, got {type(condition).__name__}")
-    shape = _check_shape(condition.shape_px if shape_px is None else shape_px)
+    shape = check_shape(condition.shape_px if shape_px is None else shape_px, "shape_px")
     return _simulate(condition, np.random.default_rng(seed), shape)
 
 
@@ -313,7 +311,7 @@ def training_shape(shape_px, voxel_size_um) -> tuple:
     """The shape covering about the µm extent of ``shape_px`` at 0.3 × 0.13 × 0.13 µm at
     ``voxel_size_um``, scaled down (all axes alike) to at most 2× its voxel count; each axis
     ≥ 8 px."""
-    s0 = np.asarray(_check_shape(shape_px), float)
+    s0 = np.asarray(check_shape(shape_px, "shape_px"), float)
     v = np.asarray(_voxel(voxel_size_um))
     s = s0 * np.asarray(VOXEL_SIZE_UM) / v
     cap = 2 * np.prod(s0)
@@ -399,7 +397,7 @@ def physical_training_pairs(shape_px=(32, 96, 96), seed=None):
     About 0.3–4 s per example at (32, 96, 96) on one CPU core, mostly new PSF kernels (random
     optics and voxel sizes rarely hit the cache).
     """
-    shape0 = _check_shape(shape_px)
+    shape0 = check_shape(shape_px, "shape_px")
     ss = np.random.SeedSequence(seed, spawn_key=(TRAIN_KEY,))
     while True:
         rng = np.random.default_rng(ss.spawn(1)[0])

@@ -38,6 +38,7 @@ from scipy.special import erf
 
 from kt_stardist.defaults import FRAME_SHAPE_PX, VOXEL_SIZE_UM
 from kt_stardist.errors import InputError
+from kt_stardist.validate import check_shape
 
 REAL_POINTS_CSV = Path(__file__).resolve().parent / "data" / "real_kinetochores_t00_t04.csv"
 
@@ -593,13 +594,6 @@ def _render_frame(rng, shape, params, scene, kt, bright, sig_um, plate, shift_um
 
 # --------------------------------------------------------------------------- public API
 
-def _check_shape(shape_px, name="shape_px"):
-    """:func:`kt_stardist.validate.check_shape` (kept under this name for :mod:`kt_stardist.physical`)."""
-    from kt_stardist.validate import check_shape
-
-    return check_shape(shape_px, name)
-
-
 def _make_params(rng, snr, randomize, voxel_size_um, params, missing_sister, layout_name):
     if params is not None:
         p = dataclasses.replace(params)
@@ -781,7 +775,7 @@ def simulate_volume(shape_px=(48, 128, 128), seed=None, snr="mid", channels=1, l
     points : DataFrame ``z, y, x`` (px), ``pair_id`` (-1: unpaired), ``sister`` (1/2, 0:
         unpaired), ``point_id``; only points whose centre lies inside the volume.
     """
-    shape = _check_shape(shape_px)
+    shape = check_shape(shape_px, "shape_px")
     if channels not in (1, 2):
         raise InputError(f"channels: expected 1 or 2, got {channels!r}")
     rng = np.random.default_rng(seed)
@@ -810,7 +804,7 @@ def simulate_timelapse(n_frames=5, shape_px=(48, 128, 128), seed=None, snr="mid"
     points : DataFrame ``t, z, y, x`` (px), ``track_id`` (stable over frames), ``pair_id``,
         ``sister``, ``point_id``; a point outside the volume in a frame is left out there.
     """
-    shape = _check_shape(shape_px)
+    shape = check_shape(shape_px, "shape_px")
     if channels not in (1, 2):
         raise InputError(f"channels: expected 1 or 2, got {channels!r}")
     if int(n_frames) < 1:
@@ -843,7 +837,7 @@ def training_pairs(shape_px=(32, 96, 96), seed=None, randomize=True, channels=1,
     (``kt_stardist.configs.CHANNEL_LAYOUTS``: egfp t-1, mCherry t-1, egfp t, mCherry t, ...), and
     the points are those of frame t.
     """
-    shape = _check_shape(shape_px)
+    shape = check_shape(shape_px, "shape_px")
     ss = np.random.SeedSequence(seed)
     i = 0
     while n is None or i < n:
