@@ -45,13 +45,21 @@ class ScreenSettings:
 class RefineSettings:
     """Sub-voxel refinement on the raw intensities (:mod:`kt_stardist.predict.refine`).
 
-    ``method``: ``gauss`` (crowded-field 3D Gaussian fits), ``centroid`` or ``none``.
+    ``method``: ``gauss`` (crowded-field 3D Gaussian fits, maximum likelihood under the camera's
+    Poisson + read noise, :mod:`kt_stardist.predict.mle`), ``lsq`` (the former least-squares
+    Gaussian fits on raw counts, no uncertainty), ``centroid`` or ``none``.
     ``half_um``: window half-size (z, y, x) µm; ``psf_sigma_um``: starting Gaussian sigma, fitted
-    within ``sigma_bounds`` × it; ``passes``: 1 = joint fits of overlapping windows, brightest
-    first; each further pass refits every detection alone with its neighbours' fits subtracted;
-    ``neighbour_um``: fitted neighbours within this distance are subtracted; ``max_shift_um``: a
-    fit moving further than this falls back to the centroid (then to the start); ``max_group``:
-    most detections fitted jointly.
+    within ``sigma_bounds`` × it; ``passes``: 1 = joint fits of overlapping windows; each further
+    pass refits with the neighbours' fits of the pass before held fixed (``gauss``; ``lsq``:
+    subtracted, brightest first); ``neighbour_um``: fitted neighbours within this distance are
+    included; ``max_shift_um``: a fit moving further than this falls back to the centroid (then
+    to the start); ``max_group``: most detections fitted jointly.
+    Camera (``gauss``): ``gain_adu_per_photon``, ``zero_adu`` (offset, counts) and
+    ``read_noise_adu`` (counts rms); None: estimated from the image's background
+    (:func:`kt_stardist.predict.mle.estimate_camera`).
+    ``max_deviance``: a fit whose Poisson deviance per degree of freedom exceeds this is flagged
+    ``fit_ok=False`` (with non-converged fits, fits at the ``max_shift_um`` bound and fits pulled
+    nearer another detection than their own).
     """
 
     method: str = "gauss"
@@ -62,10 +70,17 @@ class RefineSettings:
     neighbour_um: float = 2.5
     max_shift_um: tuple = (0.45, 0.3, 0.3)
     max_group: int = 4
+    gain_adu_per_photon: float | None = None
+    zero_adu: float | None = None
+    read_noise_adu: float | None = None
+    max_deviance: float = 3.0
 
     def __post_init__(self):
-        if self.method not in ("gauss", "centroid", "none"):
-            raise InputError(f"refine method must be 'gauss', 'centroid' or 'none', got {self.method!r}")
+        if self.method not in ("gauss", "lsq", "centroid", "none"):
+            raise InputError(f"refine method must be 'gauss', 'lsq', 'centroid' or 'none', got {self.method!r}")
+        g = self.gain_adu_per_photon
+        if g is not None and not (isinstance(g, (int, float)) and g > 0):
+            raise InputError(f"refine gain_adu_per_photon must be a positive number, got {g!r}")
 
 
 @dataclass(frozen=True)

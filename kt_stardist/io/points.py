@@ -2,7 +2,11 @@
 
 A points table is a DataFrame with ``t`` (int, when there is time), ``z, y, x`` (float px,
 sub-voxel), optional ``z_um, y_um, x_um``, ``prob`` and ids ``point_id, pair_id, sister,
-track_id``, sorted by t, z, y, x.
+track_id``, sorted by t, z, y, x. Tables from ``kt-stardist predict`` also carry ``split`` and
+the refinement's fit (:func:`kt_stardist.predict.refine.refine_and_split`): ``fit_ok`` (the
+maximum-likelihood fit passed its checks; False: the position fell back to the centroid),
+``sigma_z_nm, sigma_y_nm, sigma_x_nm`` (the position's uncertainty, Cramér–Rao standard
+deviation, nm), ``photons`` (the spot's total photons) and ``background`` (photons per voxel).
 """
 
 from __future__ import annotations

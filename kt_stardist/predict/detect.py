@@ -64,7 +64,9 @@ class Detection:
     """What :func:`detect` found in one volume.
 
     ``points``: DataFrame ``z, y, x`` (float px of the image), ``z_um, y_um, x_um``, ``prob``,
-    ``split`` (True for a close sister found inside another detection), sorted by z, y, x.
+    ``split`` (True for a close sister found inside another detection), the refinement's
+    ``fit_ok, sigma_z_nm, sigma_y_nm, sigma_x_nm, photons, background``
+    (:func:`kt_stardist.predict.refine.refine_and_split`), sorted by z, y, x.
     ``instances``: (points model px, prob, dist) of the network's detections (for label images);
     ``prepared``: the :class:`~kt_stardist.predict.preprocess.Prepared` volume (``zoom``,
     ``defects``); ``prob_thresh`` / ``nms_thresh`` used; ``n_near``: network detections just
@@ -141,14 +143,18 @@ def network_candidates(model, prep: Prepared, prob_floor: float, nms_threshs, se
     return out
 
 
-def points_frame(points_px, prob, voxel_size_um, split=None) -> pd.DataFrame:
-    """The points table of one volume: ``z, y, x`` px, ``z_um, y_um, x_um``, ``prob``, ``split``,
-    sorted by z, y, x."""
+def points_frame(points_px, prob, voxel_size_um, split=None, fit=None) -> pd.DataFrame:
+    """The points table of one volume: ``z, y, x`` px, ``z_um, y_um, x_um``, ``prob``, ``split``
+    and the refinement's ``fit`` columns (a DataFrame, one row per point:
+    :data:`kt_stardist.predict.refine.FIT_COLUMNS`), sorted by z, y, x."""
     df = pd.DataFrame(np.asarray(points_px, np.float64).reshape(-1, 3), columns=["z", "y", "x"])
     for c, v in zip("zyx", voxel_size_um):
         df[f"{c}_um"] = df[c] * float(v)
     df["prob"] = np.asarray(prob, np.float64)
     df["split"] = np.zeros(len(df), bool) if split is None else np.asarray(split, bool)
+    if fit is not None:
+        for c in fit.columns:
+            df[c] = fit[c].to_numpy()
     return df.sort_values(["z", "y", "x"], kind="stable").reset_index(drop=True)
 
 
@@ -178,9 +184,10 @@ def finish(model, prep: Prepared, cands: Candidates, prob_thresh: float, setting
     n_near = int(np.sum((cands.prob < prob_thresh) & (cands.prob >= prob_thresh - settings.near_band)))
     pts = prep.to_image_px(pts_m)
     raw_spot = prep.raw[..., spot_channel]
-    refined, parent = refine_and_split(raw_spot, pts, prep.image_voxel_um, settings.refine, settings.split)
+    refined, parent, fit = refine_and_split(raw_spot, pts, prep.image_voxel_um, settings.refine, settings.split,
+                                            return_fit=True)
     split = np.arange(len(refined)) >= len(pts)
-    df = points_frame(refined, np.asarray(prob, np.float64)[parent], prep.image_voxel_um, split)
+    df = points_frame(refined, np.asarray(prob, np.float64)[parent], prep.image_voxel_um, split, fit)
     t_refine = time.perf_counter() - t0
     diag = dict(n_blocks=cands.n_blocks, n_voxels_read=cands.n_voxels_read, n_voxels=cands.n_voxels,
                 n_detections=int(len(pts)), n_split=int(split.sum()), n_near=n_near,

@@ -325,37 +325,257 @@ class _Fitter:
                 yield i, two.centres
 
 
-def refine_points(volume, points_px, voxel_size_um=VOXEL_SIZE_UM, settings: RefineSettings = RefineSettings()):
+#: columns of the fit's quality and uncertainty (:func:`refine_and_split` with ``return_fit``)
+FIT_COLUMNS = ["fit_ok", "sigma_z_nm", "sigma_y_nm", "sigma_x_nm", "photons", "background"]
+
+
+def _pixel_sigma(sigma_px):
+    """sigma (px) of the point-sampled Gaussian closest to a voxel-integrated one."""
+    return np.sqrt(np.asarray(sigma_px, np.float64) ** 2 + 1.0 / 12.0)
+
+
+class _MleFitter(_Fitter):
+    """The ``gauss`` method: Poisson maximum-likelihood fits (:mod:`kt_stardist.predict.mle`),
+    batched over every fit of a pass. Pass 1 fits overlapping windows jointly (larger clumps one
+    by one on their Voronoi cells), later passes refit the same groups with the fitted
+    neighbours of the pass before held fixed in the model (Jacobi passes). ``ok`` / ``crlb_px``
+    / ``photons`` / ``background`` hold each detection's fit quality and uncertainty; ``fits``
+    (least-squares-style :class:`GaussFit` in counts) feed the sister search."""
+
+    def __init__(self, vol, pts, voxel_size_um, settings: RefineSettings, camera):
+        super().__init__(vol, pts, voxel_size_um, settings)
+        self.camera = camera
+        n = len(pts)
+        self.ok = np.zeros(n, bool)
+        self.crlb_px = np.full((n, 3), np.nan)
+        self.photons = np.full(n, np.nan)
+        self.background = np.full(n, np.nan)
+        self.spots = [None] * n  # (centre px, photons, sigma px) of usable fits: neighbours' model
+
+    def extend(self, new_pts):
+        """Add points (M, 3) px (second spots of split detections), unfitted."""
+        from scipy.spatial import cKDTree
+
+        m = len(new_pts)
+        self.pts = np.vstack([self.pts, new_pts])
+        self.out = np.vstack([self.out, new_pts])
+        self.pts_um = self.pts * self.vs
+        self.tree = cKDTree(self.pts_um)
+        self.fits += [None] * m
+        self.spots += [None] * m
+        self.ok = np.concatenate([self.ok, np.zeros(m, bool)])
+        self.crlb_px = np.vstack([self.crlb_px, np.full((m, 3), np.nan)])
+        self.photons = np.concatenate([self.photons, np.full(m, np.nan)])
+        self.background = np.concatenate([self.background, np.full(m, np.nan)])
+
+    def _job(self, members, own_cell, with_fixed):
+        """(coords (M, 3) px, photons (M,), weights (M,), fixed (M,)) of one fit's window."""
+        from kt_stardist.predict.mle import spot_photons
+
+        wins = [_window(self.vol.shape, self.out[i], self.half) for i in members]
+        coords, counts = self.read(tuple(slice(min(w[a].start for w in wins), max(w[a].stop for w in wins))
+                                         for a in range(3)))
+        data = self.camera.photons(counts)
+        w = np.isfinite(data).astype(np.float64)
+        if own_cell and len(members) == 1:
+            m = _own_mask(coords, members[0], self.pts_um, self.tree, self.vs, self.radius)
+            if m is not None and np.sum(m & (w > 0)) >= 8:
+                w = w * m
+        fixed = np.zeros(len(coords))
+        if with_fixed:
+            near = set().union(*(self.tree.query_ball_point(self.pts_um[i], self.settings.neighbour_um)
+                                 for i in members))
+            for j in sorted(near - set(members)):
+                if self.spots[j] is not None:
+                    fixed += spot_photons(coords, *self.spots[j])
+        return coords, data, w, fixed
+
+    def fit_groups(self, groups, own_cell=False, with_fixed=False, fresh=False):
+        """Fit every group (list of detection indices) of one pass, batched by group size, and
+        take each member's fit where it passes the checks (:meth:`take`). The PSF sigma starts
+        from the group's first member's earlier fit, or (``fresh``) from the settings'."""
+        from kt_stardist.predict.mle import fit_spots
+
+        by_k = {}
+        for g in groups:
+            by_k.setdefault(len(g), []).append(g)
+        results = {}
+        for K, gs in by_k.items():
+            jobs = [self._job(g, own_cell, with_fixed) for g in gs]
+            usable = [j for j, job in enumerate(jobs) if np.sum(job[2]) > 4 * K + 7 + 1]
+            if not usable:
+                continue
+            n_max = max(len(jobs[j][0]) for j in usable)
+            B = len(usable)
+            coords, data = np.zeros((B, n_max, 3)), np.zeros((B, n_max))
+            w, fixed = np.zeros((B, n_max)), np.zeros((B, n_max))
+            for b, j in enumerate(usable):
+                c, d, ww, f = jobs[j]
+                n = len(c)
+                coords[b, :n], data[b, :n], w[b, :n], fixed[b, :n] = c, np.nan_to_num(d), ww, f
+                coords[b, n:] = c[0]
+            idx = np.array([gs[j] for j in usable])          # (B, K)
+            starts = self.out[idx]
+            lo, hi = self.pts[idx] - self.max_shift, self.pts[idx] + self.max_shift
+            starts = np.clip(starts, lo, hi)
+            s_start = np.array([self.spots[g[0]][2] if self.spots[g[0]] is not None and not fresh else self.sigma0
+                                for g in idx])
+            fit = fit_spots(data, coords, w, starts, lo, hi, self.sigma0, self.bounds, fixed, sigma_start=s_start)
+            for b in range(B):
+                for k, i in enumerate(idx[b]):
+                    results[int(i)] = (fit, b, k, lo[b, k], hi[b, k])
+        self.take(results)
+
+    def take(self, results):
+        """Accept each detection's fit if converged, plausible (deviance per degree of freedom
+        within ``max_deviance``), not at the ``max_shift`` bound and not pulled onto a
+        neighbour; else keep its earlier accepted fit, or fall back to the centroid (flagged)."""
+        cand = {}
+        for i, (f, b, k, lo, hi) in results.items():
+            c = f.centres[b, k]
+            finite = np.all(np.isfinite(c)) and np.isfinite(f.photons[b, k]) and f.photons[b, k] > 0
+            at_bound = bool(np.any(np.isclose(c, lo, atol=1e-6) | np.isclose(c, hi, atol=1e-6)))
+            usable = bool(f.converged[b]) and finite and not at_bound
+            plausible = f.dof[b] > 0 and f.deviance[b] / f.dof[b] <= self.settings.max_deviance
+            crlb = f.crlb[b, k]
+            cand[i] = (c, finite, usable, usable and plausible and bool(np.all(np.isfinite(crlb))), f, b, k)
+        pulled = self.pulled({i: v[0] for i, v in cand.items() if v[3]})
+        for i, (c, finite, usable, ok, f, b, k) in cand.items():
+            ok = ok and i not in pulled
+            if finite:  # any fit models the neighbour's light better than nothing
+                self.spots[i] = (c.copy(), float(f.photons[b, k]), f.sigma[b].copy())
+            if not ok and self.ok[i]:
+                continue  # keep the accepted fit of the pass before
+            self.ok[i] = ok
+            self.photons[i] = f.photons[b, k] if usable else np.nan
+            self.background[i] = f.background[b, k] - self.camera.shift if usable else np.nan
+            self.crlb_px[i] = f.crlb[b, k] if ok else np.nan
+            if ok:
+                self.out[i] = c
+            else:
+                self.fallback(i)
+            if finite:  # also a flagged fit (a misfit: maybe two spots) goes to the sister search
+                self.fits[i] = (self._as_gauss(c, f.photons[b, k], f.sigma[b]), 0)
+        for i in set(range(len(self.pts))) - set(results):  # nothing to fit (empty window)
+            if not self.ok[i]:
+                self.fallback(i)
+
+    def _as_gauss(self, centre, photons, sigma):
+        """A fitted spot as a :class:`GaussFit` in counts (point-sampled; for the sister search)."""
+        s = _pixel_sigma(sigma)
+        peak = photons * self.camera.gain / ((2 * np.pi) ** 1.5 * np.prod(s))
+        return GaussFit(centre[None].copy(), np.array([peak]), s)
+
+    def fallback(self, i):
+        """The centroid (else the start) for detection ``i``; its fit is not used."""
+        coords, vals = self.window(self.pts[i])
+        keep = np.isfinite(vals)
+        self.out[i] = self.centroid(i, coords[keep], vals[keep]) if keep.sum() >= 8 else self.pts[i]
+        self.fits[i] = None
+        self.crlb_px[i] = np.nan
+
+    def pulled(self, centres):
+        """Detections whose fit ended nearer (µm) another detection's start than its own, or on
+        another fit (closer to it than half their starts' distance, the one moved further)."""
+        out = set()
+        if len(self.pts) < 2:
+            return out
+        idx = np.array(sorted(centres), int)
+        if len(idx) == 0:
+            return out
+        c_um = np.array([centres[i] for i in idx]) * self.vs
+        d_own = np.linalg.norm(c_um - self.pts_um[idx], axis=1)
+        for a, i in enumerate(idx):
+            near = [j for j in self.tree.query_ball_point(c_um[a], d_own[a] + 1e-9) if j != i]
+            if any(np.linalg.norm(self.pts_um[j] - c_um[a]) < d_own[a] for j in near):
+                out.add(int(i))
+        from scipy.spatial import cKDTree
+
+        tree = cKDTree(c_um)
+        for a, b in tree.query_pairs(float(np.max(self.half * self.vs))):
+            i, j = idx[a], idx[b]
+            if np.linalg.norm(c_um[a] - c_um[b]) < 0.5 * np.linalg.norm(self.pts_um[i] - self.pts_um[j]):
+                out.add(int(i if d_own[a] >= d_own[b] else j))
+        return out
+
+    def run(self, passes, max_group):
+        """The fitting passes (class docstring)."""
+        groups = overlap_groups(self.pts, self.half) if max_group > 1 else [[i] for i in range(len(self.pts))]
+        joint = [g for g in groups if len(g) <= max_group]
+        single = [[i] for g in groups if len(g) > max_group for i in g]
+        self.fit_groups(joint + single, own_cell=True, with_fixed=False)
+        for _ in range(passes - 1):
+            self.fit_groups(joint + single, own_cell=False, with_fixed=True)
+
+    def table(self):
+        """The :data:`FIT_COLUMNS` of every point (DataFrame)."""
+        return _fit_table(self.ok, self.crlb_px * self.vs * 1000.0, self.photons, self.background)
+
+
+def _fit_table(ok, sigma_nm, photons, background):
+    import pandas as pd
+
+    return pd.DataFrame({"fit_ok": np.asarray(ok, bool), "sigma_z_nm": sigma_nm[:, 0], "sigma_y_nm": sigma_nm[:, 1],
+                         "sigma_x_nm": sigma_nm[:, 2], "photons": photons, "background": background})
+
+
+def camera_of(volume, settings: RefineSettings):
+    """The :class:`kt_stardist.predict.mle.Camera` of ``volume``: from ``settings``' gain and
+    zero (read noise 0 unless given), else estimated from the image's background
+    (:func:`kt_stardist.predict.mle.estimate_camera`; with only the gain given, the offset)."""
+    from kt_stardist.predict.mle import Camera, estimate_camera
+
+    g, z = settings.gain_adu_per_photon, settings.zero_adu
+    if g is not None and z is not None:
+        return Camera.from_settings(g, z, settings.read_noise_adu)
+    return estimate_camera(volume, gain=g)
+
+
+def refine_points(volume, points_px, voxel_size_um=VOXEL_SIZE_UM, settings: RefineSettings = RefineSettings(),
+                  return_fit: bool = False):
     """Sub-voxel positions from raw intensities around each detection.
 
     Parameters
     ----------
     volume : ndarray (Z, Y, X)
-        Raw (or normalised) intensities of the spot channel, image px. A lazy (dask) volume is
+        Raw intensities (camera counts) of the spot channel, image px. A lazy (dask) volume is
         read window by window.
     points_px : (N, 3) float px (z, y, x)
         Starting positions (e.g. NMS centres on the network's grid).
     voxel_size_um : (z, y, x) µm of ``volume``.
-    settings : :class:`kt_stardist.settings.RefineSettings` (method ``gauss``, ``centroid`` or
-        ``none``; windows, PSF start, passes, neighbour subtraction, max shift, joint groups).
+    settings : :class:`kt_stardist.settings.RefineSettings` (method ``gauss``, ``lsq``,
+        ``centroid`` or ``none``; windows, PSF start, passes, neighbours, max shift, joint
+        groups, camera).
+    return_fit : also return the :data:`FIT_COLUMNS` table (see :func:`refine_and_split`).
 
     Returns
     -------
-    (N, 3) float64 px.
+    (N, 3) float64 px [, DataFrame of N rows].
     """
-    return refine_and_split(volume, points_px, voxel_size_um, settings, SplitSettings(enabled=False))[0]
+    res = refine_and_split(volume, points_px, voxel_size_um, settings, SplitSettings(enabled=False),
+                           return_fit=return_fit)
+    return (res[0], res[2]) if return_fit else res[0]
 
 
 def refine_and_split(volume, points_px, voxel_size_um=VOXEL_SIZE_UM, settings: RefineSettings = RefineSettings(),
-                     split: SplitSettings = SplitSettings()):
-    """:func:`refine_points`, then (``split.enabled``, method "gauss" only) a search for close
-    sisters that the detector merged into one detection: each fitted detection is tested for a
-    second spot (:class:`kt_stardist.settings.SplitSettings`; see the module docstring).
+                     split: SplitSettings = SplitSettings(), return_fit: bool = False):
+    """:func:`refine_points`, then (``split.enabled``, methods "gauss" and "lsq") a search for
+    close sisters that the detector merged into one detection: each fitted detection is tested
+    for a second spot (:class:`kt_stardist.settings.SplitSettings`; see the module docstring).
+    With ``gauss``, the two spots of a split are then fitted jointly by maximum likelihood.
 
     Returns
     -------
     points : (M, 3) float64 px, M >= N: the N refined detections, then the second spots found.
     parent : (M,) int, the detection each point comes from (``parent[:N] == arange(N)``).
+    fit : with ``return_fit``, a DataFrame of M rows, :data:`FIT_COLUMNS`: ``fit_ok`` (the
+        maximum-likelihood fit converged, its Poisson deviance per degree of freedom is at most
+        ``max_deviance``, it stays inside ``max_shift_um`` of the detection and was not pulled
+        onto a neighbour; False: the position fell back to the centroid or the start, and for
+        methods other than ``gauss``), ``sigma_z_nm, sigma_y_nm, sigma_x_nm`` (Cramér–Rao
+        standard deviation of the position, nm; NaN where not ``fit_ok``), ``photons`` (the
+        spot's total photons) and ``background`` (photons per voxel under the spot), NaN where
+        no fit converged.
     """
     from kt_stardist import outofcore as O
 
@@ -363,24 +583,49 @@ def refine_and_split(volume, points_px, voxel_size_um=VOXEL_SIZE_UM, settings: R
     pts = np.asarray(points_px, np.float64).reshape(-1, 3)
     parent = np.arange(len(pts))
     method = settings.method
+
+    def result(points, par, fitter=None):
+        if not return_fit:
+            return points, par
+        if isinstance(fitter, _MleFitter):
+            return points, par, fitter.table()
+        n = len(points)
+        ok = np.zeros(n, bool)
+        return points, par, _fit_table(ok, np.full((n, 3), np.nan), np.full(n, np.nan), np.full(n, np.nan))
+
     if method == "none" or len(pts) == 0:
-        return pts.copy(), parent
-    fitter = _Fitter(vol, pts, voxel_size_um, settings)
+        return result(pts.copy(), parent)
+    if method == "gauss":
+        fitter = _MleFitter(vol, pts, voxel_size_um, settings, camera_of(vol, settings))
+        fitter.run(settings.passes, settings.max_group)
+    else:
+        fitter = _Fitter(vol, pts, voxel_size_um, settings)
     if method == "centroid":
         for i in range(len(pts)):
             coords, vals = fitter.window(pts[i])
             if vals.size >= 8:
                 fitter.out[i] = fitter.centroid(i, coords, vals)
-        return fitter.out, parent
-    fitter.first_pass(settings.max_group)
-    for _ in range(settings.passes - 1):
-        fitter.next_pass()
-    if not split.enabled:
-        return fitter.out, parent
-    found = list(fitter.second_spots(split))
+        return result(fitter.out, parent)
+    if method == "lsq":
+        fitter.first_pass(settings.max_group)
+        for _ in range(settings.passes - 1):
+            fitter.next_pass()
+    found = list(fitter.second_spots(split)) if split.enabled else []
     if not found:
-        return fitter.out, parent
+        return result(fitter.out, parent, fitter)
+    if method == "gauss":
+        n = len(pts)
+        pairs = [[i, n + m] for m, (i, _) in enumerate(found)]
+        fitter.extend(np.array([pair[1] for _, pair in found]))
+        for (i, pair), g in zip(found, pairs):
+            fitter.out[g] = pair
+            fitter.pts[i] = pair[0]  # the split's spots are bounded around the two-spot fit
+        fitter.pts_um = fitter.pts * fitter.vs
+        fitter.ok[[g[0] for g in pairs]] = False
+        fitter.fit_groups(pairs, with_fixed=True, fresh=True)
+        return result(fitter.out, np.concatenate([parent, [i for i, _ in found]]), fitter)
     out = fitter.out.copy()
     for i, pair in found:  # the detection becomes the first of the two spots
         out[i] = pair[0]
-    return np.vstack([out, [pair[1] for _, pair in found]]), np.concatenate([parent, [i for i, _ in found]])
+    return result(np.vstack([out, [pair[1] for _, pair in found]]), np.concatenate([parent, [i for i, _ in found]]),
+                  fitter)
