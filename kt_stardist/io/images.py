@@ -1,8 +1,13 @@
-"""Images: read TIFF (ImageJ, OME, plain) and HDF5 into ``(T, Z, Y, X, C)``; write ImageJ hyperstacks.
+"""Images: read TIFF (ImageJ, OME, plain), HDF5, OME-Zarr and vendor formats into ``(T, Z, Y, X, C)``;
+write ImageJ hyperstacks or OME-Zarr.
 
 Voxel sizes are ``(z, y, x)`` in µm, read from the file's metadata (ImageJ ``spacing`` +
-resolution, OME ``PhysicalSize*``, HDF5 ``element_size_um``) unless given. Bad input raises
-:class:`kt_stardist.errors.InputError` with one line naming the file.
+resolution, OME ``PhysicalSize*``, HDF5 ``element_size_um``, OME-Zarr ``scale`` transformations
+and axis units, bioio ``physical_pixel_sizes``) unless given. Axes come from the file's
+metadata when it has any (ImageJ/OME-TIFF, OME-Zarr, bioio), else from ``axes``, else plain
+3D = ``ZYX``. OME-Zarr is read by :mod:`kt_stardist.io.ngff` (``ome-zarr``), CZI/ND2/LIF and
+OME-TIFF series by :mod:`kt_stardist.io.vendor` (``bioio``); both are the ``[formats]`` extra.
+Bad input raises :class:`kt_stardist.errors.InputError` with one line naming the file.
 """
 
 from __future__ import annotations
@@ -18,17 +23,13 @@ import numpy as np
 from kt_stardist.defaults import VOXEL_SIZE_UM
 from kt_stardist.errors import InputError
 from kt_stardist.io.atomic import atomic_path
+from kt_stardist.io.units import unit_factor as _unit_factor
 from kt_stardist.validate import check_volume, check_voxel_size
 
 __all__ = ["Image", "read_image", "write_image", "voxel_size_or_default", "check_volume", "check_voxel_size"]
 
 _TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".tf2")
 _HDF5_RE = re.compile(r"^(?P<file>.+?\.(?:h5|hdf5|hdf|he5))(?::(?P<dataset>.*))?$", re.I)
-_UNIT_UM = {
-    "um": 1.0, "µm": 1.0, "μm": 1.0, "micron": 1.0, "microns": 1.0, "micrometer": 1.0,
-    "micrometre": 1.0, "\\u00b5m": 1.0, "nm": 1e-3, "nanometer": 1e-3, "mm": 1e3,
-    "millimeter": 1e3, "cm": 1e4, "centimeter": 1e4, "m": 1e6, "meter": 1e6,
-}
 
 
 @dataclass
@@ -36,13 +37,16 @@ class Image:
     """A 3D or 4D (time-lapse) image, held as ``data`` of shape ``(T, Z, Y, X, C)``.
 
     ``voxel_size_um``: ``(z, y, x)`` in µm, or None when the file does not say.
-    ``axes``: the layout found in the file (e.g. ``"ZYX"``, ``"TZCYX"``); ``path``: source.
+    ``axes``: the layout found in the file (e.g. ``"ZYX"``, ``"TZCYX"``); ``path``: source;
+    ``reader``: what read it (``"imagej-tiff"``, ``"ome-tiff"``, ``"tiff"``, ``"hdf5"``,
+    ``"ome-zarr 0.4"``, ``"bioio-czi"``, ...; None for images made in memory).
     """
 
     data: np.ndarray
     voxel_size_um: tuple | None = None
     axes: str = "TZYXC"
     path: str | None = None
+    reader: str | None = None
 
     @property
     def n_frames(self) -> int:
@@ -56,6 +60,13 @@ class Image:
     def shape_zyx(self) -> tuple:
         """``(Z, Y, X)`` in px."""
         return tuple(int(s) for s in self.data.shape[1:4])
+
+    def summary(self) -> str:
+        """One line: reader, axes, shape ``(T, Z, Y, X, C)`` and voxel size (µm)."""
+        vs = ("voxel " + " × ".join(f"{v:g}" for v in self.voxel_size_um) + " µm") if self.voxel_size_um else \
+            "no voxel size"
+        return (f"{self.reader or 'array'}: axes {self.axes}, shape {tuple(int(s) for s in self.data.shape)} "
+                f"(T, Z, Y, X, C), {vs}")
 
     def frame(self, t: int) -> np.ndarray:
         """Frame ``t`` as a ``(Z, Y, X, C)`` array (a view; read from disk for lazy images)."""
@@ -94,13 +105,6 @@ def _to_tzyxc(data, axes: str):
             data = data[None]
             axes = a + axes
     return data.transpose([axes.index(a) for a in "TZYXC"])
-
-
-def _unit_factor(unit) -> float | None:
-    if unit is None:
-        return None
-    u = str(unit).strip().lower().replace("\u00b5", "µ")
-    return _UNIT_UM.get(u)
 
 
 def _imagej_voxel_size(tif) -> tuple | None:
@@ -210,6 +214,17 @@ def _read_tiff(path: Path, lazy: bool = False):
     return data, file_axes, kind, vs
 
 
+#: reader names in :attr:`Image.reader` for the TIFF/HDF5 kinds
+_READER_NAMES = {"imagej": "imagej-tiff", "ome": "ome-tiff", "plain": "tiff", "hdf5": "hdf5"}
+
+
+def _file_bytes(file: Path) -> int:
+    """Size on disk of a file, or of everything in a folder (a zarr store)."""
+    if not file.is_dir():
+        return file.stat().st_size
+    return sum(f.stat().st_size for f in file.rglob("*") if f.is_file())
+
+
 def _split_h5(path: str):
     m = _HDF5_RE.match(str(path))
     if not m:
@@ -247,35 +262,54 @@ def read_image(path, axes: str | None = None, voxel_size_um=None, check: bool = 
                lazy: bool = False) -> Image:
     """Read a 3D or 4D image into an :class:`Image` with ``data`` of shape ``(T, Z, Y, X, C)``.
 
-    Formats: TIFF (ImageJ hyperstacks, OME-TIFF, plain) and HDF5 as ``file.h5:/dataset``.
-    The layout comes from the file (ImageJ/OME axes; plain 3D → ``ZYX``) unless ``axes``
-    (e.g. ``"TZYX"``, ``"ZCYX"``, ``"CZYX"``; letters T, Z, C, Y, X) says otherwise; it is
-    required for plain 4D/5D files. Voxel size ``(z, y, x)`` µm comes from ImageJ
-    ``spacing`` + X/YResolution, OME ``PhysicalSize*`` or HDF5 ``element_size_um``;
+    Formats: TIFF (ImageJ hyperstacks, OME-TIFF, plain), HDF5 as ``file.h5:/dataset``,
+    OME-Zarr (NGFF 0.4/0.5; a ``*.zarr`` folder) and, with the ``[formats]`` extra, CZI, ND2,
+    LIF (``file.lif:SCENE`` for another scene than the first) and OME-TIFF series
+    (``file.ome.tif:N``). The layout comes from the file (ImageJ/OME-TIFF axes; plain 3D →
+    ``ZYX``) unless ``axes`` (e.g. ``"TZYX"``, ``"ZCYX"``, ``"CZYX"``; letters T, Z, C, Y, X)
+    says otherwise; it is required for plain 4D/5D TIFF and HDF5. OME-Zarr and bioio files
+    always state their axes: there a different ``axes`` is refused. Voxel size ``(z, y, x)``
+    µm comes from ImageJ ``spacing`` + X/YResolution, OME ``PhysicalSize*``, HDF5
+    ``element_size_um``, OME-Zarr ``scale`` × axis unit or bioio ``physical_pixel_sizes``;
     ``voxel_size_um`` overrides it. With ``check`` the values are checked by
     :func:`check_volume` (NaN/Inf, constant frame or channel).
 
     With ``lazy``, ``data`` is a dask array over a memory map (uncompressed TIFF) or the HDF5
-    dataset, chunked one frame at a time: :meth:`Image.frame` reads only that frame, so
+    dataset, chunked one frame at a time (OME-Zarr: as stored; bioio: as its plugin reads): :meth:`Image.frame` reads only that frame, so
     time-lapses larger than memory can be processed frame by frame (values are then checked
     per frame by the caller, not here).
     """
+    from kt_stardist.io import ngff, vendor
+
     name = str(path)
     h5 = _split_h5(name)
-    file = h5[0] if h5 else Path(name)
+    scene = None if h5 else vendor.split_scene(name)
+    file = h5[0] if h5 else scene[0] if scene else Path(name)
     if not file.exists():
         raise InputError(f"{file}: no such file")
-    if file.is_dir():
-        raise InputError(f"{file}: is a folder; expected an image file (.tif or .h5:/dataset)")
+    zarr = ngff.is_ngff(file)
+    if file.is_dir() and not zarr:
+        raise InputError(f"{file}: is a folder; expected an image file (.tif, .h5:/dataset, .ome.zarr, .czi, .nd2, .lif)")
 
     if h5:
         data, vs = _read_h5(file, h5[1], lazy)
         file_axes, kind = None, "hdf5"
+    elif zarr:
+        with _quiet_logger("ome_zarr"):
+            data, file_axes, vs, version = ngff.read_ngff(file)
+        kind = f"ome-zarr {version}"
+    elif scene:
+        with _quiet_logger("bioio"):
+            data, file_axes, vs, kind = vendor.read_bioio(file, scene[1])
     elif file.suffix.lower() in _TIFF_SUFFIXES:
         data, file_axes, kind, vs = _read_tiff(file, lazy)
     else:
-        raise InputError(f"{file}: unknown image format {file.suffix!r}; "
-                         "expected .tif/.tiff or .h5:/dataset")
+        raise InputError(f"{file}: unknown image format {file.suffix!r}; expected .tif/.tiff, .h5:/dataset, "
+                         f".ome.zarr, or {'/'.join(vendor.VENDOR_SUFFIXES)} (with {vendor.INSTALL_HINT})")
+    lazy_file = hasattr(data, "compute")  # OME-Zarr and bioio hand over dask arrays
+    if lazy_file and not lazy:
+        _check_declared_size(name, data.shape, data.dtype, _file_bytes(file))
+        data = np.asarray(data.compute(scheduler="synchronous"))
 
     if data.dtype.kind not in "biuf":
         raise InputError(f"{name}: image values must be numbers, got dtype {data.dtype}")
@@ -284,20 +318,23 @@ def read_image(path, axes: str | None = None, voxel_size_um=None, check: bool = 
         if len(ax) != data.ndim:
             raise InputError(f"{name}: axes {axes!r} has {len(ax)} letters but the image has "
                              f"{data.ndim} dimensions, shape {data.shape}")
+        if lazy_file and ax != file_axes:  # OME-Zarr / bioio: the file's own axes are authoritative
+            raise InputError(f"{name}: the file says its axes are {file_axes} (shape {tuple(data.shape)}), "
+                             f"but axes {axes!r} were given; leave --axes out for this file")
     else:
         ax = _infer_axes(name, data.shape, file_axes, kind)
     if vs is not None and len(vs) != 3:
         vs = None
     if voxel_size_um is not None:
         vs = check_voxel_size(voxel_size_um)
-    if lazy:
+    if lazy and not lazy_file:
         import dask.array as da
 
         # one frame per chunk, y-x tiled: a block read slices a few chunks, not the whole frame
         chunks = tuple(1 if a == "T" else 256 if a in "YX" else -1 for a in ax)
         data = da.from_array(data, chunks=chunks, name=f"kt-image-{name}", asarray=True)
     image = Image(data=_to_tzyxc(data, ax), voxel_size_um=_clean_voxel(vs),
-                  axes=ax, path=name)
+                  axes=ax, path=name, reader=_READER_NAMES.get(kind, kind))
     if check and not lazy:
         check_volume(image.data, name)
     return image
@@ -308,7 +345,7 @@ def _infer_axes(name: str, shape: tuple, file_axes: str | None, kind: str) -> st
     if ndim < 3:
         raise InputError(f"{name}: 2D image ({', '.join('YX'[-ndim:]) if ndim else 'scalar'})"
                          " given; kt-stardist needs a 3D volume")
-    if file_axes and kind in ("imagej", "ome") and set(file_axes) <= set("TZCYX"):
+    if file_axes and kind not in ("plain", "hdf5") and set(file_axes) <= set("TZCYX"):
         if "Z" not in file_axes:
             raise InputError(f"{name}: 2D image ({', '.join(file_axes)}) given; "
                              "kt-stardist needs a 3D volume (pass --axes if a dimension is Z)")
@@ -334,7 +371,10 @@ def _imagej_dtype(data: np.ndarray) -> np.ndarray:
 
 
 def write_image(path, data, axes: str = "TZCYX", voxel_size_um=VOXEL_SIZE_UM) -> None:
-    """Write ``data`` (laid out as ``axes``) as an ImageJ hyperstack TIFF, atomically.
+    """Write ``data`` (laid out as ``axes``) as an ImageJ hyperstack TIFF, atomically; a
+    ``path`` ending in ``.zarr`` (or ``IMAGE.zarr/labels/NAME`` inside an OME-Zarr image, for
+    a label image) is written as OME-Zarr instead (:func:`kt_stardist.io.ngff.write_ngff`:
+    NGFF 0.4, axes in t, c, z, y, x order, dtype kept).
 
     ``data`` may also be an :class:`Image` (then ``axes`` is ignored and, when the image has
     one, its voxel size is used unless ``voxel_size_um`` is given explicitly as something
@@ -351,6 +391,11 @@ def write_image(path, data, axes: str = "TZCYX", voxel_size_um=VOXEL_SIZE_UM) ->
         raise InputError(f"{path}: axes {axes!r} has {len(ax)} letters but data has "
                          f"{data.ndim} dimensions, shape {data.shape}")
     vz, vy, vx = check_voxel_size(voxel_size_um, f"{path}: voxel_size_um")
+    from kt_stardist.io import ngff
+
+    if ngff.is_ngff_target(path):
+        ngff.write_ngff(path, data, ax, (vz, vy, vx))
+        return
     tzyxc = _to_tzyxc(data, ax)
     tzcyx = _imagej_dtype(np.ascontiguousarray(np.moveaxis(tzyxc, 4, 2)))
 
