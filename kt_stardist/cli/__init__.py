@@ -20,7 +20,7 @@ import sys
 #: order in ``--help``; discovered modules not listed here come after, alphabetically
 ORDER = [
     "demo", "predict", "simulate", "labels", "evaluate", "polyfit", "pretrain", "finetune",
-    "pairs", "track", "report",
+    "pairs", "track", "report", "export",
 ]
 
 
