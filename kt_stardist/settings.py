@@ -20,7 +20,7 @@ from kt_stardist.defaults import SPOT_SIGMA_UM
 from kt_stardist.errors import InputError
 
 __all__ = [
-    "ScreenSettings", "RefineSettings", "SplitSettings", "DetectSettings", "PipelineSettings", "ThresholdSearch", "SimulationMix",
+    "ScreenSettings", "RefineSettings", "SplitSettings", "DetectSettings", "PipelineSettings", "RecoverSettings", "ThresholdSearch", "SimulationMix",
     "TrainSettings", "FinetuneSettings", "PretrainSettings",
     "to_dict", "from_dict", "to_json", "from_json", "read_file", "replace",
 ]
@@ -147,6 +147,47 @@ class PipelineSettings:
     pairs: bool = False
     tracks: bool = False
 
+
+@dataclass(frozen=True)
+class RecoverSettings:
+    """Track-aided recovery (:mod:`kt_stardist.recover`): a track seen before and after a gap of
+    at most ``max_gap_frames`` frames is searched for in each missing frame near its linearly
+    interpolated position.
+
+    One 3D Gaussian (start sigma ``psf_sigma_um`` (z, y, x) µm, within ``sigma_bounds`` × it) on a
+    linear background is fitted in a window of half-size ``window_um`` (z, y, x) µm, its centre
+    within ``search_um`` of the interpolated position; detections of that frame in the window are
+    fitted with it (and in the background-only fit). The spot is kept when twice the Poisson
+    log-likelihood ratio (spot + background vs background only, photon units) exceeds the upper
+    ``false_alarm`` quantile of its distribution under background alone: the probability that a
+    window without a spot passes. That distribution is a χ² whose degrees of freedom (at least 4:
+    amplitude, z, y, x; more, since the best place in the search region is taken) are fitted to
+    the statistic at ``calibration_windows`` background places of the movie, at least
+    ``calibration_clear_um`` µm from every detection (0 windows: χ² of 4 degrees of freedom).
+    Nothing is recovered within ``min_sep_um`` µm of a detection of the same frame.
+    ``gain_adu_per_photon`` / ``zero_adu`` convert counts to photons (``(counts - zero) / gain``,
+    read noise folded in); None: measured from the movie (photon transfer, :func:`kt_stardist.recover.photon_scale`).
+    """
+
+    max_gap_frames: int = 2
+    false_alarm: float = 1e-3
+    window_um: tuple = (0.75, 0.5, 0.5)
+    search_um: tuple = (0.5, 0.35, 0.35)
+    min_sep_um: float = 0.4
+    psf_sigma_um: tuple = SPOT_SIGMA_UM
+    sigma_bounds: tuple = (0.8, 1.25)
+    calibration_windows: int = 60
+    calibration_clear_um: float = 1.2
+    gain_adu_per_photon: float | None = None
+    zero_adu: float | None = None
+
+    def __post_init__(self):
+        if int(self.max_gap_frames) != self.max_gap_frames or self.max_gap_frames < 1:
+            raise InputError(f"max_gap_frames must be a whole number >= 1, got {self.max_gap_frames!r}")
+        if not 0 < float(self.false_alarm) < 1:
+            raise InputError(f"false_alarm must be in (0, 1), got {self.false_alarm!r}")
+        if self.gain_adu_per_photon is not None and not self.gain_adu_per_photon > 0:
+            raise InputError(f"gain_adu_per_photon must be positive, got {self.gain_adu_per_photon!r}")
 
 # --------------------------------------------------------------------------------------------
 # JSON round-trip

@@ -154,6 +154,65 @@ def link_recovery(df, gt_col="gt_track_id", pred_col="track_id") -> dict:
     }
 
 
+def pair_tracks_intact(pred, truth, gt_col="gt_track_id", truth_track_col="track_id",
+                       truth_pair_col="pair_id") -> dict:
+    """How many true sister pairs were followed through the whole movie without an identity switch.
+
+    Parameters
+    ----------
+    pred : tracked detections with ``t``, ``track_id`` and ``gt_col`` (the true track each
+        detection was matched to, -1 for none), optionally ``pair_track_id``
+        (:func:`link_pair_tracks`).
+    truth : true points with ``t``, ``truth_track_col`` and ``truth_pair_col`` (-1: unpaired),
+        as :func:`kt_stardist.simulate.simulate_timelapse` gives them.
+
+    A true kinetochore is *followed* when its detections all carry one predicted track, that
+    track holds no detection matched to another true kinetochore, and it is detected in the
+    first and the last frame where it exists (missed frames between are bridged by gap
+    closing); *complete* when it is detected in every frame as well. A pair is *intact* when
+    both sisters are followed on two different tracks and, when ``pred`` has
+    ``pair_track_id``, those two tracks form one pair track.
+
+    Returns ``{"n_pairs", "intact", "complete", "fraction", "fraction_complete"}`` (fractions of
+    ``n_pairs``; NaN when there is no true pair).
+    """
+    for c in ("t", "track_id", gt_col):
+        if c not in pred.columns:
+            raise InputError(f"detections: missing column {c}")
+    for c in ("t", truth_track_col, truth_pair_col):
+        if c not in truth.columns:
+            raise InputError(f"truth: missing column {c}")
+    frames = {k: np.sort(g["t"].to_numpy()) for k, g in truth.groupby(truth_track_col)}
+    owners = pred[pred[gt_col] >= 0].groupby("track_id")[gt_col].agg(lambda s: set(s.tolist()))
+    by_gt = {k: g for k, g in pred[pred[gt_col] >= 0].groupby(gt_col)}
+    pt = (pred.groupby("track_id")["pair_track_id"].first() if "pair_track_id" in pred.columns else None)
+
+    def followed(k):
+        g = by_gt.get(k)
+        if g is None or g["track_id"].nunique() != 1 or int(g["track_id"].iloc[0]) < 0:
+            return None, False
+        tid = int(g["track_id"].iloc[0])
+        t = np.sort(g["t"].to_numpy())
+        ok = owners[tid] == {k} and t[0] == frames[k][0] and t[-1] == frames[k][-1]
+        return (tid if ok else None), bool(ok and len(np.unique(t)) == len(frames[k]) == len(t))
+
+    n = intact = complete = 0
+    for _, g in truth[truth[truth_pair_col] >= 0].groupby(truth_pair_col):
+        ks = sorted(set(g[truth_track_col].tolist()))
+        if len(ks) != 2:
+            continue
+        n += 1
+        (ta, ca), (tb, cb) = followed(ks[0]), followed(ks[1])
+        ok = ta is not None and tb is not None and ta != tb
+        if ok and pt is not None:
+            ok = pt[ta] >= 0 and pt[ta] == pt[tb]
+        intact += ok
+        complete += ok and ca and cb
+    return {"n_pairs": n, "intact": intact, "complete": complete,
+            "fraction": intact / n if n else float("nan"),
+            "fraction_complete": complete / n if n else float("nan")}
+
+
 # --------------------------------------------------------------------------- export
 
 
@@ -214,7 +273,8 @@ def trackmate_xml(df, voxel_size_um=VOXEL_SIZE_UM, shape_px=FRAME_SHAPE_PX, fram
     """A TrackMate XML document (bytes, UTF-8) of a tracked points table.
 
     Spots carry ``POSITION_X/Y/Z`` in µm, ``FRAME`` (= ``t``), ``POSITION_T`` (= t ×
-    ``frame_interval``), ``QUALITY`` (= ``prob`` when present, else 1) and ``RADIUS`` (µm).
+    ``frame_interval``), ``QUALITY`` (= ``prob`` when present, 0 where it is
+    NaN, e.g. recovered points; else 1) and ``RADIUS`` (µm).
     Each track with at least two spots becomes a ``<Track>`` of edges between its consecutive
     spots (``SPOT_SOURCE_ID`` → ``SPOT_TARGET_ID``, earlier → later); all are listed in
     ``FilteredTracks``. ``Settings/ImageData`` records the frame shape (z, y, x px) and voxel
@@ -229,7 +289,7 @@ def trackmate_xml(df, voxel_size_um=VOXEL_SIZE_UM, shape_px=FRAME_SHAPE_PX, fram
     p = points_um(df, vox)
     t = df["t"].to_numpy().astype(np.int64)
     tr = df["track_id"].to_numpy().astype(np.int64)
-    q = df["prob"].to_numpy(dtype=float) if "prob" in df.columns else np.ones(len(df))
+    q = np.nan_to_num(df["prob"].to_numpy(dtype=float), nan=0.0) if "prob" in df.columns else np.ones(len(df))
     n_frames = int(t.max()) + 1 if len(t) else 1
 
     root = ET.Element("TrackMate", version="7.11.1")

@@ -1,0 +1,179 @@
+"""Track-aided recovery (kt_stardist.recover): spots missed in 1-2 frames found again by a
+likelihood-ratio test, nothing added where the image holds only background. No model needed."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kt_stardist.errors import InputError
+from kt_stardist.recover import background_lr, gap_positions, null_dof, photon_scale, recover_points
+from kt_stardist.settings import RecoverSettings
+from kt_stardist.simulate import render_spots
+from kt_stardist.tracks import track_points
+
+VOX = np.array([0.3, 0.13, 0.13])
+SHAPE = (14, 48, 48)
+GAIN, OFFSET, READ = 2.0, 100.0, 3.0
+
+
+def truth(n_frames=6):
+    """Six spots (three sister pairs 1 µm apart) drifting 0.1 µm per frame in y: t, z, y, x px, track_id."""
+    base = np.array([[7, 12, 12], [7, 12, 19.7], [6, 30, 14], [8, 30, 21.7], [7, 20, 33], [7, 27.7, 33]], float)
+    rows = [(t, *(p + [0, 0.77 * t, 0]), k) for t in range(n_frames) for k, p in enumerate(base)]
+    return pd.DataFrame(rows, columns=["t", "z", "y", "x", "track_id"])
+
+
+def movie(points, seed=0, peak=40.0, bg=30.0):
+    """(T, Z, Y, X) camera counts: Gaussian spots on a sloped background, Poisson shot noise,
+    gain 2, offset 100, read noise 3 counts."""
+    rng = np.random.default_rng(seed)
+    n = int(points["t"].max()) + 1
+    ramp = bg * (1 + 0.8 * np.linspace(-1, 1, SHAPE[2]))[None, None, :]
+    frames = []
+    for t in range(n):
+        ph = np.broadcast_to(ramp, SHAPE).astype(np.float32).copy()
+        p = points[points["t"] == t][["z", "y", "x"]].to_numpy()
+        render_spots(SHAPE, p, peak, np.array([0.25, 0.11, 0.11]) / VOX, out=ph)
+        counts = rng.poisson(ph) * GAIN + OFFSET + rng.normal(0, READ, SHAPE)
+        frames.append(counts.astype(np.float32))
+    return np.stack(frames)
+
+
+def detections(points, missing):
+    """``points`` without the (t, track_id) in ``missing``, track ids dropped (to be linked)."""
+    keep = ~points.apply(lambda r: (int(r.t), int(r.track_id)) in missing, axis=1)
+    return points[keep][["t", "z", "y", "x"]].reset_index(drop=True)
+
+
+def linked(det, gap=2):
+    return track_points(det, VOX, gap=gap)
+
+
+def dist_um(a, b):
+    return float(np.linalg.norm((np.asarray(a, float) - np.asarray(b, float)) * VOX))
+
+
+def test_photon_scale_measures_gain_and_zero():
+    g, zero = photon_scale(movie(truth(1))[0])
+    assert g == pytest.approx(GAIN, rel=0.15)
+    assert zero == pytest.approx(OFFSET - READ ** 2 / GAIN, abs=6)
+
+
+def test_gap_positions_interpolate():
+    det = linked(detections(truth(), {(2, 0), (3, 0)}))
+    gaps = gap_positions(det, 2)
+    assert list(gaps["t"]) == [2, 3]
+    want = truth().query("track_id == 0 and t in (2, 3)")[["z", "y", "x"]].to_numpy()
+    assert np.allclose(gaps[["z", "y", "x"]].to_numpy(), want, atol=1e-6)
+    assert len(gap_positions(det, 1)) == 0  # a 2-frame gap is longer than 1
+
+
+def test_missed_spot_is_recovered_into_its_track():
+    pts = truth()
+    det = linked(detections(pts, {(2, 3)}))
+    out = recover_points(det, movie(pts), VOX)
+    rec = out[out["recovered"]]
+    assert len(rec) == 1
+    r = rec.iloc[0]
+    assert r["t"] == 2
+    assert dist_um(r[["z", "y", "x"]], pts.query("t == 2 and track_id == 3")[["z", "y", "x"]].iloc[0]) < 0.15
+    track = out[out["track_id"] == r["track_id"]]
+    assert sorted(track["t"]) == list(range(6))  # joined its own track: one point per frame
+    assert r["recovery_lr"] > 0
+    assert out["recovered"].dtype == bool and (~out["recovered"]).sum() == len(det)
+
+
+def test_gap_of_two_frames_recovered():
+    pts = truth()
+    det = linked(detections(pts, {(2, 4), (3, 4)}))
+    out = recover_points(det, movie(pts), VOX)
+    rec = out[out["recovered"]]
+    assert sorted(rec["t"]) == [2, 3]
+    assert rec["track_id"].nunique() == 1
+    for _, r in rec.iterrows():
+        true = pts.query(f"t == {r.t} and track_id == 4")[["z", "y", "x"]].iloc[0]
+        assert dist_um(r[["z", "y", "x"]], true) < 0.15
+
+
+def test_background_only_is_not_recovered():
+    """The spot is gone from the image too (only background there): the test rejects it, for
+    each of several noise draws."""
+    pts = truth()
+    gone = pts[~((pts["t"] == 2) & (pts["track_id"].isin([0, 5])))]
+    det = linked(detections(pts, {(2, 0), (2, 5)}))
+    assert len(gap_positions(det, 2)) == 2
+    for seed in range(4):
+        out = recover_points(det, movie(gone, seed=seed), VOX)
+        assert not out["recovered"].any()
+    # ...while with the spots in the image both are found (the same gaps, same noise draws)
+    assert recover_points(det, movie(pts, seed=0), VOX)["recovered"].sum() == 2
+
+
+def test_no_recovery_next_to_an_existing_detection():
+    """A detection of another track sits where the gap's spot would be: nothing is added."""
+    pts = truth()
+    det = linked(detections(pts, {(2, 0)}))
+    z, y, x = pts.query("t == 2 and track_id == 0")[["z", "y", "x"]].to_numpy()[0] + [0, 1, 0]
+    det = pd.concat([det, pd.DataFrame({"t": [2], "z": [z], "y": [y], "x": [x], "track_id": [99]})],
+                    ignore_index=True)
+    assert len(gap_positions(det, 2)) == 1
+    assert not recover_points(det, movie(pts), VOX)["recovered"].any()
+
+
+def test_background_calibration_is_conservative():
+    """On a frame without spots the fitted null passes about ``false_alarm`` of new places, not more."""
+    vol = movie(truth(1), seed=3, peak=0.0)[0]
+    g, z = photon_scale(vol)
+    s = RecoverSettings(calibration_windows=40, calibration_clear_um=0.0)
+    dof = null_dof(background_lr(vol, np.empty((0, 3)), VOX, s, g, z, seed=1))
+    from kt_stardist.recover import lr_threshold
+
+    fresh = background_lr(vol, np.empty((0, 3)), VOX, s, g, z, seed=2)
+    assert dof >= 4
+    assert (fresh >= lr_threshold(0.1, dof)).mean() <= 0.2
+
+
+def test_columns_kept_and_bad_input():
+    pts = truth()
+    det = linked(detections(pts, {(2, 3)}))
+    det["pair_id"] = 7
+    det["prob"] = 0.9
+    out = recover_points(det, movie(pts), VOX)
+    rec = out[out["recovered"]]
+    assert out["pair_id"].dtype.kind == "i" and (rec["pair_id"] == -1).all()
+    assert rec["prob"].isna().all()
+    with pytest.raises(InputError, match="track_id"):
+        recover_points(pts.drop(columns="track_id"), movie(pts), VOX)
+    with pytest.raises(InputError, match="outside"):
+        recover_points(det.assign(t=det["t"] + 5), movie(pts), VOX)
+    with pytest.raises(InputError, match="time-lapse"):
+        recover_points(det, movie(pts)[0], VOX)
+    with pytest.raises(InputError, match="false_alarm"):
+        RecoverSettings(false_alarm=0)
+
+
+def test_cli_track_with_image(tmp_path, capsys):
+    """kt-stardist track POINTS --image MOVIE --out: the missed spot comes back, TrackMate and
+    napari outputs still work; --no-recover leaves the points as they were."""
+    import xml.etree.ElementTree as ET
+
+    from kt_stardist import io
+    from kt_stardist.cli import main
+
+    pts = truth()
+    tif = tmp_path / "movie.tif"
+    io.write_image(tif, movie(pts)[:, :, None], axes="TZCYX", voxel_size_um=tuple(VOX))
+    src = tmp_path / "points.csv"
+    detections(pts, {(3, 1)}).assign(prob=0.8).to_csv(src, index=False)
+    out, xml = tmp_path / "tracks.csv", tmp_path / "tracks.xml"
+    assert main(["track", str(src), "--image", str(tif), "--out", str(out), "--trackmate", str(xml),
+                 "--napari-tracks", str(tmp_path / "nap.csv")]) == 0
+    assert "1 recovered" in capsys.readouterr().err
+    got = io.read_points(out)
+    assert got["recovered"].sum() == 1 and got.loc[got["recovered"], "t"].item() == 3
+    assert got.groupby("track_id").size().eq(6).sum() >= 6
+    root = ET.parse(xml).getroot()
+    assert len(root.findall("Model/AllSpots/SpotsInFrame/Spot")) == len(got)
+    off = tmp_path / "off.csv"
+    assert main(["track", str(src), "--image", str(tif), "--no-recover", "--out", str(off)]) == 0
+    assert len(io.read_points(off)) == len(pts) - 1
