@@ -1,4 +1,5 @@
-"""napari plugin: reader/writer round trip, widget plumbing, and the npe2 manifest (without napari)."""
+"""napari plugin without napari: reader/writer round trip, what the widgets run (layers to px and
+voxel sizes, the child process), and the npe2 manifest. In a real viewer: test_napari_viewer.py."""
 
 import importlib
 import re
@@ -6,7 +7,6 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
-from types import ModuleType, SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -91,37 +91,62 @@ def test_labels_reader(tmp_path):
     assert meta["metadata"]["voxel_size_um"] == pytest.approx([0.3, 0.13, 0.13])
 
 
-def test_predict_widget_plumbing(monkeypatch):
-    """The widget turns an image layer into a TZYXC Image with the layer's scale as voxel size."""
-    seen = {}
+def test_layer_voxel_size_and_image():
+    """The widgets' voxel size: the fields when both are set, else the layer's scale unless it is
+    napari's default (all 1, px), else the default; a layer becomes a (T, Z, Y, X, 1) Image."""
+    assert nap.layer_voxel_size_um(np.array([0.25, 0.1, 0.1])) == (0.25, 0.1, 0.1)
+    assert nap.layer_voxel_size_um(np.array([2.0, 0.25, 0.1, 0.1])) == (0.25, 0.1, 0.1)  # t, z, y, x scale
+    assert nap.layer_voxel_size_um(np.ones(3)) == (0.3, 0.13, 0.13)
+    assert nap.layer_voxel_size_um(np.ones(3), z_um=0.4, yx_um=0.2) == (0.4, 0.2, 0.2)
+    assert nap.layer_voxel_size_um(np.array([0.25, 0.1, 0.1]), z_um=0.4) == (0.25, 0.1, 0.1)  # one field alone: ignored
+    with pytest.raises(InputError, match="layer scale"):
+        nap.layer_voxel_size_um(np.array([0.0, 0.1, 0.1]))
+    img = nap.layer_image(np.zeros((6, 8, 9), np.uint16), (0.25, 0.1, 0.1), "cell")
+    assert img.data.shape == (1, 6, 8, 9, 1) and img.voxel_size_um == (0.25, 0.1, 0.1)
+    assert nap.layer_image(np.zeros((2, 6, 8, 9)), (0.3, 0.13, 0.13)).data.shape == (2, 6, 8, 9, 1)
+    with pytest.raises(InputError, match=r"layer '2d': expected \(Z, Y, X\)"):
+        nap.layer_image(np.zeros((8, 9)), (0.3, 0.13, 0.13), "2d")
 
-    def find_points(model, image, show_progress=True):
-        seen.update(model=model, shape=image.data.shape, voxel=image.voxel_size_um)
-        return pd.DataFrame({"t": [0, 0], "z": [1.0, 2.0], "y": [3.0, 4.0], "x": [5.0, 6.0], "prob": [0.9, 0.8]}), []
 
-    fake_model = ModuleType("kt_stardist.model")
-    fake_model.load_model = lambda path=None: f"model:{path}"
-    fake_pipeline = ModuleType("kt_stardist.pipeline")
-    fake_pipeline.find_points = find_points
-    monkeypatch.setitem(sys.modules, "kt_stardist.model", fake_model)
-    monkeypatch.setitem(sys.modules, "kt_stardist.pipeline", fake_pipeline)
+def test_points_in_image_px():
+    """Clicks stored in world units (µm scale, translated image) come back in the image's px."""
+    px = np.array([[2.0, 10.0, 20.0], [5.5, 30.25, 1.0]])
+    scale, shift = np.array([0.3, 0.13, 0.13]), np.array([0.0, 1.3, -2.6])
+    world = px * scale + shift
+    df = nap.points_in_image_px(world, np.ones(3), np.zeros(3), scale, shift, (8, 40, 40))
+    assert list(df.columns) == ["z", "y", "x"]
+    np.testing.assert_allclose(df.to_numpy(), px)
+    # same scale on both layers (napari's default for a points layer added over the image)
+    df = nap.points_in_image_px(px, scale, shift, scale, shift, (8, 40, 40))
+    np.testing.assert_allclose(df.to_numpy(), px)
+    movie = nap.points_in_image_px(np.c_[[1.0, 0.0], px], np.ones(4), np.zeros(4), np.ones(4), np.zeros(4),
+                                   (2, 8, 40, 40))
+    assert list(movie.columns) == ["t", "z", "y", "x"] and movie["t"].tolist() == [1, 0]
+    with pytest.raises(InputError, match="no points"):
+        nap.points_in_image_px(np.zeros((0, 3)), np.ones(3), np.zeros(3), np.ones(3), np.zeros(3), (8, 40, 40))
+    with pytest.raises(InputError, match="points have 3 axes, the image 4"):
+        nap.points_in_image_px(px, np.ones(3), np.zeros(3), np.ones(4), np.zeros(4), (2, 8, 40, 40))
+    with pytest.raises(InputError, match="1 of 2 points lie outside the image"):
+        nap.points_in_image_px(px, np.ones(3), np.zeros(3), np.ones(3), np.zeros(3), (8, 40, 15))
 
-    layer = SimpleNamespace(data=np.zeros((6, 8, 9), np.float32), name="cell", scale=np.array([0.25, 0.1, 0.1]))
-    data, meta, kind = nap.predict_widget(layer)
-    assert kind == "points" and meta["name"] == "cell kinetochores"
-    assert seen == {"model": "model:None", "shape": (1, 6, 8, 9, 1), "voxel": (0.25, 0.1, 0.1)}
-    np.testing.assert_allclose(data, [[1, 3, 5], [2, 4, 6]])  # a 3D layer gets 3D points, in px
-    assert meta["scale"] == pytest.approx((0.25, 0.1, 0.1))
-    np.testing.assert_allclose(meta["properties"]["prob"], [0.9, 0.8])
 
-    layer = SimpleNamespace(data=np.zeros((2, 6, 8, 9)), name="movie", scale=np.ones(4))
-    data, meta, _ = nap.predict_widget(layer, model_folder="m", voxel_size_z_um=0.4, voxel_size_yx_um=0.2)
-    assert seen == {"model": "model:m", "shape": (2, 6, 8, 9, 1), "voxel": (0.4, 0.2, 0.2)}
-    assert data.shape == (2, 4)
-    nap.predict_widget(SimpleNamespace(data=np.zeros((6, 8, 9)), name="px", scale=np.ones(3)))
-    assert seen["voxel"] == (0.3, 0.13, 0.13)  # px scale: the default voxel size
-    with pytest.raises(InputError, match="expected"):
-        nap.predict_widget(SimpleNamespace(data=np.zeros((8, 9)), name="2d", scale=np.ones(2)))
+def test_in_process_passes_steps_and_errors(tmp_path):
+    """A job in the child process: its steps arrive, its InputError is raised here with its line."""
+    img = nap.layer_image(np.zeros((4, 8, 8), np.float32), (0.3, 0.13, 0.13))
+    steps = []
+    with pytest.raises(InputError, match="model folder not found"):
+        for step in nap.in_process(nap.predict_job, str(tmp_path / "nope"), img):
+            steps.append(step)
+    assert steps == [(0, 1, "loading the model")]
+
+
+def test_finetune_refuses_a_folder_holding_a_model(tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{}")
+    img = nap.layer_image(np.zeros((4, 8, 8), np.float32), (0.3, 0.13, 0.13))
+    with pytest.raises(InputError, match="already holds a model"):
+        next(nap.finetune_steps(tmp_path / "m", img, pd.DataFrame({"z": [1.0], "y": [2.0], "x": [3.0]})))
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json"]
 
 
 def test_plugin_module_imports_no_napari_or_tensorflow():
@@ -163,6 +188,8 @@ def test_npe2_manifest_structure():
         assert set(c) <= ALLOWED["commands"] and {"id", "title"} <= set(c)
         assert COMMAND_ID.match(cid) and cid.startswith(mf["name"] + "."), cid
         module, _, attr = c["python_name"].partition(":")
+        if module == "kt_stardist.napari_widgets":
+            pytest.importorskip("napari")
         assert callable(getattr(importlib.import_module(module), attr)), c["python_name"]
     for kind in ("readers", "writers", "widgets"):
         for entry in contrib[kind]:
