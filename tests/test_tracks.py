@@ -176,3 +176,32 @@ def test_trackmate_xml_read_back_by_pytrackmate(tmp_path):
         np.testing.assert_allclose(mine[a].to_numpy(), theirs[b].to_numpy(), atol=1e-6)
     pairs = set(zip(mine.track_id, theirs.label.astype(int)))  # one label per track and back
     assert len(pairs) == tr.track_id.nunique() == got.label.nunique()
+
+
+def test_pair_tracks_intact_counts_identity_switches():
+    """Three true pairs over 6 frames. Pair 0 perfect; pair 1's sisters swap track ids from frame
+    3 (an identity switch); pair 2's sister 5 is missed at frame 2 (a bridged gap: intact, not
+    complete) and its partner missed in the last frame (not followed to the end: not intact)."""
+    from kt_stardist.tracks import pair_tracks_intact
+
+    rows = [(t, k, k // 2) for t in range(6) for k in range(6)]
+    truth = pd.DataFrame(rows, columns=["t", "track_id", "pair_id"]).assign(z=5.0, y=5.0, x=5.0)
+    pred = truth.rename(columns={"track_id": "gt_track_id"}).drop(columns="pair_id")
+    pred["track_id"] = pred["gt_track_id"] + 10
+    swap = (pred.t >= 3) & pred.gt_track_id.isin([2, 3])
+    pred.loc[swap, "track_id"] = 10 + 5 - pred.loc[swap, "gt_track_id"]  # 2 <-> 3
+    pred = pred[~((pred.t == 2) & (pred.gt_track_id == 5))]
+    ok = pair_tracks_intact(pred, truth)
+    assert ok["n_pairs"] == 3 and ok["intact"] == 2 and ok["complete"] == 1
+    assert ok["fraction"] == pytest.approx(2 / 3)
+    ends = pair_tracks_intact(pred[~((pred.t == 5) & (pred.gt_track_id == 4))], truth)
+    assert ends["intact"] == 1 and ends["complete"] == 1
+    # a false detection (matched to nothing) joined to a track is no switch; another's point is
+    fp = pd.DataFrame({"t": [1], "gt_track_id": [-1], "track_id": [10], "z": [5.0], "y": [5.0], "x": [5.0]})
+    assert pair_tracks_intact(pd.concat([pred, fp]), truth)["intact"] == 2
+    stolen = pred.copy()
+    stolen.loc[(stolen.t == 1) & (stolen.gt_track_id == 1), "track_id"] = 10
+    assert pair_tracks_intact(stolen, truth)["intact"] == 1
+    # with pair_track_id the two tracks must also be one pair track
+    paired = pred.assign(pair_track_id=np.where(pred.track_id.isin([14, 15]), -1, (pred.track_id - 10) // 2))
+    assert pair_tracks_intact(paired, truth)["intact"] == 1
