@@ -49,15 +49,16 @@ class RefineSettings:
     Poisson + read noise, :mod:`kt_stardist.predict.mle`), ``lsq`` (the former least-squares
     Gaussian fits on raw counts, no uncertainty), ``centroid`` or ``none``.
     ``half_um``: window half-size (z, y, x) µm; ``psf_sigma_um``: starting Gaussian sigma, fitted
-    within ``sigma_bounds`` × it; ``passes``: 1 = joint fits of overlapping windows; each further
-    pass refits with the neighbours' fits of the pass before held fixed (``gauss``; ``lsq``:
-    subtracted, brightest first); ``neighbour_um``: fitted neighbours within this distance are
+    within ``sigma_bounds`` × it; ``passes``: 1 = joint fits of overlapping windows, brightest
+    first; each further pass refits with the neighbours' latest fits held fixed (``gauss``) or
+    subtracted (``lsq``, former default 2); ``neighbour_um``: fitted neighbours within this distance are
     included; ``max_shift_um``: a fit moving further than this falls back to the centroid (then
     to the start); ``max_group``: most detections fitted jointly.
     Camera (``gauss``): ``gain_adu_per_photon``, ``zero_adu`` (offset, counts) and
     ``read_noise_adu`` (counts rms); None: estimated from the image's background
     (:func:`kt_stardist.predict.mle.estimate_camera`).
-    ``max_deviance``: a fit whose Poisson deviance per degree of freedom exceeds this is flagged
+    ``max_deviance``: a fit whose Poisson deviance per degree of freedom exceeds this (× the
+    median of the volume's fits when that is above 1: background texture) is flagged
     ``fit_ok=False`` (with non-converged fits, fits at the ``max_shift_um`` bound and fits pulled
     nearer another detection than their own).
     """
@@ -66,7 +67,7 @@ class RefineSettings:
     half_um: tuple = (0.6, 0.4, 0.4)
     psf_sigma_um: tuple = SPOT_SIGMA_UM
     sigma_bounds: tuple = (0.5, 2.0)
-    passes: int = 2
+    passes: int = 4
     neighbour_um: float = 2.5
     max_shift_um: tuple = (0.45, 0.3, 0.3)
     max_group: int = 4

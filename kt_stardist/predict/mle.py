@@ -23,8 +23,9 @@ Camera from the image
 Model
     ``μ(x) = b0 + b · (x - window centre) + Σ_k N_k · Π_axes P(x_a; c_ka, σ_a) + fixed(x)``:
     each spot ``k`` a Gaussian of ``N_k`` photons integrated over the voxels (``P``: erf
-    differences, as the simulator renders), centre ``c_k`` (z, y, x px), one sigma per axis
-    shared by the spots of a fit (the same PSF); a linear background (photons per voxel); and
+    differences, as the simulator renders), centre ``c_k`` (z, y, x px) and its own sigma per
+    axis (kinetochores differ in size; a width shared by close sisters biases them); a linear
+    background (photons per voxel); and
     ``fixed``: the already fitted neighbours outside the fit, held fixed.
 
 Fitting
@@ -143,33 +144,46 @@ def peak_fraction(sigma_px):
 
 def _profiles(coords, centres, sigma, derivatives=True):
     """Per-axis integrated profiles of K Gaussians at ``coords`` (B, N, 3) px: P (B, K, N, 3) and,
-    with ``derivatives``, dP/dc and dP/dσ (same shape). ``centres`` (B, K, 3), ``sigma`` (B, 3)."""
+    with ``derivatives``, dP/dc and dP/dσ (same shape). ``centres``, ``sigma`` (B, K, 3) px.
+    Voxel coordinates (whole numbers) are computed once per distinct value of each axis."""
     from scipy.special import erf
 
-    t = coords[:, None, :, :] - centres[:, :, None, :]
-    s = sigma[:, None, None, :]
+    integer = coords.shape[1] > 64 and np.all(coords[:, :64] == np.round(coords[:, :64]))
+    if integer:
+        base = coords.min(axis=1)                                    # (B, 3)
+        idx = (coords - base[:, None, :]).astype(np.intp)            # (B, N, 3)
+        length = int(idx.max()) + 1
+        grid = base[:, None, :] + np.arange(length)[None, :, None]   # (B, L, 3)
+    else:
+        grid = coords
+    t = grid[:, None, :, :] - centres[:, :, None, :]
+    s = sigma[:, :, None, :]
     hi, lo = t + 0.5, t - 0.5
-    P = 0.5 * (erf(hi / (_SQRT2 * s)) - erf(lo / (_SQRT2 * s)))
-    if not derivatives:
-        return P, None, None
-    phi_hi = np.exp(-0.5 * (hi / s) ** 2) / (_SQRT2PI * s)
-    phi_lo = np.exp(-0.5 * (lo / s) ** 2) / (_SQRT2PI * s)
-    return P, phi_lo - phi_hi, (lo * phi_lo - hi * phi_hi) / s
+    out = [0.5 * (erf(hi / (_SQRT2 * s)) - erf(lo / (_SQRT2 * s)))]
+    if derivatives:
+        phi_hi = np.exp(-0.5 * (hi / s) ** 2) / (_SQRT2PI * s)
+        phi_lo = np.exp(-0.5 * (lo / s) ** 2) / (_SQRT2PI * s)
+        out += [phi_lo - phi_hi, (lo * phi_lo - hi * phi_hi) / s]
+    if integer:
+        K = centres.shape[1]
+        take = np.broadcast_to(idx[:, None], (idx.shape[0], K) + idx.shape[1:])
+        out = [np.take_along_axis(o, take, axis=2) for o in out]
+    return out[0], (out[1] if derivatives else None), (out[2] if derivatives else None)
 
 
 def spot_photons(coords, centre, photons, sigma):
     """Expected photons per voxel at ``coords`` (N, 3) px of one integrated Gaussian spot
     (centre (3,) px, ``photons`` total, sigma (3,) px)."""
     P, _, _ = _profiles(np.asarray(coords, np.float64)[None], np.asarray(centre, np.float64)[None, None],
-                        np.asarray(sigma, np.float64)[None], derivatives=False)
+                        np.asarray(sigma, np.float64)[None, None], derivatives=False)
     return photons * np.prod(P[0, 0], axis=-1)
 
 
 class MleFit(NamedTuple):
     """Result of :func:`fit_spots` for a batch of B fits of K spots each. Positions px (z, y, x).
 
-    ``centres`` (B, K, 3); ``photons`` (B, K) total photons per spot; ``sigma`` (B, 3) px PSF
-    sigma; ``background`` (B, K) photons per voxel at each spot (fitted plane, the camera's
+    ``centres`` (B, K, 3); ``photons`` (B, K) total photons per spot; ``sigma`` (B, K, 3) px
+    PSF sigma of each spot; ``background`` (B, K) photons per voxel at each spot (fitted plane, the camera's
     ``shift`` included); ``crlb`` (B, K, 3) px, the Cramér–Rao standard deviation of each
     centre; ``converged`` (B,); ``deviance`` (B,) Poisson deviance; ``dof`` (B,) voxels minus
     parameters; ``iterations`` (B,)."""
@@ -187,24 +201,24 @@ class MleFit(NamedTuple):
 
 def _model(theta, coords, dc, fixed, K, jac=True):
     """μ (B, N) and, with ``jac``, J (B, N, P) of parameters theta (B, P): [centres K×3,
-    photons K, sigma 3, b0, slopes 3]."""
+    photons K, sigmas K×3, b0, slopes 3]."""
     B = theta.shape[0]
     c = theta[:, :3 * K].reshape(B, K, 3)
     n = theta[:, 3 * K:4 * K]
-    s = theta[:, 4 * K:4 * K + 3]
+    s = theta[:, 4 * K:7 * K].reshape(B, K, 3)
     P, dPc, dPs = _profiles(coords, c, s, derivatives=jac)
     G = np.prod(P, axis=-1)  # (B, K, N)
-    mu = theta[:, 4 * K + 3, None] + np.einsum("bna,ba->bn", dc, theta[:, 4 * K + 4:]) + \
+    mu = theta[:, 7 * K, None] + np.einsum("bna,ba->bn", dc, theta[:, 7 * K + 1:]) + \
         np.einsum("bk,bkn->bn", n, G) + fixed
     if not jac:
         return mu, None
     # products of the other two axes' profiles
     others = np.stack([P[..., 1] * P[..., 2], P[..., 0] * P[..., 2], P[..., 0] * P[..., 1]], -1)
     d_c = n[:, :, None, None] * dPc * others           # (B, K, N, 3)
-    d_s = np.einsum("bk,bkna->bna", n, dPs * others)    # (B, N, 3)
+    d_s = n[:, :, None, None] * dPs * others           # (B, K, N, 3)
     Nv = coords.shape[1]
-    J = np.concatenate([d_c.transpose(0, 2, 1, 3).reshape(B, Nv, 3 * K), G.transpose(0, 2, 1), d_s,
-                        np.ones((B, Nv, 1)), dc], axis=2)
+    J = np.concatenate([d_c.transpose(0, 2, 1, 3).reshape(B, Nv, 3 * K), G.transpose(0, 2, 1),
+                        d_s.transpose(0, 2, 1, 3).reshape(B, Nv, 3 * K), np.ones((B, Nv, 1)), dc], axis=2)
     return mu, J
 
 
@@ -214,7 +228,7 @@ def _nll(mu, d, w, floor):
 
 
 def fit_spots(data, coords, weights, starts, lo, hi, sigma0, sigma_bounds=(0.5, 2.0), fixed=None,
-              max_iter=60, tol_px=1e-4, warmup=5, sigma_start=None) -> MleFit:
+              max_iter=100, tol_px=1e-3, tol_nll=1e-6, warmup=5, sigma_start=None) -> MleFit:
     """Poisson maximum-likelihood fits of B windows, K spots each (module docstring).
 
     Parameters
@@ -222,9 +236,11 @@ def fit_spots(data, coords, weights, starts, lo, hi, sigma0, sigma_bounds=(0.5, 
     data : (B, N) photons (shifted, :meth:`Camera.photons`) at ``coords`` (B, N, 3) px z, y, x.
     weights : (B, N) 1 for the voxels fitted, 0 for padding / voxels left out.
     starts : (B, K, 3) px start centres; ``lo``, ``hi`` (B, K, 3) px bounds of each centre.
-    sigma0 : (3,) or (B, 3) px PSF sigma, kept within ``sigma_bounds`` × it; the start unless
-        ``sigma_start`` (B, 3) px is given.
+    sigma0 : (3,), (B, 3) or (B, K, 3) px PSF sigma, each spot's kept within ``sigma_bounds`` ×
+        it; the start unless ``sigma_start`` ((B, 3) or (B, K, 3) px) is given.
     fixed : (B, N) photons of spots outside the fit (fitted neighbours), or None.
+    tol_px, tol_nll : converged when an accepted step moves no centre or sigma by more than
+        ``tol_px`` px or changes the negative log-likelihood by less than ``tol_nll``.
     warmup : iterations with the sigmas held at ``sigma0`` (a far start otherwise lets the width
         run to its bound first).
     """
@@ -236,9 +252,11 @@ def fit_spots(data, coords, weights, starts, lo, hi, sigma0, sigma_bounds=(0.5, 
     d = np.where(w > 0, np.maximum(np.nan_to_num(data, nan=0.0), 0.0), 0.0)
     coords = np.asarray(coords, np.float64)
     fixed = np.zeros_like(d) if fixed is None else np.asarray(fixed, np.float64)
-    s_ref = np.broadcast_to(np.asarray(sigma0, np.float64), (B, 3))
-    s0 = np.clip(np.broadcast_to(np.asarray(sigma_start if sigma_start is not None else s_ref, np.float64), (B, 3)),
-                 sigma_bounds[0] * s_ref, sigma_bounds[1] * s_ref)
+    s_ref = np.broadcast_to(np.asarray(sigma0, np.float64).reshape(-1, 1, 3)
+                            if np.ndim(sigma0) == 2 else np.asarray(sigma0, np.float64), (B, K, 3))
+    s_st = s_ref if sigma_start is None else np.asarray(sigma_start, np.float64)
+    s_st = s_st.reshape(B, 1, 3) if s_st.shape == (B, 3) else s_st
+    s0 = np.clip(np.broadcast_to(s_st, (B, K, 3)), sigma_bounds[0] * s_ref, sigma_bounds[1] * s_ref)
     sw = np.maximum(w.sum(1, keepdims=True), 1)
     centre = (coords * w[..., None]).sum(1) / sw
     dc = (coords - centre[:, None, :]) * w[..., None]
@@ -249,16 +267,17 @@ def fit_spots(data, coords, weights, starts, lo, hi, sigma0, sigma_bounds=(0.5, 
     bg0 = np.maximum(bg0, 1e-3)
     near = np.argmin(np.sum((coords[:, None] - starts[:, :, None]) ** 2, -1) + 1e12 * (w[:, None] == 0), axis=2)
     peak = np.take_along_axis(d, near, axis=1) - bg0[:, None]
-    n0 = np.maximum(peak, 1.0) / peak_fraction(s0)[:, None]
-    theta = np.concatenate([starts.reshape(B, 3 * K), n0, s0, bg0[:, None], np.zeros((B, 3))], axis=1)
+    n0 = np.maximum(peak, 1.0) / peak_fraction(s0)
+    theta = np.concatenate([starts.reshape(B, 3 * K), n0, s0.reshape(B, 3 * K), bg0[:, None], np.zeros((B, 3))],
+                           axis=1)
     P = theta.shape[1]
     lo_t = np.full((B, P), -np.inf)
     hi_t = np.full((B, P), np.inf)
     lo_t[:, :3 * K] = np.asarray(lo, np.float64).reshape(B, 3 * K)
     hi_t[:, :3 * K] = np.asarray(hi, np.float64).reshape(B, 3 * K)
     lo_t[:, 3 * K:4 * K] = 1e-3
-    lo_t[:, 4 * K:4 * K + 3] = sigma_bounds[0] * s_ref
-    hi_t[:, 4 * K:4 * K + 3] = sigma_bounds[1] * s_ref
+    lo_t[:, 4 * K:7 * K] = sigma_bounds[0] * s_ref.reshape(B, 3 * K)
+    hi_t[:, 4 * K:7 * K] = sigma_bounds[1] * s_ref.reshape(B, 3 * K)
     theta = np.clip(theta, lo_t, hi_t)
     floor = 1e-6
     lam = np.full(B, 1e-2)
@@ -276,12 +295,15 @@ def fit_spots(data, coords, weights, starts, lo, hi, sigma0, sigma_bounds=(0.5, 
         mu, J = _model(th, coords[idx], dc[idx], fixed[idx], K)
         mu = np.maximum(mu, floor)
         wi, di = w[idx], d[idx]
-        grad = np.einsum("bn,bnp->bp", wi * (1.0 - di / mu), J)
+        grad = np.einsum("bn,bnp->bp", wi * (1.0 - di / mu), J)  # einsum: no BLAS threads
         H = np.einsum("bnp,bnq->bpq", J * (wi / mu)[..., None], J)
         diag = np.maximum(np.einsum("bpp->bp", H), 1e-12)
         damp = lam[idx, None] * diag
         if it < warmup:  # the PSF width held at its start until centres and photons settle
-            damp[:, 4 * K:4 * K + 3] = 1e12 * diag[:, 4 * K:4 * K + 3]
+            damp[:, 4 * K:7 * K] = 1e12 * diag[:, 4 * K:7 * K]
+        # parameters at a bound that the descent would push out of it are held (active set)
+        pinned = ((th <= lo_t[idx] + 1e-9) & (grad > 0)) | ((th >= hi_t[idx] - 1e-9) & (grad < 0))
+        damp = np.where(pinned, 1e12 * diag, damp)
         A = H + damp[:, :, None] * eye
         try:
             step = -np.linalg.solve(A, grad[..., None])[..., 0]
@@ -292,8 +314,8 @@ def fit_spots(data, coords, weights, starts, lo, hi, sigma0, sigma_bounds=(0.5, 
         nll_new = _nll(mu_new, di, wi, floor)
         better = np.isfinite(nll_new) & (nll_new <= nll[idx])
         moved = np.abs(new - th)
-        small = (moved[:, :3 * K].max(1) < tol_px) & (moved[:, 4 * K:4 * K + 3].max(1) < tol_px)
-        small &= np.abs(nll[idx] - nll_new) <= 1e-9 * np.maximum(np.abs(nll[idx]), 1.0) + 1e-9
+        small = (moved[:, :3 * K].max(1) < tol_px) & (moved[:, 4 * K:7 * K].max(1) < tol_px)
+        small |= np.abs(nll[idx] - nll_new) < tol_nll  # a flat valley: the likelihood no longer moves
         theta[idx[better]] = new[better]
         nll[idx[better]] = nll_new[better]
         lam[idx] = np.where(better, np.maximum(lam[idx] / 10, 1e-7), lam[idx] * 10)
@@ -315,7 +337,7 @@ def fit_spots(data, coords, weights, starts, lo, hi, sigma0, sigma_bounds=(0.5, 
 
         dev = 2.0 * np.sum(w * (mu - d + xlogy(d, d) - xlogy(d, mu)), axis=1)
     c = theta[:, :3 * K].reshape(B, K, 3)
-    bg = theta[:, 4 * K + 3, None] + np.einsum("bka,ba->bk", c - centre[:, None, :], theta[:, 4 * K + 4:])
+    bg = theta[:, 7 * K, None] + np.einsum("bka,ba->bk", c - centre[:, None, :], theta[:, 7 * K + 1:])
     dof = w.sum(1) - P
-    return MleFit(c, theta[:, 3 * K:4 * K].copy(), theta[:, 4 * K:4 * K + 3].copy(), bg, crlb,
+    return MleFit(c, theta[:, 3 * K:4 * K].copy(), theta[:, 4 * K:7 * K].reshape(B, K, 3).copy(), bg, crlb,
                   converged & np.isfinite(nll), dev, dof, iters)

@@ -392,8 +392,8 @@ class _MleFitter(_Fitter):
 
     def fit_groups(self, groups, own_cell=False, with_fixed=False, fresh=False):
         """Fit every group (list of detection indices) of one pass, batched by group size, and
-        take each member's fit where it passes the checks (:meth:`take`). The PSF sigma starts
-        from the group's first member's earlier fit, or (``fresh``) from the settings'."""
+        take each member's fit where it passes the checks (:meth:`take`). Each spot's PSF sigma
+        starts from its earlier fit, or (``fresh``) from the settings'."""
         from kt_stardist.predict.mle import fit_spots
 
         by_k = {}
@@ -402,7 +402,7 @@ class _MleFitter(_Fitter):
         results = {}
         for K, gs in by_k.items():
             jobs = [self._job(g, own_cell, with_fixed) for g in gs]
-            usable = [j for j, job in enumerate(jobs) if np.sum(job[2]) > 4 * K + 7 + 1]
+            usable = [j for j, job in enumerate(jobs) if np.sum(job[2]) > 7 * K + 4 + 1]
             if not usable:
                 continue
             n_max = max(len(jobs[j][0]) for j in usable)
@@ -414,36 +414,42 @@ class _MleFitter(_Fitter):
                 n = len(c)
                 coords[b, :n], data[b, :n], w[b, :n], fixed[b, :n] = c, np.nan_to_num(d), ww, f
                 coords[b, n:] = c[0]
-            idx = np.array([gs[j] for j in usable])          # (B, K)
+            idx = np.array([gs[j] for j in usable], dtype=np.intp)  # (B, K)
             starts = self.out[idx]
             lo, hi = self.pts[idx] - self.max_shift, self.pts[idx] + self.max_shift
             starts = np.clip(starts, lo, hi)
-            s_start = np.array([self.spots[g[0]][2] if self.spots[g[0]] is not None and not fresh else self.sigma0
-                                for g in idx])
-            fit = fit_spots(data, coords, w, starts, lo, hi, self.sigma0, self.bounds, fixed, sigma_start=s_start)
+            earlier = np.array([[self.spots[i] is not None and not fresh for i in g] for g in idx])
+            s_start = np.array([[self.spots[i][2] if e else self.sigma0 for i, e in zip(g, eg)]
+                                for g, eg in zip(idx, earlier)])
+            fit = fit_spots(data, coords, w, starts, lo, hi, self.sigma0, self.bounds, fixed, sigma_start=s_start,
+                            warmup=0 if earlier.all() else 5)
             for b in range(B):
                 for k, i in enumerate(idx[b]):
                     results[int(i)] = (fit, b, k, lo[b, k], hi[b, k])
         self.take(results)
 
     def take(self, results):
-        """Accept each detection's fit if converged, plausible (deviance per degree of freedom
-        within ``max_deviance``), not at the ``max_shift`` bound and not pulled onto a
-        neighbour; else keep its earlier accepted fit, or fall back to the centroid (flagged)."""
+        """Accept each detection's fit if converged, plausible (Poisson deviance per degree of
+        freedom at most ``max_deviance`` × the median of this pass's fits, or of 1 if larger:
+        unmodelled background texture raises every fit's deviance alike), not at the
+        ``max_shift`` bound and not pulled onto a neighbour; else keep its earlier accepted fit,
+        or fall back to the centroid (flagged)."""
         cand = {}
+        per_dof = [f.deviance[b] / f.dof[b] for f, b, _, _, _ in results.values() if f.dof[b] > 0]
+        limit = self.settings.max_deviance * max(float(np.median(per_dof)) if per_dof else 1.0, 1.0)
         for i, (f, b, k, lo, hi) in results.items():
             c = f.centres[b, k]
             finite = np.all(np.isfinite(c)) and np.isfinite(f.photons[b, k]) and f.photons[b, k] > 0
             at_bound = bool(np.any(np.isclose(c, lo, atol=1e-6) | np.isclose(c, hi, atol=1e-6)))
             usable = bool(f.converged[b]) and finite and not at_bound
-            plausible = f.dof[b] > 0 and f.deviance[b] / f.dof[b] <= self.settings.max_deviance
+            plausible = f.dof[b] > 0 and f.deviance[b] / f.dof[b] <= limit
             crlb = f.crlb[b, k]
             cand[i] = (c, finite, usable, usable and plausible and bool(np.all(np.isfinite(crlb))), f, b, k)
-        pulled = self.pulled({i: v[0] for i, v in cand.items() if v[3]})
+        pulled = self.pulled({i: v[0] for i, v in cand.items() if v[2]})
         for i, (c, finite, usable, ok, f, b, k) in cand.items():
             ok = ok and i not in pulled
-            if finite:  # any fit models the neighbour's light better than nothing
-                self.spots[i] = (c.copy(), float(f.photons[b, k]), f.sigma[b].copy())
+            if usable and i not in pulled:  # models its light in its neighbours' fits
+                self.spots[i] = (c.copy(), float(f.photons[b, k]), f.sigma[b, k].copy())
             if not ok and self.ok[i]:
                 continue  # keep the accepted fit of the pass before
             self.ok[i] = ok
@@ -455,7 +461,7 @@ class _MleFitter(_Fitter):
             else:
                 self.fallback(i)
             if finite:  # also a flagged fit (a misfit: maybe two spots) goes to the sister search
-                self.fits[i] = (self._as_gauss(c, f.photons[b, k], f.sigma[b]), 0)
+                self.fits[i] = (self._as_gauss(c, f.photons[b, k], f.sigma[b, k]), 0)
         for i in set(range(len(self.pts))) - set(results):  # nothing to fit (empty window)
             if not self.ok[i]:
                 self.fallback(i)
@@ -498,14 +504,44 @@ class _MleFitter(_Fitter):
                 out.add(int(i if d_own[a] >= d_own[b] else j))
         return out
 
-    def run(self, passes, max_group):
-        """The fitting passes (class docstring)."""
-        groups = overlap_groups(self.pts, self.half) if max_group > 1 else [[i] for i in range(len(self.pts))]
-        joint = [g for g in groups if len(g) <= max_group]
-        single = [[i] for g in groups if len(g) > max_group for i in g]
-        self.fit_groups(joint + single, own_cell=True, with_fixed=False)
-        for _ in range(passes - 1):
-            self.fit_groups(joint + single, own_cell=False, with_fixed=True)
+    def groups(self, max_group):
+        """Detections fitted together: overlapping windows; a clump of more than ``max_group``
+        is cut by ever tighter overlap (windows shrunk to 3/4, 1/2, 1/3), so that the closest
+        detections in it (close sisters) are still fitted jointly; what is left, one by one."""
+        if max_group <= 1:
+            return [[i] for i in range(len(self.pts))]
+        out, todo = [], [list(g) for g in overlap_groups(self.pts, self.half)]
+        for f in (0.75, 0.5, 1 / 3, 0.0):
+            big = []
+            for g in todo:
+                (out if len(g) <= max_group else big).append(g)
+            if f == 0.0:
+                out += [[i] for g in big for i in g]
+                break
+            todo = [[g[k] for k in sub] for g in big for sub in overlap_groups(self.pts[g], self.half * f)]
+        return out
+
+    def peaks(self):
+        """The volume's value at each detection (rounded px)."""
+        from kt_stardist import outofcore as O
+
+        idx = np.clip(np.round(self.pts).astype(int), 0, np.array(self.vol.shape) - 1)
+        if O.is_lazy(self.vol):  # one voxel each (h5py/zarr datasets do not take point lists)
+            return np.array([O.read(self.vol, tuple(slice(c, c + 1) for c in ci)).item() for ci in idx])
+        return np.asarray(self.vol[tuple(idx.T)], np.float64)
+
+    def run(self, passes, max_group, tiers=3):
+        """The fitting passes (class docstring): in each, the groups in ``tiers`` batches by
+        peak value, brightest first, each batch with the fits so far held fixed (as
+        crowded-field photometry fits brightest first)."""
+        groups = self.groups(max_group)
+        peak = np.nan_to_num(self.peaks(), nan=-np.inf)
+        groups = sorted(groups, key=lambda g: -float(np.max(peak[g])))
+        cuts = np.linspace(0, len(groups), min(tiers, len(groups)) + 1).round().astype(int)
+        batches = [groups[a:b] for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
+        for p in range(passes):
+            for batch in batches:
+                self.fit_groups(batch, own_cell=p == 0, with_fixed=True)
 
     def table(self):
         """The :data:`FIT_COLUMNS` of every point (DataFrame)."""

@@ -1,0 +1,204 @@
+"""Localisation accuracy and uncertainty: the old least-squares fit vs the maximum-likelihood fit.
+
+Detection is taken out of the picture: every true spot is a detection, its start the true
+position rounded to the network's (1, 2, 2) output grid (what NMS centres look like). Both
+refinements (``RefineSettings(method="lsq", passes=2)``: least squares on raw counts, the former
+default; ``RefineSettings()``: Poisson maximum likelihood, :mod:`kt_stardist.predict.mle`) then run on the
+same volumes with the same starts, sister search off, camera gain/offset estimated from the
+image (as ``kt-stardist predict`` does without them).
+
+Sets: the Gaussian simulator's presets (``kt_stardist.simulate.simulate_volume``, plate layout,
+sisters 0.7-1.2 µm) and the same with close sisters (0.3-0.6 µm, ``close``); physical-PSF
+volumes of the robustness panel (``kt_stardist.physical.simulate_condition``: reference
+widefield, aberrated widefield, confocal, EMCCD).
+
+Per set and method: RMSE and median of the 3D error (nm), share of spots > 100 nm off, RMSE /
+CRLB (the Cramér–Rao bound from the maximum-likelihood fit's Fisher information on the same
+spots, rms over the spots with ``fit_ok``), std(error / sigma) per axis (the calibration of the
+reported uncertainty; ``gauss`` only, spots with ``fit_ok``), ``fit_ok`` share, the rms error
+of the inter-sister distance, and seconds per spot. Then the refinement time of a whole
+61 × 1000 × 1000 frame (median of repeats, both methods). Prints markdown tables.
+
+    python scripts/benchmark_localisation.py [--quick] [--n 2] [--shape 32 128 128] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+GRID = np.array([1, 2, 2])
+PRESETS = ("easy", "mid", "hard")
+CONDITIONS = ("reference", "aberrated_widefield", "confocal_water", "emccd")
+
+
+def grid_starts(truth_px):
+    """True positions rounded to the network's (1, 2, 2) output grid."""
+    return np.round(truth_px / GRID) * GRID
+
+
+def gaussian_sets(n, shape, seed):
+    """(name, [(volume ZYX, truth DataFrame, voxel µm)]) of the Gaussian simulator."""
+    from kt_stardist.simulate import SimParams, simulate_volume
+
+    for snr in PRESETS:
+        for close in (False, True):
+            vols = []
+            for i in range(n):
+                p = SimParams.preset(snr, sister_distance_um=(0.3, 0.6)) if close else SimParams.preset(snr)
+                img, df = simulate_volume(shape, seed=seed + 100 * i + (7 if close else 0), params=p, layout="plate")
+                vols.append((img[..., 0], df, p.voxel_size_um))
+            yield f"{snr}{' close' if close else ''}", vols
+
+
+def physical_sets(n, shape, seed):
+    from kt_stardist.physical import PANEL_SEED_MIN, simulate_condition
+
+    for name in CONDITIONS:
+        vols = []
+        for i in range(n):
+            img, df, vs, _ = simulate_condition(name, PANEL_SEED_MIN + seed + i, shape)
+            vols.append((np.asarray(img, np.float32), df, tuple(vs)))
+        yield name, vols
+
+
+def refine(vol, starts, vs, method):
+    from kt_stardist.predict.refine import refine_and_split
+    from kt_stardist.settings import RefineSettings, SplitSettings
+
+    t0 = time.perf_counter()
+    settings = RefineSettings(method="lsq", passes=2) if method == "lsq" else RefineSettings()
+    pts, _, fit = refine_and_split(vol, starts, vs, settings, SplitSettings(enabled=False), return_fit=True)
+    return pts, fit, time.perf_counter() - t0
+
+
+def sister_errors(df, pts, vs):
+    """Errors (nm) of the distance between the two sisters of each complete pair: all, and the
+    pairs whose true distance is below 0.65 µm."""
+    vs = np.asarray(vs)
+    errs, close = [], []
+    if "pair_id" not in df:
+        return np.array([]), np.array([])
+    truth = df[["z", "y", "x"]].to_numpy(float)
+    for _, g in df[df["pair_id"] >= 0].groupby("pair_id"):
+        if len(g) != 2:
+            continue
+        a, b = g.index.to_numpy()
+        d_true = np.linalg.norm((truth[a] - truth[b]) * vs)
+        d_fit = np.linalg.norm((pts[a] - pts[b]) * vs)
+        errs.append(1000 * (d_fit - d_true))
+        if d_true < 0.65:
+            close.append(1000 * (d_fit - d_true))
+    return np.array(errs), np.array(close)
+
+
+def evaluate(sets):
+    rows = []
+    for name, vols in sets:
+        acc = {m: dict(err=[], ax=[], sig=[], ok=[], sis=[], sis_close=[], sec=0.0, n=0) for m in ("lsq", "gauss")}
+        for vol, df, vs in vols:
+            df = df.reset_index(drop=True)
+            truth = df[["z", "y", "x"]].to_numpy(float)
+            starts = grid_starts(truth)
+            sig_ref = None
+            for m in ("gauss", "lsq"):
+                pts, fit, sec = refine(vol, starts, vs, m)
+                a = acc[m]
+                e_ax = (pts - truth) * np.asarray(vs) * 1000
+                a["err"].append(np.linalg.norm(e_ax, axis=1))
+                a["ax"].append(e_ax)
+                if m == "gauss":
+                    sig_ref = fit[["sigma_z_nm", "sigma_y_nm", "sigma_x_nm"]].to_numpy()
+                    a["ok"].append(fit["fit_ok"].to_numpy())
+                a["sig"].append(sig_ref)
+                s_all, s_close = sister_errors(df, pts, vs)
+                a["sis"].append(s_all), a["sis_close"].append(s_close)
+                a["sec"] += sec
+                a["n"] += len(pts)
+        for m in ("lsq", "gauss"):
+            a = acc[m]
+            err, ax, sig = np.concatenate(a["err"]), np.concatenate(a["ax"]), np.concatenate(a["sig"])
+            ok = np.concatenate(acc["gauss"]["ok"])
+            rms_crlb = np.sqrt(np.mean(np.sum(sig[ok] ** 2, axis=1)))
+            z = ax[ok] / sig[ok]
+            sis, sis_c = np.concatenate(a["sis"]), np.concatenate(a["sis_close"])
+            rows.append(dict(
+                set=name, method=m, spots=len(err),
+                rmse_nm=np.sqrt(np.mean(err ** 2)), median_nm=np.median(err),
+                over_100nm=np.mean(err > 100), rmse_over_crlb=np.sqrt(np.mean(err[ok] ** 2)) / rms_crlb,
+                crlb_nm=rms_crlb, fit_ok=np.mean(ok) if m == "gauss" else np.nan,
+                std_z=np.std(z[:, 0]) if m == "gauss" else np.nan,
+                std_y=np.std(z[:, 1]) if m == "gauss" else np.nan,
+                std_x=np.std(z[:, 2]) if m == "gauss" else np.nan,
+                sister_rms_nm=np.sqrt(np.mean(sis ** 2)) if len(sis) else np.nan,
+                close_sister_rms_nm=np.sqrt(np.mean(sis_c ** 2)) if len(sis_c) else np.nan,
+                ms_per_spot=1000 * a["sec"] / max(a["n"], 1)))
+            print(f"  {name:22s} {m:5s} rmse {rows[-1]['rmse_nm']:.1f} nm", file=sys.stderr)
+    return rows
+
+
+def timing(repeats, seed):
+    """Median seconds of refining one whole 61 × 1000 × 1000 mid frame, per method."""
+    from kt_stardist.defaults import FRAME_SHAPE_PX
+    from kt_stardist.simulate import simulate_volume
+
+    img, df = simulate_volume(FRAME_SHAPE_PX, seed=seed, snr="mid")
+    vol = img[..., 0]
+    starts = grid_starts(df[["z", "y", "x"]].to_numpy(float))
+    out = {}
+    for m in ("lsq", "gauss"):
+        out[m] = float(np.median([refine(vol, starts, (0.3, 0.13, 0.13), m)[2] for _ in range(repeats)]))
+    return out, len(starts)
+
+
+def markdown(df) -> str:
+    """A DataFrame as a markdown table (3 significant digits)."""
+    def cell(v):
+        if isinstance(v, (float, np.floating)):
+            return "–" if not np.isfinite(v) else f"{v:.3g}"
+        return str(v)
+
+    lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="one volume per set, 2 timing repeats")
+    ap.add_argument("--n", type=int, default=2, help="volumes per set")
+    ap.add_argument("--shape", nargs=3, type=int, default=[32, 128, 128], help="Gaussian sets, (Z, Y, X) px")
+    ap.add_argument("--physical-shape", nargs=3, type=int, default=[40, 160, 160])
+    ap.add_argument("--repeats", type=int, default=3, help="timing repeats (median)")
+    ap.add_argument("--no-timing", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args(argv)
+    if a.quick:
+        a.n, a.repeats = 1, 2
+
+    import pandas as pd
+
+    t0 = time.perf_counter()
+    rows = evaluate(gaussian_sets(a.n, tuple(a.shape), a.seed))
+    rows += evaluate(physical_sets(a.n, tuple(a.physical_shape), a.seed))
+    df = pd.DataFrame(rows)
+    print(f"# Localisation: least squares (lsq, old) vs maximum likelihood (gauss, new)\n\n"
+          f"Starts: true positions on the (1, 2, 2) grid; {a.n} volume(s) per set; errors 3D, nm; "
+          f"CRLB from the ML fit's Fisher information (rms over fit_ok spots); std(err/σ) per axis z, y, x.\n")
+    print(markdown(df))
+    if not a.no_timing:
+        sec, n = timing(a.repeats, a.seed + 1)
+        print(f"\nWhole frame 61 × 1000 × 1000, {n} spots, median of {a.repeats}: lsq {sec['lsq']:.2f} s, "
+              f"gauss {sec['gauss']:.2f} s (ratio gauss/lsq {sec['gauss'] / sec['lsq']:.2f})")
+    print(f"\n({time.perf_counter() - t0:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
