@@ -45,7 +45,8 @@ def photon_scale(volume, block_px=8) -> tuple[float, float]:
     and the mean from the values; ``variance = gain × (mean - zero)`` is fitted (Theil–Sen) to
     the medians of both in 20 bins of the mean. With shot noise and Gaussian read noise,
     ``(counts - zero) / gain`` is then approximately Poisson. Raises :class:`InputError` when the
-    variance does not grow with the mean (no shot noise to measure: pass the gain yourself).
+    variance does not clearly grow with the mean (95 % interval of the slope reaching 0: no shot
+    noise to measure; pass the gain yourself).
     """
     from scipy.stats import theilslopes
 
@@ -64,13 +65,11 @@ def photon_scale(volume, block_px=8) -> tuple[float, float]:
     which = np.digitize(mean, edges[1:-1])
     m = np.array([np.median(mean[which == k]) for k in range(len(edges) - 1) if np.any(which == k)])
     s = np.array([np.median(var[which == k]) for k in range(len(edges) - 1) if np.any(which == k)])
-    if len(m) >= 3 and np.ptp(m) > 0:
-        slope, intercept, _, _ = theilslopes(s, m)
-    else:
-        slope, intercept = float("nan"), float("nan")
-    if not (np.isfinite(slope) and slope > 0):
+    slope, intercept, low = (theilslopes(s, m)[:3] if len(m) >= 3 and np.ptp(m) > 0
+                             else (float("nan"),) * 3)
+    if not (np.isfinite(slope) and low > 0):  # the 95 % interval of the slope must exclude 0
         raise InputError("image: the noise does not grow with the intensity, cannot measure the camera "
-                         "gain (pass it: gain_adu_per_photon and zero_adu)")
+                         "gain (pass it: --camera GAIN ZERO, or gain_adu_per_photon and zero_adu)")
     return float(slope), float(-intercept / slope)
 
 

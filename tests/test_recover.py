@@ -59,6 +59,12 @@ def test_photon_scale_measures_gain_and_zero():
     assert zero == pytest.approx(OFFSET - READ ** 2 / GAIN, abs=6)
 
 
+def test_photon_scale_refuses_noise_without_shot_noise():
+    flat = 100 + np.random.default_rng(0).normal(0, 3, SHAPE)
+    with pytest.raises(InputError, match="--camera"):
+        photon_scale(flat)
+
+
 def test_gap_positions_interpolate():
     det = linked(detections(truth(), {(2, 0), (3, 0)}))
     gaps = gap_positions(det, 2)
@@ -174,6 +180,9 @@ def test_cli_track_with_image(tmp_path, capsys):
     assert got.groupby("track_id").size().eq(6).sum() >= 6
     root = ET.parse(xml).getroot()
     assert len(root.findall("Model/AllSpots/SpotsInFrame/Spot")) == len(got)
+    cam = tmp_path / "cam.csv"  # the camera given instead of measured
+    assert main(["track", str(src), "--image", str(tif), "--camera", "2", "95.5", "--out", str(cam)]) == 0
+    assert io.read_points(cam)["recovered"].sum() == 1
     off = tmp_path / "off.csv"
     assert main(["track", str(src), "--image", str(tif), "--no-recover", "--out", str(off)]) == 0
     assert len(io.read_points(off)) == len(pts) - 1

@@ -36,6 +36,9 @@ def add_arguments(parser):
     parser.add_argument("--no-recover", action="store_true", help="with --image: do not recover missed spots")
     parser.add_argument("--false-alarm", type=float, default=rec.false_alarm,
                         help="recovery: chance that a place without a spot passes the test (default %(default)s)")
+    parser.add_argument("--camera", nargs=2, type=float, metavar=("GAIN", "ZERO"),
+                        help="recovery: camera counts per photon and the count of zero photons "
+                             "(default: measured from the movie's noise)")
     parser.add_argument("--out", required=True, help="points CSV with track_id (and pair_track_id)")
     parser.add_argument("--trackmate", metavar="XML", help="also write a TrackMate XML file")
     parser.add_argument("--napari-tracks", metavar="CSV", help="also write napari tracks CSV")
@@ -52,7 +55,7 @@ def run(args):
     from kt_stardist.defaults import FRAME_SHAPE_PX
     from kt_stardist.errors import InputError
     from kt_stardist.io import read_image, read_points, voxel_size_or_default, write_points
-    from kt_stardist.settings import RecoverSettings
+    from kt_stardist.settings import RecoverSettings, replace
     from kt_stardist.tracks import (GAP_FRAMES, link_pair_tracks, track_points, write_napari_tracks,
                                     write_trackmate_xml)
 
@@ -64,7 +67,8 @@ def run(args):
         if not 0 <= args.channel < image.n_channels:
             raise InputError(f"--channel {args.channel}: {args.image} has {image.n_channels} channel(s)")
     vox = voxel_size_or_default(image, args.voxel_size)
-    settings = RecoverSettings(false_alarm=args.false_alarm)
+    gain, zero = args.camera if args.camera else (None, None)
+    settings = RecoverSettings(false_alarm=args.false_alarm, gain_adu_per_photon=gain, zero_adu=zero)
     gap = args.gap if args.gap is not None else (settings.max_gap_frames if recover else GAP_FRAMES)
     out = track_points(df, voxel_size_um=vox, max_disp_um=args.max_disp_um, gap=gap)
     msg = f"{len(out)} points in {out['track_id'].nunique()} tracks"
@@ -73,7 +77,7 @@ def run(args):
 
         if image.n_frames < 2:
             raise InputError(f"--image {args.image}: one frame, nothing to recover (a time-lapse is needed)")
-        settings = RecoverSettings(false_alarm=args.false_alarm, max_gap_frames=max(min(gap, settings.max_gap_frames), 1))
+        settings = replace(settings, max_gap_frames=max(min(gap, settings.max_gap_frames), 1))
         out = recover_points(out, image.data[..., args.channel], vox, settings)
         n_rec = int(out["recovered"].sum())
         msg = f"{len(out)} points in {out['track_id'].nunique()} tracks, {n_rec} recovered from the image"
