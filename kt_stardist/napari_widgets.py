@@ -80,7 +80,25 @@ class _Job(Container):
         self.busy = False
         self.error = None
         for event in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
-            event.connect(self.reset_choices)
+            event.connect(self._layers_changed)
+        MODELS.added.connect(self._model_added)
+
+    def _alive(self, refresh) -> bool:
+        """Run ``refresh()``; False (and this widget unhooked) once its Qt widget is deleted."""
+        try:
+            refresh()
+            return True
+        except RuntimeError:  # wrapped C/C++ object has been deleted: the dock was closed
+            MODELS.added.disconnect(self._model_added)
+            for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
+                event.disconnect(self._layers_changed)
+            return False
+
+    def _layers_changed(self, event=None):
+        self._alive(self.reset_choices)
+
+    def _model_added(self, folder):
+        self._alive(self.reset_choices)
 
     def _image_field(self):
         return ComboBox(label="image", choices=_layer_choices(self.viewer, Image))
@@ -165,15 +183,16 @@ class PredictWidget(_Job):
         self.image = self._image_field()
         self.insert(0, self.image)
         self.model_folder.changed.connect(self._add_folder)
-        MODELS.added.connect(self._model_added)
 
     @staticmethod
     def _model_choices(widget=None):
         return [(SHIPPED, "")] + [(f"{Path(f).name} ({f})", f) for f in MODELS.folders]
 
     def _model_added(self, folder):
-        self.model.reset_choices()
-        self.model.value = folder
+        def select():
+            self.model.reset_choices()
+            self.model.value = folder
+        self._alive(select)
 
     def _add_folder(self, value):
         if value is None or str(value) in ("", "."):
@@ -230,7 +249,6 @@ class FinetuneWidget(_Job):
         super().__init__(napari_viewer, fields)
         self.image = self._image_field()
         self.insert(0, self.image)
-        MODELS.added.connect(lambda _: self.start.reset_choices())
 
     def out_folder(self) -> Path:
         """The model folder to write: ``folder/name``."""

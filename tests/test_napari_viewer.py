@@ -3,6 +3,12 @@ by pytest-xvfb; ``.ci/run`` installs it and the xcb libraries Qt needs). Points 
 opened and a points layer saved through napari's own plugin machinery, screenshots, and the dock
 widgets running the shipped model (and a finetune) in a worker thread while the viewer stays live.
 
+TensorFlow must never share a process with napari's OpenGL (Mesa): both carry an LLVM and the
+process dies (segmentation fault) when napari draws. The widgets run TensorFlow in a child
+process; here, since other test modules import TensorFlow into the pytest process, the viewer
+tests run in a fresh Python process of their own: :func:`test_viewer_tests_in_a_fresh_process`
+(and its slow twin) run this file with ``KT_NAPARI_CHILD=1``; without it the tests below skip.
+
 Qt's ``offscreen`` platform is the fallback when Qt cannot open the X display: viewers work, but
 OpenGL draws nothing there (screenshots are black), so the screenshot checks skip. Without any X
 display napari cannot create its OpenGL canvas and every test here skips.
@@ -32,12 +38,36 @@ def _qt_platform() -> str:
     return "offscreen"
 
 
-PLATFORM = os.environ["QT_QPA_PLATFORM"] = _qt_platform()
+CHILD = os.environ.get("KT_NAPARI_CHILD") == "1"
+PLATFORM = os.environ["QT_QPA_PLATFORM"] = _qt_platform() if CHILD else os.environ.get("QT_QPA_PLATFORM", "offscreen")
 DRAWS = PLATFORM == "xcb" and bool(os.environ.get("DISPLAY"))  # OpenGL draws into screenshots
 VOXEL_UM = (0.3, 0.13, 0.13)
 
 
+def _run_here_in_child(marker):
+    """Run this file's tests of ``marker`` in a fresh Python process (no TensorFlow loaded)."""
+    if CHILD:
+        pytest.skip("already the child process")
+    env = dict(os.environ, KT_NAPARI_CHILD="1")
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", marker, "-rs",
+                          __file__], capture_output=True, text=True, env=env, cwd=os.path.dirname(__file__) + "/..",
+                         timeout=1200)
+    assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-3000:]
+    assert " passed" in out.stdout and " failed" not in out.stdout, out.stdout[-3000:]
+
+
+def test_viewer_tests_in_a_fresh_process():
+    _run_here_in_child("not slow")
+
+
+@pytest.mark.slow
+def test_viewer_slow_tests_in_a_fresh_process():
+    _run_here_in_child("slow")
+
+
 def _viewer(show):
+    if not CHILD:
+        pytest.skip("run in a fresh process by test_viewer_tests_in_a_fresh_process (TensorFlow and OpenGL)")
     if not os.environ.get("DISPLAY"):
         pytest.skip("no X display for OpenGL: install Xvfb (apt-get install xvfb) for pytest-xvfb")
     return napari.Viewer(show=show)
@@ -127,6 +157,19 @@ def test_screenshot_shows_image_and_points(shown_viewer):
     assert _red(shot).sum() > 10  # the red point is drawn
     pts.visible = False
     assert not _red(viewer.screenshot(canvas_only=True, flash=False)).any()
+
+
+def test_widgets_from_the_plugin_menu(viewer):
+    """napari finds both dock widgets through the npe2 manifest and hands them the viewer."""
+    from kt_stardist.napari_widgets import FinetuneWidget, PredictWidget
+
+    _, predict = viewer.window.add_plugin_dock_widget("kt-stardist", "Find kinetochores")
+    _, finetune = viewer.window.add_plugin_dock_widget("kt-stardist", "Adapt the model to your microscope")
+    assert isinstance(predict, PredictWidget) and isinstance(finetune, FinetuneWidget)
+    viewer.add_image(np.zeros((4, 16, 16), np.float32), name="cell")
+    assert predict.image.value is viewer.layers["cell"] and finetune.image.value is viewer.layers["cell"]
+    assert finetune.points.value is None
+    assert finetune.run() is None and "select the points layer" in finetune.status.value
 
 
 def test_predict_widget_refuses_bad_input_in_one_line(viewer):
