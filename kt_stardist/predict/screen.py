@@ -18,18 +18,59 @@ from kt_stardist.settings import ScreenSettings
 __all__ = ["screen", "screen_lazy", "dog"]
 
 
-def screen(volume, voxel_size_um=VOXEL_SIZE_UM, settings: ScreenSettings = ScreenSettings()):
+def screen(volume, voxel_size_um=VOXEL_SIZE_UM, settings: ScreenSettings = ScreenSettings(), sparse=False):
     """Boolean ``(Z, Y, X)`` mask of where spots can be in the normalised spot channel
-    ``volume`` (module docstring)."""
+    ``volume`` (module docstring); with ``sparse``, the same mask as a
+    :class:`kt_stardist.outofcore.SparseMask` (what :func:`~kt_stardist.predict.blocks.plan_blocks`
+    needs, without a dense full-size mask).
+
+    The DoG is thresholded on its ``bin_yx`` × ``bin_yx`` grid and the bins above the threshold
+    are repeated back to ``volume``'s px: the same mask as thresholding :func:`dog` (whose values
+    are those bins repeated), and the noise sample is read at the same voxels.
+    """
+    from kt_stardist.outofcore import SparseMask
+
     s = settings
-    d = dog(np.asarray(volume, np.float32), voxel_size_um, s.spot_sigma_um, s.bin_yx)
-    return d > _screen_threshold(d[_noise_sample(d.shape)], s.k, s.floor)
+    v = np.asarray(volume, np.float32)
+    shape = v.shape
+    b = s.bin_yx
+    d = _dog_binned(v, voxel_size_um, s.spot_sigma_um, b)
+    del v
+    # the noise sample of the full-size DoG (_noise_sample), read off the bins those voxels fall in
+    zs, ys, xs = (np.arange(n)[sl] for n, sl in zip(shape, _noise_sample(shape)))
+    sub = d[np.ix_(zs, ys // b, xs // b)]
+    hit = d > _screen_threshold(sub, s.k, s.floor)
+    del d
+    if not sparse:
+        return np.repeat(np.repeat(hit, b, axis=1), b, axis=2)[:, : shape[1], : shape[2]]
+    return SparseMask(shape, _unbin_coords(np.argwhere(hit), b, shape))
+
+
+def _unbin_coords(coords, b, shape):
+    """The ``(N, 3)`` px coordinates (z, y, x; lexicographic order, inside ``shape``) of the voxels
+    covered by the y-x bins ``coords`` (``b`` × ``b`` px each)."""
+    if b == 1 or len(coords) == 0:
+        return coords
+    off = np.array([(0, i, j) for i in range(b) for j in range(b)])
+    c = (coords * np.array([1, b, b]))[:, None, :] + off[None]
+    c = c.reshape(-1, 3)
+    c = c[(c[:, 1] < shape[1]) & (c[:, 2] < shape[2])]
+    return c[np.lexsort((c[:, 2], c[:, 1], c[:, 0]))]
 
 
 def dog(v, voxel_size_um, spot_sigma_um, b=2):
     """DoG of ``v`` (Z, Y, X) computed on b × b y-x means (edges repeated to whole bins) and
     repeated back to ``v``'s shape; a chunk whose y-x start is a multiple of b, read with the
     halo of :func:`_dog_radius`, gives the whole volume's values."""
+    Z, Y, X = v.shape
+    out = _dog_binned(v, voxel_size_um, spot_sigma_um, b)
+    if b > 1:
+        out = np.repeat(np.repeat(out, b, axis=1), b, axis=2)[:, :Y, :X]
+    return out
+
+
+def _dog_binned(v, voxel_size_um, spot_sigma_um, b=2):
+    """The DoG of :func:`dog` on its b × b y-x bins: ``(Z, ceil(Y / b), ceil(X / b))`` float32."""
     Z, Y, X = v.shape
     if b > 1:
         if Y % b or X % b:
@@ -41,9 +82,8 @@ def dog(v, voxel_size_um, spot_sigma_um, b=2):
         v = binned / (b * b)
     s1 = np.array(spot_sigma_um) / (np.array(voxel_size_um) * (1, b, b))
     small = ndimage.gaussian_filter(v, s1, mode="nearest")
-    out = small - ndimage.gaussian_filter(small, 4 * s1, mode="nearest")
-    if b > 1:
-        out = np.repeat(np.repeat(out, b, axis=1), b, axis=2)[:, :Y, :X]
+    out = ndimage.gaussian_filter(small, 4 * s1, mode="nearest")
+    np.subtract(small, out, out=out)
     return out
 
 
