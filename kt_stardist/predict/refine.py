@@ -351,6 +351,7 @@ class _MleFitter(_Fitter):
         self.photons = np.full(n, np.nan)
         self.background = np.full(n, np.nan)
         self.spots = [None] * n  # (centre px, photons, sigma px) of usable fits: neighbours' model
+        self.was_pulled = set()  # detections whose last fit ended on a neighbour
 
     def extend(self, new_pts):
         """Add points (M, 3) px (second spots of split detections), unfitted."""
@@ -446,6 +447,7 @@ class _MleFitter(_Fitter):
             crlb = f.crlb[b, k]
             cand[i] = (c, finite, usable, usable and plausible and bool(np.all(np.isfinite(crlb))), f, b, k)
         pulled = self.pulled({i: v[0] for i, v in cand.items() if v[2]})
+        self.was_pulled = (self.was_pulled - set(cand)) | pulled
         for i, (c, finite, usable, ok, f, b, k) in cand.items():
             ok = ok and i not in pulled
             if usable and i not in pulled:  # models its light in its neighbours' fits
@@ -533,7 +535,8 @@ class _MleFitter(_Fitter):
     def run(self, passes, max_group, tiers=3):
         """The fitting passes (class docstring): in each, the groups in ``tiers`` batches by
         peak value, brightest first, each batch with the fits so far held fixed (as
-        crowded-field photometry fits brightest first)."""
+        crowded-field photometry fits brightest first). A detection whose fit was pulled onto a
+        neighbour is refitted alone (its group without it) in the following passes."""
         groups = self.groups(max_group)
         peak = np.nan_to_num(self.peaks(), nan=-np.inf)
         groups = sorted(groups, key=lambda g: -float(np.max(peak[g])))
@@ -541,6 +544,9 @@ class _MleFitter(_Fitter):
         batches = [groups[a:b] for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
         for p in range(passes):
             for batch in batches:
+                if self.was_pulled:  # a detection pulled onto a neighbour leaves its joint fit
+                    batch = [g2 for g in batch for g2 in ([[i] for i in g if i in self.was_pulled]
+                                                          + [[i for i in g if i not in self.was_pulled]]) if g2]
                 self.fit_groups(batch, own_cell=p == 0, with_fixed=True)
 
     def table(self):

@@ -1,0 +1,142 @@
+"""Maximum-likelihood spot fits (kt_stardist.predict.mle, refine method "gauss"): bias, the
+calibration of the reported uncertainty, fit_ok, the camera estimate and bad input."""
+
+import numpy as np
+import pytest
+
+from kt_stardist.predict import mle
+from kt_stardist.predict.refine import FIT_COLUMNS, refine_and_split, refine_points
+from kt_stardist.settings import RefineSettings, SplitSettings
+from kt_stardist.simulate import render_spots
+
+VOX = np.array([0.3, 0.13, 0.13])
+SIGMA_PX = np.array([0.4, 0.15, 0.15]) / VOX  # as simulated
+GAIN, OFFSET, READ = 2.0, 100.0, 3.0          # camera: counts per photon, counts, counts rms
+KNOWN = RefineSettings(gain_adu_per_photon=GAIN, zero_adu=OFFSET, read_noise_adu=READ)
+NO_SPLIT = SplitSettings(enabled=False)
+
+
+def _grid(shape):
+    return np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), -1).reshape(-1, 3).astype(float)
+
+
+def test_noise_free_fits_are_unbiased():
+    """Integrated Gaussians rendered as the simulator does, at random sub-voxel offsets, one and
+    two (close, overlapping) spots per window: centres within 1 nm."""
+    rng = np.random.default_rng(0)
+    shape = (7, 15, 15)
+    coords = _grid(shape)
+    for k in (1, 2):
+        errs = []
+        for _ in range(10):
+            centre = np.array([3.0, 7.0, 7.0]) + rng.uniform(-0.5, 0.5, 3)
+            true = centre + (np.array([[0, -1.5, -0.5], [0.5, 1.5, 0.5]])[:k] if k == 2 else 0)
+            photons = render_spots(shape, true, 90.0, SIGMA_PX).ravel() + 25.0
+            start = np.round(true / [1, 2, 2]) * [1, 2, 2]
+            f = mle.fit_spots(photons[None], coords[None], np.ones((1, len(coords))), start[None],
+                              start[None] - [1.5, 2.3, 2.3], start[None] + [1.5, 2.3, 2.3], SIGMA_PX * 0.8)
+            assert f.converged[0]
+            errs.append(np.abs(f.centres[0] - true.reshape(k, 3)) * VOX * 1000)
+        assert np.max(errs) < 1.0, np.max(errs)  # nm
+
+
+def _noisy_volumes(rng, n, shape, true):
+    """Camera counts of one spot (peak 90 photons over 25/voxel, the mid preset): Poisson, gain,
+    offset, Gaussian read noise."""
+    lam = render_spots(shape, true, 90.0, SIGMA_PX) + 25.0
+    for _ in range(n):
+        yield (rng.poisson(lam) * GAIN + OFFSET + rng.normal(0, READ, shape)).astype(np.float32)
+
+
+def test_uncertainty_matches_the_scatter_over_noise_draws():
+    """200 Poisson draws of one mid-SNR spot: the mean error is ~0 and the reported sigma
+    matches the scatter (std of error / sigma within 0.8-1.25 per axis)."""
+    rng = np.random.default_rng(1)
+    shape = (9, 17, 17)
+    true = np.array([4.2, 8.3, 7.8])
+    start = np.round(true / [1, 2, 2]) * [1, 2, 2]
+    err, sig = [], []
+    for vol in _noisy_volumes(rng, 200, shape, true):
+        q, _, fit = refine_and_split(vol, start[None], VOX, KNOWN, NO_SPLIT, return_fit=True)
+        assert fit.fit_ok[0]
+        err.append((q[0] - true) * VOX * 1000)
+        sig.append(fit[["sigma_z_nm", "sigma_y_nm", "sigma_x_nm"]].to_numpy()[0])
+    err, sig = np.array(err), np.array(sig)
+    assert np.all(np.abs(err.mean(0)) < 3 * err.std(0) / np.sqrt(len(err))), err.mean(0)  # unbiased
+    ratio = np.std(err / sig, axis=0)
+    assert np.all((0.8 <= ratio) & (ratio <= 1.25)), ratio
+    assert 4 < np.median(sig[:, 1]) < 12 and 10 < np.median(sig[:, 0]) < 35  # nm: near the CRLB
+
+
+def test_camera_estimated_from_the_background():
+    """Gain and effective offset (offset - read noise² / gain) read off the mean-variance line of
+    a background with a slope; a known gain gives the offset only."""
+    rng = np.random.default_rng(2)
+    shape = (8, 128, 128)
+    photons = 2.0 + 40.0 * np.linspace(0, 1, shape[2])[None, None, :] * np.ones(shape)
+    counts = rng.poisson(photons) * GAIN + OFFSET + rng.normal(0, READ, shape)
+    cam = mle.estimate_camera(counts)
+    assert abs(cam.gain - GAIN) < 0.15 * GAIN, cam
+    assert abs(cam.offset - (OFFSET - READ ** 2 / GAIN)) < 3.0, cam
+    cam = mle.estimate_camera(counts, gain=GAIN)
+    assert cam.gain == GAIN and abs(cam.offset - (OFFSET - READ ** 2 / GAIN)) < 2.0, cam
+    flat = rng.normal(100.0, 4.0, shape)  # no shot noise: falls back, still positive and finite
+    cam = mle.estimate_camera(flat)
+    assert cam.gain > 0 and np.isfinite(cam.offset) and cam.offset < 100
+
+
+def test_fit_ok_flags_a_start_far_from_any_spot_and_a_fit_pulled_onto_a_neighbour():
+    rng = np.random.default_rng(3)
+    shape = (15, 41, 41)
+    spot = np.array([7.0, 20.3, 20.0])
+    lam = render_spots(shape, spot[None], 150.0, SIGMA_PX) + 20.0
+    vol = (rng.poisson(lam) * GAIN + OFFSET).astype(np.float32)
+    # a detection 0.35 µm beside the spot (more than max_shift 0.3 µm in x): the fit runs to its bound
+    far = spot + [0, 0, 0.35 / VOX[2]]
+    q, _, fit = refine_and_split(vol, far[None], VOX, KNOWN, NO_SPLIT, return_fit=True)
+    assert not fit.fit_ok[0] and np.isnan(fit.sigma_x_nm[0])
+    # a true detection plus a spurious one 0.25 µm away on empty background: both fits end on the
+    # spot; the spurious one is flagged and falls back, the true one stays a good fit
+    q, _, fit = refine_and_split(vol, np.stack([spot, spot + [0, 0.25 / VOX[1], 0]]), VOX, KNOWN, NO_SPLIT,
+                                 return_fit=True)
+    assert fit.fit_ok[0] and not fit.fit_ok[1], fit
+    assert np.linalg.norm((q[0] - spot) * VOX) < 0.03
+    # a good fit alone is fine
+    q, _, fit = refine_and_split(vol, np.round(spot)[None], VOX, KNOWN, NO_SPLIT, return_fit=True)
+    assert fit.fit_ok[0] and np.linalg.norm((q[0] - spot) * VOX) < 0.03
+
+
+def test_bad_input_empty_window_nan_and_other_methods():
+    rng = np.random.default_rng(4)
+    shape = (9, 21, 21)
+    spot = np.array([4.0, 10.2, 9.7])
+    vol = (rng.poisson(render_spots(shape, spot[None], 120.0, SIGMA_PX) + 20.0) * GAIN + OFFSET).astype(np.float32)
+    # NaN voxels (a masked region) are left out of the fit
+    holed = vol.copy()
+    holed[:, :3, :3] = np.nan
+    q, _, fit = refine_and_split(holed, np.round(spot)[None], VOX, KNOWN, NO_SPLIT, return_fit=True)
+    assert fit.fit_ok[0] and np.linalg.norm((q[0] - spot) * VOX) < 0.05
+    # an all-NaN volume: no fit, the start comes back, flagged
+    nan = np.full(shape, np.nan, np.float32)
+    q, _, fit = refine_and_split(nan, np.round(spot)[None], VOX, KNOWN, NO_SPLIT, return_fit=True)
+    assert np.array_equal(q[0], np.round(spot)) and not fit.fit_ok[0]
+    # a detection on the volume's corner (window almost empty) and no detections at all
+    q, _, fit = refine_and_split(vol, np.array([[0.0, 0.0, 0.0]]), VOX, KNOWN, NO_SPLIT, return_fit=True)
+    assert np.all(np.isfinite(q)) and len(fit) == 1
+    q, parent, fit = refine_and_split(vol, np.zeros((0, 3)), VOX, KNOWN, return_fit=True)
+    assert q.shape == (0, 3) and list(fit.columns) == FIT_COLUMNS and len(fit) == 0
+    # the other methods give the same columns, nothing fitted
+    for m in ("none", "centroid", "lsq"):
+        q, fit = refine_points(vol, np.round(spot)[None], VOX, RefineSettings(method=m), return_fit=True)
+        assert list(fit.columns) == FIT_COLUMNS and not fit.fit_ok[0] and np.isnan(fit.sigma_z_nm[0])
+    assert refine_points(vol, np.round(spot)[None], VOX).shape == (1, 3)  # old signature
+
+
+def test_refine_settings_refuse_a_bad_gain_and_round_trip():
+    from kt_stardist import settings as S
+    from kt_stardist.errors import InputError
+
+    with pytest.raises(InputError, match="gain"):
+        RefineSettings(gain_adu_per_photon=0)
+    s = S.DetectSettings(refine=KNOWN)
+    assert S.from_dict(S.DetectSettings, S.to_dict(s)) == s
