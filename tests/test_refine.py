@@ -123,7 +123,7 @@ def test_bad_input_empty_window_nan_and_other_methods():
     # a detection on the volume's corner (window almost empty) and no detections at all
     q, _, fit = refine_and_split(vol, np.array([[0.0, 0.0, 0.0]]), VOX, KNOWN, NO_SPLIT, return_fit=True)
     assert np.all(np.isfinite(q)) and len(fit) == 1
-    q, parent, fit = refine_and_split(vol, np.zeros((0, 3)), VOX, KNOWN, return_fit=True)
+    q, _, fit = refine_and_split(vol, np.zeros((0, 3)), VOX, KNOWN, return_fit=True)
     assert q.shape == (0, 3) and list(fit.columns) == FIT_COLUMNS and len(fit) == 0
     # the other methods give the same columns, nothing fitted
     for m in ("none", "centroid", "lsq"):

@@ -46,7 +46,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["Camera", "MleFit", "estimate_camera", "fit_spots", "spot_photons", "peak_fraction"]
+__all__ = ["Camera", "MleFit", "estimate_camera", "fit_spots", "peak_fraction", "spot_photons"]
 
 _SQRT2 = np.sqrt(2.0)
 _SQRT2PI = np.sqrt(2.0 * np.pi)
@@ -245,7 +245,7 @@ def fit_spots(data, coords, weights, starts, lo, hi, sigma0, sigma_bounds=(0.5, 
         run to its bound first).
     """
     data = np.asarray(data, np.float64)
-    B, Nv = data.shape
+    B = data.shape[0]
     starts = np.asarray(starts, np.float64).reshape(B, -1, 3)
     K = starts.shape[1]
     w = np.asarray(weights, np.float64)
