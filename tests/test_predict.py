@@ -578,3 +578,19 @@ def test_screen_thresholds_the_dog_and_keeps_every_true_spot(shape):
     nearest_um = np.sqrt((((t[:, None] - c[None]) * VOX) ** 2).sum(-1)).min(1)
     assert nearest_um.max() < 0.3, "a true spot was screened out"
     assert dense.mean() < 0.2  # and the screen is a screen
+
+
+def test_tensorflow_import_skips_unused_optional_packages_which_still_import_after():
+    """Start-up: scikit-learn, IPython and pyplot are not imported with TensorFlow (Keras only
+    wraps them), yet import normally afterwards, and a model still loads and predicts."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from kt_stardist.model.stardist_backend import import_tensorflow, SKIPPED_AT_IMPORT; "
+            "import_tensorflow(); import tensorflow as tf; "
+            "print(sorted(m for m in SKIPPED_AT_IMPORT if m in sys.modules)); "
+            "import importlib.util as u; print([u.find_spec(m.split('.')[0]) is not None for m in SKIPPED_AT_IMPORT]); "
+            "print(all(sys.modules.get(m, 1) is not None for m in SKIPPED_AT_IMPORT)); "
+            "print(float(tf.reduce_sum(tf.ones(3))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[0] == "[]" and out[2] == "True" and out[3] == "3.0", out

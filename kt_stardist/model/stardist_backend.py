@@ -34,27 +34,45 @@ __all__ = [
 VERBOSE_ENV = "KT_STARDIST_VERBOSE"
 
 
+#: optional packages Keras imports with TensorFlow only for features kt-stardist never uses
+#: (scikit-learn wrappers, the IPython file editor, matplotlib image galleries): about a third of
+#: TensorFlow's import time. :func:`import_tensorflow` hides the ones not yet imported while
+#: TensorFlow loads (Keras guards each with ``except ImportError``); they import normally after.
+SKIPPED_AT_IMPORT = ("sklearn", "IPython", "matplotlib.pyplot")
+
+
 def import_tensorflow():
     """Import TensorFlow once. Its C++ start-up lines (oneDNN, CPU features), written to the
     stderr file descriptor before its logging is configured, are hidden unless
-    :data:`VERBOSE_ENV` is set; an import error is raised as usual."""
+    :data:`VERBOSE_ENV` is set; an import error is raised as usual. The packages of
+    :data:`SKIPPED_AT_IMPORT` are not imported on the way (start-up time)."""
     import os
     import sys
 
-    if "tensorflow" in sys.modules or os.environ.get(VERBOSE_ENV):
-        import tensorflow  # noqa: F401
-
+    if "tensorflow" in sys.modules:
         return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    sys.stderr.flush()
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
+    hidden = [m for m in SKIPPED_AT_IMPORT if m not in sys.modules]
+    for m in hidden:
+        sys.modules[m] = None  # "import m" raises ImportError, which Keras catches
     try:
-        import tensorflow  # noqa: F401
+        if os.environ.get(VERBOSE_ENV):
+            import tensorflow  # noqa: F401
+
+            return
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        sys.stderr.flush()
+        saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        try:
+            import tensorflow  # noqa: F401
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            os.close(devnull)
     finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+        for m in hidden:
+            if sys.modules.get(m, 0) is None:
+                del sys.modules[m]
 
 
 @contextlib.contextmanager
