@@ -28,7 +28,7 @@ from kt_stardist.errors import InputError
 from kt_stardist.settings import RecoverSettings
 from kt_stardist.validate import check_points_table, check_voxel_size
 
-__all__ = ["photon_scale", "gap_positions", "spot_lr", "lr_threshold", "null_dof", "background_lr", "recover_points"]
+__all__ = ["background_lr", "gap_positions", "lr_threshold", "null_dof", "photon_scale", "recover_points", "spot_lr"]
 
 #: degrees of freedom of the likelihood-ratio statistic: amplitude and centre (z, y, x)
 LR_DOF = 4
@@ -117,7 +117,7 @@ def null_dof(lr_background) -> float:
     return float(brentq(lambda k: chi2.median(k) - med, LR_DOF, 1000.0))
 
 
-def background_lr(volume, points_px, voxel_size_um=VOXEL_SIZE_UM, settings: RecoverSettings = RecoverSettings(),
+def background_lr(volume, points_px, voxel_size_um=VOXEL_SIZE_UM, settings: RecoverSettings | None = None,
                   gain=1.0, zero=0.0, seed=0) -> np.ndarray:
     """The statistic of :func:`spot_lr` at ``settings.calibration_windows`` random places of
     ``volume`` (Z, Y, X) away from every point (``points_px`` (N, 3): the frame's detections):
@@ -125,6 +125,7 @@ def background_lr(volume, points_px, voxel_size_um=VOXEL_SIZE_UM, settings: Reco
     (the cell's own background, not the dark outside). Gives up after 50 tries per window."""
     from scipy.spatial import cKDTree
 
+    settings = settings or RecoverSettings()
     vs = np.asarray(voxel_size_um, np.float64)
     pts = np.asarray(points_px, np.float64).reshape(-1, 3)
     shape = np.array(volume.shape)
@@ -177,7 +178,7 @@ def _poisson_ll(x, model_counts, gain, zero):
 
 
 def spot_lr(volume, position_px, neighbours_px=(), voxel_size_um=VOXEL_SIZE_UM,
-            settings: RecoverSettings = RecoverSettings(), gain=1.0, zero=0.0):
+            settings: RecoverSettings | None = None, gain=1.0, zero=0.0):
     """Likelihood-ratio test for a spot near ``position_px`` (z, y, x) in ``volume`` (Z, Y, X counts).
 
     ``neighbours_px`` (K, 3): detections fitted in both models. Returns ``(centre_px (3,),
@@ -187,6 +188,7 @@ def spot_lr(volume, position_px, neighbours_px=(), voxel_size_um=VOXEL_SIZE_UM,
     """
     from kt_stardist.predict.refine import gauss_fit
 
+    settings = settings or RecoverSettings()
     vs = np.asarray(voxel_size_um, np.float64)
     pos = np.asarray(position_px, np.float64)
     half = np.maximum(np.ceil(np.asarray(settings.window_um) / vs - 1e-9).astype(int), 1)
@@ -244,7 +246,7 @@ def _fill(new, df):
     return new
 
 
-def recover_points(df, movie, voxel_size_um=VOXEL_SIZE_UM, settings: RecoverSettings = RecoverSettings(),
+def recover_points(df, movie, voxel_size_um=VOXEL_SIZE_UM, settings: RecoverSettings | None = None,
                    progress=None) -> pd.DataFrame:
     """Add the spots of tracks missing for 1 .. ``max_gap_frames`` frames (module docstring).
 
@@ -255,7 +257,7 @@ def recover_points(df, movie, voxel_size_um=VOXEL_SIZE_UM, settings: RecoverSett
     movie : array-like (T, Z, Y, X), camera counts of the spot channel; numpy or lazy (dask,
         only the frames with gaps are read).
     voxel_size_um : (z, y, x) µm.
-    settings : :class:`kt_stardist.settings.RecoverSettings`.
+    settings : :class:`kt_stardist.settings.RecoverSettings` (None: defaults).
     progress : optional callable ``progress(done, total)``.
 
     Returns
@@ -266,6 +268,7 @@ def recover_points(df, movie, voxel_size_um=VOXEL_SIZE_UM, settings: RecoverSett
     """
     from scipy.spatial import cKDTree
 
+    settings = settings or RecoverSettings()
     vs = np.asarray(check_voxel_size(voxel_size_um, "voxel_size_um"), np.float64)
     if len(getattr(movie, "shape", ())) != 4:
         raise InputError(f"image: expected a time-lapse (T, Z, Y, X) for recovery, got shape "

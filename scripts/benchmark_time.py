@@ -30,10 +30,10 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchmark_pairs_tracks import match_to_gt  # noqa: E402
+from benchmark_pairs_tracks import match_to_gt
 
-from kt_stardist.defaults import VOXEL_SIZE_UM  # noqa: E402
-from kt_stardist.settings import RecoverSettings  # noqa: E402
+from kt_stardist.defaults import VOXEL_SIZE_UM
+from kt_stardist.settings import RecoverSettings
 
 SEED0 = 10000  # training seeds stay below this
 
@@ -81,10 +81,10 @@ def run_preset(model, snr, args, vox, settings):
     from kt_stardist.simulate import simulate_timelapse
     from kt_stardist.tracks import track_points
 
-    acc = dict(tp0=0, fp0=0, fn0=0, tp1=0, fp1=0, fn1=0, rec=0, rec_ok=0, gaps=0)
+    acc = {k: 0 for k in ("tp0", "fp0", "fn0", "tp1", "fp1", "fn1", "rec", "rec_ok")}
     link = {"before": [0, 0, 0], "after": [0, 0, 0]}
     pairs = {"before": [0, 0, 0], "after": [0, 0, 0]}
-    secs = dict(detect=0.0, recover=0.0)
+    secs = {"detect": 0.0, "recover": 0.0}
     for k in range(args.movies):
         seed = SEED0 + 100 * ["easy", "mid", "hard", "very_hard"].index(snr) + k
         image, truth = simulate_timelapse(args.frames, tuple(args.shape), seed=seed, snr=snr)
