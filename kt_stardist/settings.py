@@ -60,7 +60,10 @@ class RefineSettings:
     ``max_deviance``: a fit whose Poisson deviance per degree of freedom exceeds this (× the
     median of the volume's fits when that is above 1: background texture) is flagged
     ``fit_ok=False`` (with non-converged fits, fits at the ``max_shift_um`` bound and fits pulled
-    nearer another detection than their own).
+    nearer another detection than their own, or whose position uncertainty exceeds
+    ``max_shift_um``). ``width_spread``: from the second pass on, each spot's Gaussian sigma has a
+    prior: the image's PSF (the median sigma of its brighter good fits) with this relative sd
+    (0: widths free); dim spots then take the image's PSF width instead of fitting noise.
     """
 
     method: str = "gauss"
@@ -75,6 +78,7 @@ class RefineSettings:
     zero_adu: float | None = None
     read_noise_adu: float | None = None
     max_deviance: float = 3.0
+    width_spread: float = 0.15
 
     def __post_init__(self):
         if self.method not in ("gauss", "lsq", "centroid", "none"):
@@ -293,13 +297,18 @@ class ThresholdSearch:
     ``prob_step``, then ``fine_step`` steps within one coarse step of the best; every NMS
     threshold of ``nms_threshs``; at most ``max_candidates`` network detections per volume at the
     sweep's floor (a half-trained model leaves tens of thousands: the sweep then starts higher).
-    ``detect``: the detection settings the search runs with (thresholds ignored)."""
+    ``detect``: the detection settings the search runs with (thresholds ignored). The coarse
+    sweep runs from the highest probability down and stops once F1 has stayed more than
+    ``stop_drop`` below its best for ``stop_patience`` steps (None: the whole range; see
+    :func:`kt_stardist.train.thresholds.descending_sweep`)."""
 
     prob_range: tuple = (0.3, 0.95)
     prob_step: float = 0.05
     fine_step: float = 0.01
     nms_threshs: tuple = (0.3, 0.5)
     max_candidates: int = 3000
+    stop_drop: float | None = 0.1
+    stop_patience: int = 2
     detect: DetectSettings = field(default_factory=DetectSettings)
 
 

@@ -280,3 +280,25 @@ def test_thresholds_are_chosen_through_the_predict_path(tmp_path):
     assert len(both) >= 2
     for c in ("tp", "fp", "fn"):
         assert (both[c] == both[c + "_capped"]).all()
+
+
+def test_descending_sweep_stops_once_f1_has_fallen_and_never_before_the_peak():
+    """The coarse threshold sweep runs from the top down and stops after ``patience`` values more
+    than ``stop_drop`` below the best; a dip smaller than that does not stop it, and None sweeps
+    everything."""
+    from kt_stardist.train.thresholds import descending_sweep
+
+    probs = [0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5]
+    f1 = dict(zip(probs, [0.1, 0.5, 0.85, 0.8, 0.9, 0.95, 0.8, 0.7, 0.6, 0.99]))
+    calls = []
+
+    def f1_of(p):
+        calls.append(p)
+        return f1[p]
+
+    done = descending_sweep(probs, f1_of, stop_drop=0.1, patience=2)
+    # 0.8 is only 0.05 below the running best (0.85): no stop; the peak 0.7 is reached; 0.6 and
+    # 0.55 are the 2nd and 3rd values > 0.1 below it -> stop after 0.6 (0.65 is 0.15 below: 1st)
+    assert done == calls == [0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6]
+    assert descending_sweep(probs, lambda p: f1[p], stop_drop=None) == probs
+    assert descending_sweep(probs, lambda p: f1[p], stop_drop=0.1, patience=1) == probs[:7]

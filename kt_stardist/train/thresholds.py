@@ -4,7 +4,9 @@ For every validation volume the network runs once (:func:`kt_stardist.predict.ne
 at the sweep's lowest probability, one NMS per NMS threshold); then, for every (prob, nms) pair,
 :func:`kt_stardist.predict.finish` thresholds, refines and searches sisters exactly as ``predict``
 does, and the points are scored with :func:`kt_stardist.evaluate.match_points` (0.5 µm). The sweep
-is coarse first, then fine around the best (at its NMS threshold), and it also tries the model's current thresholds. The
+is coarse first, from the highest probability down, stopping once F1 has fallen well below the
+best (:func:`descending_sweep`: the low thresholds are the expensive ones), then fine around the
+best (at its NMS threshold), and it also tries the model's current thresholds. The
 result is the pair with the best summed-count F1 (ties: the middle of the best plateau, then the
 lower NMS threshold), and the validation share of detections just below the threshold, which
 ``predict`` compares images with.
@@ -17,11 +19,28 @@ import numpy as np
 from kt_stardist.defaults import MATCH_CUTOFF_UM
 from kt_stardist.settings import ThresholdSearch
 
-__all__ = ["choose_thresholds", "record_calibration"]
+__all__ = ["choose_thresholds", "descending_sweep", "record_calibration"]
 
 
 def _sweep(lo, hi, step):
     return [float(v) for v in np.round(np.arange(lo, hi + 1e-9, step), 4)]
+
+
+def descending_sweep(probs, f1_of, stop_drop=None, patience=2) -> list:
+    """Evaluate ``f1_of(p)`` for ``probs`` in the order given (highest first) and stop early once
+    F1 has stayed more than ``stop_drop`` below the best so far for ``patience`` consecutive
+    values (None: every value). Lower thresholds leave more candidates, each refined and
+    sister-searched, so the values skipped are the most expensive ones, and there F1 only falls
+    further as false detections pile up. Returns the values evaluated."""
+    done, best, low = [], -np.inf, 0
+    for p in probs:
+        f1 = float(f1_of(p))
+        done.append(p)
+        best = max(best, f1)
+        low = low + 1 if (stop_drop is not None and f1 < best - stop_drop) else 0
+        if low >= patience:
+            break
+    return done
 
 
 def choose_thresholds(model, validation, search: ThresholdSearch = ThresholdSearch(), cutoff_um=MATCH_CUTOFF_UM,
@@ -72,8 +91,8 @@ def choose_thresholds(model, validation, search: ThresholdSearch = ThresholdSear
         return rows[(p, nms)]
 
     for nms in search.nms_threshs:
-        for p in _sweep(lo, hi, search.prob_step):
-            score(p, float(nms))
+        descending_sweep(_sweep(lo, hi, search.prob_step)[::-1], lambda p: score(p, float(nms))["f1"],
+                         search.stop_drop, search.stop_patience)
     stored = getattr(model, "thresholds", None)  # the sweep also tries the model's current pair
     if stored is not None and lo <= float(stored.prob) <= hi and float(stored.nms) in [float(n) for n in search.nms_threshs]:
         score(round(float(stored.prob), 4), float(stored.nms))
