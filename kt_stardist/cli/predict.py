@@ -100,10 +100,9 @@ def run(args) -> int:
             im = io.read_image(path, axes=args.axes, voxel_size_um=vs, lazy=True)
         except InputError:
             continue  # reported by the run, with the other failures
-        v = im.voxel_size_um
-        vtxt = " × ".join(f"{x:g}" for x in v) + " µm" + (" (--voxel-size)" if vs else " (file)") if v else \
-            "not in the file: the model's is assumed (pass --voxel-size Z Y X)"
-        info(f"{path}: axes {im.axes}, shape {tuple(im.data.shape)} (T, Z, Y, X, C), voxel {vtxt}")
+        src = " (--voxel-size)" if vs else " (file)"
+        note = "" if im.voxel_size_um else ": not in the file, the model's is assumed (pass --voxel-size Z Y X)"
+        info(f"{path}: {im.summary()}{src if im.voxel_size_um else note}")
     summary = pipeline.run(args.images, out=args.out, out_dir=args.out_dir, model_dir=args.model, settings=settings,
                            axes=args.axes, voxel_size_um=vs, labels_out=args.labels_out, report_dir=args.report,
                            workers=args.workers, scheduler=args.scheduler, cluster=args.cluster,
