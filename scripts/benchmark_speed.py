@@ -11,6 +11,18 @@ With ``--repeat N`` every method runs N times, each in a fresh process (cold, as
 call), and the table shows the median seconds and the range; the runs alternate between the
 methods so that a slow spell of the machine hits all of them.
 
+Whole-movie mode (``--frames N``): a TZYX uint16 ImageJ TIFF of N simulated time-lapse frames
+(default shape, real layout) and its first frame alone are written, then each is run as a user
+runs it, ``kt-stardist predict MOVIE --out points.csv`` in a fresh process (start-up included),
+beside stock StarDist in a fresh process (import, model load, then per frame ``normalize`` and
+``predict_instances`` with n_tiles (1, 4, 4)) on the same files, in the same run. Per run = the
+1-frame time; per extra frame = (T(N frames) - T(1 frame)) / (N - 1). Stock StarDist runs
+``--stock-frames`` frames (default 2) and its per-movie time is extrapolated (labelled so).
+``--compare-src DIR`` also runs ``kt-stardist`` from another source tree (e.g. an older commit
+unpacked with ``git archive``) and reports the F1 between its points and this tree's::
+
+    python scripts/benchmark_speed.py --frames 18 [--stock-frames 2] [--compare-src /tmp/old]
+
 StarDist's own n_tiles guess for a 61 x 1000 x 1000 frame is (3, 13, 13): 507 tiles, each with
 a halo of the receptive field; an explicit ``stardist:1x4x4`` tiling is much faster (and needs
 more memory), so the default runs both.
@@ -65,6 +77,173 @@ def worker(method, model_dir, vol_path, out_path):
     json.dump(dict(seconds=dt, peak_gb=peak_gb, n=len(pts), **extra), open(out_path, "w"))
 
 
+def measure(cmd, env=None):
+    """Run ``cmd`` in a child process: (seconds, peak RSS GB of the child, completed process)."""
+    import resource
+
+    code = ("import json, resource, subprocess, sys, time; t = time.perf_counter(); "
+            "r = subprocess.run(sys.argv[1:]); dt = time.perf_counter() - t; "
+            "print(json.dumps(dict(rc=r.returncode, seconds=dt, "
+            "peak_gb=resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 ** 2)))")
+    p = subprocess.run([sys.executable, "-c", code, *cmd], env=env, capture_output=True, text=True)
+    del resource
+    r = json.loads(p.stdout.strip().splitlines()[-1])
+    if r["rc"] != 0:
+        raise RuntimeError(f"{cmd[:4]} failed (exit {r['rc']}):\n{p.stderr[-3000:]}")
+    return r["seconds"], r["peak_gb"]
+
+
+def write_movie(path, n_frames, shape, seed, batch=2):
+    """A TZYX uint16 ImageJ TIFF of ``n_frames`` simulated time-lapse frames (``shape`` z, y, x px,
+    real layout, mid SNR; simulated ``batch`` frames at a time to bound memory) and its truth
+    (DataFrame t, z, y, x px)."""
+    import pandas as pd
+    import tifffile
+
+    from kt_stardist import simulate
+
+    vox = (0.3, 0.13, 0.13)
+    mm = tifffile.memmap(path, shape=(n_frames,) + tuple(shape), dtype=np.uint16, imagej=True,
+                         resolution=(1 / vox[2], 1 / vox[1]),
+                         metadata=dict(axes="TZYX", spacing=vox[0], unit="um"))
+    truth = []
+    for t0 in range(0, n_frames, batch):
+        n = min(batch, n_frames - t0)
+        img, df = simulate.simulate_timelapse(n, tuple(shape), seed=seed + t0, snr="mid", layout="real",
+                                              voxel_size_um=vox)
+        mm[t0:t0 + n] = np.clip(np.round(img[..., 0]), 0, 65535).astype(np.uint16)
+        truth.append(df.assign(t=df["t"] + t0))
+        del img
+    mm.flush()
+    del mm
+    return pd.concat(truth, ignore_index=True)
+
+
+def stock_worker(model_dir, movie, n_frames, out_path):
+    """Stock StarDist on the first ``n_frames`` of a movie file: points per frame (t, z, y, x)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tifffile
+
+    from kt_stardist import predict as P
+    from kt_stardist.normalize import normalize
+
+    sd = P.load(model_dir).stardist
+    data = tifffile.memmap(movie, mode="r")
+    data = data if data.ndim == 4 else data[None]
+    rows = []
+    for t in range(int(n_frames)):
+        x = normalize(np.asarray(data[t]))
+        _, polys = sd.predict_instances(x, axes="ZYX", n_tiles=(1, 4, 4), show_tile_progress=False)
+        p = np.asarray(polys["points"], float).reshape(-1, 3)
+        rows.append(np.column_stack([np.full(len(p), t), p]))
+    np.save(out_path, np.concatenate(rows))
+
+
+def movie_main(a):
+    """Whole-movie mode (module docstring)."""
+    import pandas as pd
+
+    from kt_stardist.evaluate import match_points
+
+    vox = (0.3, 0.13, 0.13)
+    tmp = tempfile.mkdtemp(prefix="kt_speed_") if a.workdir is None else a.workdir
+    os.makedirs(tmp, exist_ok=True)
+    movie, one = os.path.join(tmp, f"movie_{a.frames}.tif"), os.path.join(tmp, "movie_1.tif")
+    truth_csv = os.path.join(tmp, f"truth_{a.frames}.csv")
+    if not (os.path.exists(movie) and os.path.exists(truth_csv)):
+        print(f"writing {a.frames} simulated frames {tuple(a.shape)} ...", file=sys.stderr, flush=True)
+        write_movie(movie, a.frames, a.shape, a.seed).to_csv(truth_csv, index=False)
+    import tifffile
+
+    with tifffile.TiffFile(movie) as f:
+        first = f.asarray(key=range(a.shape[0]))
+    tifffile.imwrite(one, first.reshape(tuple(a.shape)), imagej=True, resolution=(1 / vox[2], 1 / vox[1]),
+                     metadata=dict(axes="ZYX", spacing=vox[0], unit="um"))
+    del first
+    truth = pd.read_csv(truth_csv)
+    model = ["--model", a.model] if a.model else []
+    trees = {"kt": None} if not a.compare_src else {"kt": None, "kt (compare-src)": a.compare_src}
+    res = {}
+    for rep in range(a.repeat):
+        for name, src in trees.items():
+            for n, path in ((1, one), (a.frames, movie)):
+                out = os.path.join(tmp, f"{name.split()[0]}{'_cmp' if src else ''}_{n}.csv")
+                env = dict(os.environ, PYTHONPATH=os.pathsep.join([src] + ([os.environ["PYTHONPATH"]]
+                                                                         if "PYTHONPATH" in os.environ else [])))                     if src else None
+                cmd = [sys.executable, "-m", "kt_stardist", "--quiet", "predict", path, "--out", out] + model
+                print(f"{name}: {n} frame(s) ({rep + 1}/{a.repeat}) ...", file=sys.stderr, flush=True)
+                sec, gb = measure(cmd, env)
+                r = res.setdefault((name, n), dict(seconds=[], peak_gb=0.0))
+                r["seconds"].append(sec)
+                r["peak_gb"] = max(r["peak_gb"], gb)
+                r["csv"] = out
+                if n == a.frames:
+                    rj = json.load(open(out[:-4] + ".run.json"))
+                    r["stages"] = rj.get("seconds_per_frame", {})
+                print(f"  {sec:.1f} s, peak {gb:.2f} GB", file=sys.stderr, flush=True)
+        if a.stock_frames:
+            for n in sorted({1, a.stock_frames}):
+                out = os.path.join(tmp, f"stock_{n}.npy")
+                cmd = [sys.executable, __file__, "--_stock", movie, str(n), out] + model
+                print(f"stock StarDist: {n} frame(s) ({rep + 1}/{a.repeat}) ...", file=sys.stderr, flush=True)
+                sec, gb = measure(cmd)
+                r = res.setdefault(("stock", n), dict(seconds=[], peak_gb=0.0))
+                r["seconds"].append(sec)
+                r["peak_gb"] = max(r["peak_gb"], gb)
+                r["npy"] = out
+                print(f"  {sec:.1f} s, peak {gb:.2f} GB", file=sys.stderr, flush=True)
+
+    def med(key):
+        return float(np.median(res[key]["seconds"]))
+
+    def per_frame(name, n):
+        return (med((name, n)) - med((name, 1))) / (n - 1) if n > 1 else float("nan")
+
+    def f1_truth(pts):
+        return np.mean([match_points(truth[truth.t == t][["z", "y", "x"]].to_numpy(float), pts[pts[:, 0] == t, 1:],
+                                     vox, 0.5).f1 for t in np.unique(pts[:, 0])])
+
+    def kt_points(csv):
+        return pd.read_csv(csv)[["t", "z", "y", "x"]].to_numpy(float)
+
+    print(f"\nmovie {a.frames} x {tuple(a.shape)} px (TZYX uint16 TIFF), real layout, model {a.model or 'shipped'}, "
+          f"{os.cpu_count()} CPUs; whole processes, medians of {a.repeat} run(s)")
+    print("| method | 1-frame run (s) | per extra frame (s) | whole movie (s) | peak GB | F1 vs truth |")
+    print("|---|---|---|---|---|---|")
+    for name in trees:
+        n = a.frames
+        print(f"| `kt-stardist predict`{' (' + name.split('(')[1][:-1] + ')' if '(' in name else ''} | "
+              f"{med((name, 1)):.1f} | {per_frame(name, n):.2f} | {med((name, n)):.1f} | "
+              f"{max(res[(name, 1)]['peak_gb'], res[(name, n)]['peak_gb']):.2f} | "
+              f"{f1_truth(kt_points(res[(name, n)]['csv'])):.3f} |")
+    if a.stock_frames:
+        ns = a.stock_frames
+        pf = per_frame("stock", ns) if ns > 1 else med(("stock", 1)) - 7.0
+        whole = med(("stock", 1)) + pf * (a.frames - 1)
+        label = "" if ns == a.frames else f" (extrapolated from {ns} frames)"
+        print(f"| stock StarDist `predict_instances` n_tiles (1, 4, 4) | {med(('stock', 1)):.1f} | {pf:.2f} | "
+              f"{whole:.1f}{label} | {max(res[('stock', k)]['peak_gb'] for k in {1, ns}):.2f} | "
+              f"{f1_truth(np.load(res[('stock', ns)]['npy'])):.3f} |")
+        kt1, ktn = med(("kt", 1)), per_frame("kt", a.frames)
+        print(f"\nspeed-up vs stock: {med(('stock', 1)) / kt1:.1f}x per 1-frame run, {pf / ktn:.1f}x per extra frame, "
+              f"{whole / med(('kt', a.frames)):.1f}x per {a.frames}-frame movie")
+    if a.compare_src:
+        new, old = kt_points(res[("kt", a.frames)]["csv"]), kt_points(res[("kt (compare-src)", a.frames)]["csv"])
+        f1 = [match_points(old[old[:, 0] == t, 1:], new[new[:, 0] == t, 1:], vox, 0.5) for t in range(a.frames)]
+        tp, fp, fn = (sum(getattr(m, k) for m in f1) for k in ("tp", "fp", "fn"))
+        same = len(old) == len(new) and np.allclose(np.sort(old, 0), np.sort(new, 0), atol=1e-6)
+        print(f"\nthis tree vs --compare-src: F1 {2 * tp / max(2 * tp + fp + fn, 1):.4f} (tp {tp}, only new {fp}, "
+              f"only old {fn}); identical points: {same}")
+    stages = res[("kt", a.frames)].get("stages", {})
+    if stages:
+        cmp = res.get(("kt (compare-src)", a.frames), {}).get("stages", {})
+        print("\nper stage, median seconds per frame (run.json `seconds_per_frame`)")
+        print("| stage | this tree |" + (" compare-src |" if cmp else ""))
+        print("|---|---|" + ("---|" if cmp else ""))
+        for k in sorted(set(stages) | set(cmp)):
+            print(f"| {k} | {stages.get(k, float('nan')):.2f} |" + (f" {cmp.get(k, float('nan')):.2f} |" if cmp else ""))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="model folder (default: shipped)")
@@ -73,8 +252,19 @@ def main():
     ap.add_argument("--methods", default="kt,stardist:1x4x4,stardist",
                     help="comma-separated: kt, stardist (StarDist's guessed n_tiles), stardist:ZxYxX (given n_tiles)")
     ap.add_argument("--repeat", type=int, default=1, help="runs per method (median and range reported)")
+    ap.add_argument("--frames", type=int, default=None,
+                    help="whole-movie mode: N simulated frames, `kt-stardist predict` per run and per frame")
+    ap.add_argument("--stock-frames", type=int, default=2,
+                    help="movie mode: frames stock StarDist runs (0: none; fewer than --frames: extrapolated)")
+    ap.add_argument("--compare-src", default=None, help="movie mode: also run kt-stardist from this source tree")
+    ap.add_argument("--workdir", default=None, help="movie mode: folder for the movie and outputs (kept)")
     ap.add_argument("--_worker", nargs=3, help=argparse.SUPPRESS)
+    ap.add_argument("--_stock", nargs=3, help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a._stock:
+        return stock_worker(a.model, a._stock[0], a._stock[1], a._stock[2])
+    if a.frames:
+        return movie_main(a)
     if a._worker:
         return worker(a._worker[0], a.model, a._worker[1], a._worker[2])
 
