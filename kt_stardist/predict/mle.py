@@ -228,7 +228,7 @@ def _nll(mu, d, w, floor):
 
 
 def fit_spots(data, coords, weights, starts, lo, hi, sigma0, sigma_bounds=(0.5, 2.0), fixed=None,
-              max_iter=100, tol_px=1e-3, tol_nll=1e-6, warmup=5, sigma_start=None) -> MleFit:
+              max_iter=100, tol_px=1e-3, tol_nll=1e-6, warmup=5, sigma_start=None, sigma_prior=None) -> MleFit:
     """Poisson maximum-likelihood fits of B windows, K spots each (module docstring).
 
     Parameters
@@ -241,6 +241,9 @@ def fit_spots(data, coords, weights, starts, lo, hi, sigma0, sigma_bounds=(0.5, 
     fixed : (B, N) photons of spots outside the fit (fitted neighbours), or None.
     tol_px, tol_nll : converged when an accepted step moves no centre or sigma by more than
         ``tol_px`` px or changes the negative log-likelihood by less than ``tol_nll``.
+    sigma_prior : None, or (sigma (3,) px, relative sd): a Gaussian prior on each spot's sigma
+        (maximum a posteriori; its information is added to the Fisher information): a dim
+        spot's width then follows the image's PSF instead of its noise.
     warmup : iterations with the sigmas held at ``sigma0`` (a far start otherwise lets the width
         run to its bound first).
     """
@@ -280,9 +283,19 @@ def fit_spots(data, coords, weights, starts, lo, hi, sigma0, sigma_bounds=(0.5, 
     hi_t[:, 4 * K:7 * K] = sigma_bounds[1] * s_ref.reshape(B, 3 * K)
     theta = np.clip(theta, lo_t, hi_t)
     floor = 1e-6
+    prec = s_mean = None
+    if sigma_prior is not None:
+        s_mean = np.broadcast_to(np.asarray(sigma_prior[0], np.float64), (B, K, 3)).reshape(B, 3 * K)
+        prec = 1.0 / (float(sigma_prior[1]) * s_mean) ** 2
+
+    def prior_nll(th, rows=slice(None)):
+        if prec is None:
+            return 0.0
+        return 0.5 * np.sum(prec[rows] * (th[:, 4 * K:7 * K] - s_mean[rows]) ** 2, axis=1)
+
     lam = np.full(B, 1e-2)
     mu, _ = _model(theta, coords, dc, fixed, K, jac=False)
-    nll = _nll(mu, d, w, floor)
+    nll = _nll(mu, d, w, floor) + prior_nll(theta)
     active = np.isfinite(nll)
     converged = np.zeros(B, bool)
     iters = np.zeros(B, int)
@@ -297,6 +310,9 @@ def fit_spots(data, coords, weights, starts, lo, hi, sigma0, sigma_bounds=(0.5, 
         wi, di = w[idx], d[idx]
         grad = np.einsum("bn,bnp->bp", wi * (1.0 - di / mu), J)  # einsum: no BLAS threads
         H = np.einsum("bnp,bnq->bpq", J * (wi / mu)[..., None], J)
+        if prec is not None:
+            grad[:, 4 * K:7 * K] += prec[idx] * (th[:, 4 * K:7 * K] - s_mean[idx])
+            H[:, np.arange(4 * K, 7 * K), np.arange(4 * K, 7 * K)] += prec[idx]
         diag = np.maximum(np.einsum("bpp->bp", H), 1e-12)
         damp = lam[idx, None] * diag
         if it < warmup:  # the PSF width held at its start until centres and photons settle
@@ -311,7 +327,7 @@ def fit_spots(data, coords, weights, starts, lo, hi, sigma0, sigma_bounds=(0.5, 
             step = -np.stack([np.linalg.lstsq(a, g, rcond=None)[0] for a, g in zip(A, grad)])
         new = np.clip(th + np.nan_to_num(step), lo_t[idx], hi_t[idx])
         mu_new, _ = _model(new, coords[idx], dc[idx], fixed[idx], K, jac=False)
-        nll_new = _nll(mu_new, di, wi, floor)
+        nll_new = _nll(mu_new, di, wi, floor) + prior_nll(new, idx)
         better = np.isfinite(nll_new) & (nll_new <= nll[idx])
         moved = np.abs(new - th)
         small = (moved[:, :3 * K].max(1) < tol_px) & (moved[:, 4 * K:7 * K].max(1) < tol_px)
@@ -327,6 +343,8 @@ def fit_spots(data, coords, weights, starts, lo, hi, sigma0, sigma_bounds=(0.5, 
     mu, J = _model(theta, coords, dc, fixed, K)
     mu = np.maximum(mu, floor)
     fisher = np.einsum("bnp,bnq->bpq", J * (w / mu)[..., None], J)
+    if prec is not None:
+        fisher[:, np.arange(4 * K, 7 * K), np.arange(4 * K, 7 * K)] += prec
     with np.errstate(all="ignore"):
         try:
             cov_diag = np.einsum("bpp->bp", np.linalg.inv(fisher))

@@ -364,6 +364,7 @@ class _MleFitter(_Fitter):
         self.background = np.full(n, np.nan)
         self.spots = [None] * n  # (centre px, photons, sigma px) of usable fits: neighbours' model
         self.was_pulled = set()  # detections whose last fit ended on a neighbour
+        self.psf = None          # the image's PSF sigma (z, y, x px) once measured (image_psf)
 
     def extend(self, new_pts):
         """Add points (M, 3) px (second spots of split detections), unfitted."""
@@ -434,8 +435,9 @@ class _MleFitter(_Fitter):
             earlier = np.array([[self.spots[i] is not None and not fresh for i in g] for g in idx])
             s_start = np.array([[self.spots[i][2] if e else self.sigma0 for i, e in zip(g, eg)]
                                 for g, eg in zip(idx, earlier)])
+            prior = (self.psf, self.settings.width_spread) if self.psf is not None else None
             fit = fit_spots(data, coords, w, starts, lo, hi, self.sigma0, self.bounds, fixed, sigma_start=s_start,
-                            warmup=0 if earlier.all() else 5)
+                            warmup=0 if earlier.all() else 5, sigma_prior=prior)
             for b in range(B):
                 for k, i in enumerate(idx[b]):
                     results[int(i)] = (fit, b, k, lo[b, k], hi[b, k])
@@ -456,8 +458,8 @@ class _MleFitter(_Fitter):
             at_bound = bool(np.any(np.isclose(c, lo, atol=1e-6) | np.isclose(c, hi, atol=1e-6)))
             usable = bool(f.converged[b]) and finite and not at_bound
             plausible = f.dof[b] > 0 and f.deviance[b] / f.dof[b] <= limit
-            crlb = f.crlb[b, k]
-            cand[i] = (c, finite, usable, usable and plausible and bool(np.all(np.isfinite(crlb))), f, b, k)
+            determined = bool(np.all(f.crlb[b, k] <= self.max_shift))  # NaN: not determined either
+            cand[i] = (c, finite, usable, usable and plausible and determined, f, b, k)
         pulled = self.pulled({i: v[0] for i, v in cand.items() if v[2]})
         self.was_pulled = (self.was_pulled - set(cand)) | pulled
         for i, (c, finite, usable, ok, f, b, k) in cand.items():
@@ -535,17 +537,31 @@ class _MleFitter(_Fitter):
             todo = [[g[k] for k in sub] for g in big for sub in overlap_groups(self.pts[g], self.half * f)]
         return out
 
+    def image_psf(self, min_spots=5):
+        """The median Gaussian sigma (z, y, x px) of the good fits at or above the median
+        photons, or None with fewer than ``min_spots`` of them."""
+        good = [i for i in range(len(self.pts)) if self.ok[i] and self.spots[i] is not None]
+        if len(good) < 2 * min_spots:
+            return None
+        ph = np.array([self.spots[i][1] for i in good])
+        bright = [i for i, p in zip(good, ph) if p >= np.median(ph)]
+        return np.median([self.spots[i][2] for i in bright], axis=0)
+
     def run(self, passes, max_group, tiers=3):
         """The fitting passes (class docstring): in each, the groups in ``tiers`` batches by
         peak value, brightest first, each batch with the fits so far held fixed (as
         crowded-field photometry fits brightest first). A detection whose fit was pulled onto a
-        neighbour is refitted alone (its group without it) in the following passes."""
+        neighbour is refitted alone (its group without it) in the following passes. After the
+        first pass the image's PSF is measured (:meth:`image_psf`) and becomes the prior of
+        every spot's width (``width_spread``)."""
         groups = self.groups(max_group)
         peak = np.nan_to_num(self.peaks(), nan=-np.inf)
         groups = sorted(groups, key=lambda g: -float(np.max(peak[g])))
         cuts = np.linspace(0, len(groups), min(tiers, len(groups)) + 1).round().astype(int)
         batches = [groups[a:b] for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
         for p in range(passes):
+            if p == 1 and self.settings.width_spread > 0:
+                self.psf = self.image_psf()
             for batch in batches:
                 if self.was_pulled:  # a detection pulled onto a neighbour leaves its joint fit
                     batch = [g2 for g in batch for g2 in ([[i] for i in g if i in self.was_pulled]
