@@ -17,8 +17,8 @@ DESCRIPTION = (
 def add_arguments(parser):
     from kt_stardist.defaults import FRAME_SHAPE_PX
     from kt_stardist.settings import RecoverSettings
-    from kt_stardist.tracks import GAP_FRAMES, MAX_DISP_UM
 
+    GAP_FRAMES, MAX_DISP_UM = 1, 1.0  # tracks.GAP_FRAMES, tracks.MAX_DISP_UM (not imported: --help stays fast)
     rec = RecoverSettings()
     parser.add_argument("points", metavar="POINTS", help="points CSV with t, z, y, x (px)")
     parser.add_argument("--voxel-size", nargs=3, type=float, metavar=("Z", "Y", "X"),
