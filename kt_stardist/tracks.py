@@ -123,6 +123,38 @@ def link_pair_tracks(df, min_fraction=0.5) -> pd.DataFrame:
     return out
 
 
+def pair_recovered(df) -> pd.DataFrame:
+    """Give recovered points (``recovered``, :func:`kt_stardist.recover.recover_points`) the
+    pair of their sister track: where the partner track (same ``pair_track_id``, from
+    :func:`link_pair_tracks`) has an unpaired point in the same frame, the two become a pair
+    (a new ``pair_id``, ``sister`` 1/2 as the tracks' sisters elsewhere, else 1 for the lower
+    track id; ``paired`` True when that column exists). Returns a copy."""
+    for c in ("t", "track_id", "pair_id", "pair_track_id", "recovered"):
+        if c not in df.columns:
+            raise InputError(f"points: missing column {c}")
+    out = df.copy()
+    pid, sis = out["pair_id"].to_numpy().copy(), out["sister"].to_numpy().copy() if "sister" in out else None
+    next_id = int(pid.max()) + 1 if len(pid) else 0
+    tr, pt, t = out["track_id"].to_numpy(), out["pair_track_id"].to_numpy(), out["t"].to_numpy()
+    for i in np.flatnonzero(out["recovered"].to_numpy() & (pt >= 0) & (pid < 0)):
+        j = np.flatnonzero((pt == pt[i]) & (tr != tr[i]) & (t == t[i]) & (pid < 0))
+        if len(j) != 1:
+            continue
+        j = int(j[0])
+        pid[[i, j]] = next_id
+        next_id += 1
+        if sis is not None:
+            usual = out.loc[(tr == tr[i]) & (out["sister"].to_numpy() > 0), "sister"]
+            sis[i] = int(usual.mode().iloc[0]) if len(usual) else (1 if tr[i] < tr[j] else 2)
+            sis[j] = 3 - sis[i]
+    out["pair_id"] = pid
+    if sis is not None:
+        out["sister"] = sis
+    if "paired" in out.columns:
+        out["paired"] = pid >= 0
+    return out
+
+
 def track_edges(df) -> np.ndarray:
     """(E, 2) positional row indices (source, target) of consecutive points of each track."""
     if "track_id" not in df.columns:

@@ -183,6 +183,17 @@ def test_cli_track_with_image(tmp_path, capsys):
     cam = tmp_path / "cam.csv"  # the camera given instead of measured
     assert main(["track", str(src), "--image", str(tif), "--camera", "2", "95.5", "--out", str(cam)]) == 0
     assert io.read_points(cam)["recovered"].sum() == 1
+    # points paired first: the recovered point is paired with its sister track's point
+    paired_src, paired_out = tmp_path / "pairs.csv", tmp_path / "paired_tracks.csv"
+    assert main(["pairs", str(src), "--out", str(paired_src)]) == 0
+    assert main(["track", str(paired_src), "--image", str(tif), "--out", str(paired_out)]) == 0
+    got = io.read_points(paired_out)
+    r = got[got["recovered"]].iloc[0]
+    assert r["pair_id"] >= 0 and r["pair_track_id"] >= 0
+    mate = got[(got["t"] == r["t"]) & (got["pair_id"] == r["pair_id"]) & ~got["recovered"]]
+    assert len(mate) == 1 and {int(mate["sister"].iloc[0]), int(r["sister"])} == {1, 2}
+    true_mate = pts.query("t == 3 and track_id == 0")[["z", "y", "x"]].iloc[0]
+    assert dist_um(mate[["z", "y", "x"]].iloc[0], true_mate) < 0.05
     off = tmp_path / "off.csv"
     assert main(["track", str(src), "--image", str(tif), "--no-recover", "--out", str(off)]) == 0
     assert len(io.read_points(off)) == len(pts) - 1

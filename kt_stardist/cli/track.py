@@ -56,8 +56,8 @@ def run(args):
     from kt_stardist.errors import InputError
     from kt_stardist.io import read_image, read_points, voxel_size_or_default, write_points
     from kt_stardist.settings import RecoverSettings, replace
-    from kt_stardist.tracks import (GAP_FRAMES, link_pair_tracks, track_points, write_napari_tracks,
-                                    write_trackmate_xml)
+    from kt_stardist.tracks import (GAP_FRAMES, link_pair_tracks, pair_recovered, track_points,
+                                    write_napari_tracks, write_trackmate_xml)
 
     df = read_points(args.points)
     recover = args.image is not None and not args.no_recover
@@ -83,6 +83,8 @@ def run(args):
         msg = f"{len(out)} points in {out['track_id'].nunique()} tracks, {n_rec} recovered from the image"
     if "pair_id" in out.columns:
         out = link_pair_tracks(out)
+        if recover:
+            out = pair_recovered(out)
         msg += f", {int((out['pair_track_id'] >= 0).sum())} points in sister track pairs"
     write_points(out, args.out, voxel_size_um=vox)
     if args.trackmate:
