@@ -12,10 +12,10 @@ the spot is kept, with ``recovered=True``, when twice the log-likelihood ratio p
 threshold of :class:`kt_stardist.settings.RecoverSettings` (``false_alarm``: the probability
 that a window of pure background passes).
 
-Counts become photons by ``(counts - zero) / gain`` (:func:`photon_scale`: a photon-transfer
-fit of the movie's noise variance against its mean, so the read noise is folded into ``zero``
-and the counts are close to Poisson; an EMCCD's excess noise halves the photon count, as it
-should). Axis order z, y, x; positions px, distances µm.
+Counts become photons by ``(counts - zero) / gain``: given in the settings, or measured on the
+first frame searched (:func:`kt_stardist.predict.mle.estimate_camera`, a photon-transfer fit of
+the noise variance against the mean, the read noise folded into ``zero``, so the photons are
+close to Poisson). Axis order z, y, x; positions px, distances µm.
 """
 
 from __future__ import annotations
@@ -28,49 +28,13 @@ from kt_stardist.errors import InputError
 from kt_stardist.settings import RecoverSettings
 from kt_stardist.validate import check_points_table, check_voxel_size
 
-__all__ = ["background_lr", "gap_positions", "lr_threshold", "null_dof", "photon_scale", "recover_points", "spot_lr"]
+__all__ = ["background_lr", "gap_positions", "lr_threshold", "null_dof", "recover_points", "spot_lr"]
 
 #: degrees of freedom of the likelihood-ratio statistic: amplitude and centre (z, y, x)
 LR_DOF = 4
 
 #: most detections inside a window fitted with the spot (the nearest; farther ones' voxels are left out)
 MAX_NEIGHBOURS = 2
-
-
-def photon_scale(volume, block_px=8) -> tuple[float, float]:
-    """``(gain ADU/photon, zero ADU)`` of a camera from one volume (Z, Y, X), by photon transfer.
-
-    In blocks of 1 × ``block_px`` × ``block_px`` px the noise variance is measured from the
-    differences of neighbouring voxels along x (half their variance: smooth structure cancels)
-    and the mean from the values; ``variance = gain × (mean - zero)`` is fitted (Theil–Sen) to
-    the medians of both in 20 bins of the mean. With shot noise and Gaussian read noise,
-    ``(counts - zero) / gain`` is then approximately Poisson. Raises :class:`InputError` when the
-    variance does not clearly grow with the mean (95 % interval of the slope reaching 0: no shot
-    noise to measure; pass the gain yourself).
-    """
-    from scipy.stats import theilslopes
-
-    v = np.asarray(volume, np.float64)
-    if v.ndim != 3:
-        raise InputError(f"image: expected one volume (Z, Y, X) to measure the camera, got shape {v.shape}")
-    b = int(block_px)
-    Z, Y, X = v.shape
-    ny, nx = Y // b, (X - 1) // b
-    if ny < 2 or nx < 2:
-        raise InputError(f"image: frame of {Y}x{X} px too small to measure the camera gain; pass it")
-    mean = v[:, :ny * b, :nx * b].reshape(Z, ny, b, nx, b).mean(axis=(2, 4)).ravel()
-    d = np.diff(v[:, :ny * b, :nx * b + 1], axis=2)
-    var = (d.reshape(Z, ny, b, nx, b).var(axis=(2, 4)) / 2).ravel()
-    edges = np.unique(np.quantile(mean, np.linspace(0.02, 0.98, 21)))
-    which = np.digitize(mean, edges[1:-1])
-    m = np.array([np.median(mean[which == k]) for k in range(len(edges) - 1) if np.any(which == k)])
-    s = np.array([np.median(var[which == k]) for k in range(len(edges) - 1) if np.any(which == k)])
-    slope, intercept, low = (theilslopes(s, m)[:3] if len(m) >= 3 and np.ptp(m) > 0
-                             else (float("nan"),) * 3)
-    if not (np.isfinite(slope) and low > 0):  # the 95 % interval of the slope must exclude 0
-        raise InputError("image: the noise does not grow with the intensity, cannot measure the camera "
-                         "gain (pass it: --camera GAIN ZERO, or gain_adu_per_photon and zero_adu)")
-    return float(slope), float(-intercept / slope)
 
 
 def gap_positions(df, max_gap_frames=2) -> pd.DataFrame:
@@ -288,10 +252,11 @@ def recover_points(df, movie, voxel_size_um=VOXEL_SIZE_UM, settings: RecoverSett
     found, done = [], 0
     for t, cand in gaps.groupby("t", sort=True):
         vol = np.asarray(movie[int(t)], np.float64)
-        if gain is None or zero is None:
-            g, z0 = photon_scale(vol)
-            gain = g if gain is None else gain
-            zero = z0 if zero is None else zero
+        if gain is None or zero is None:  # once per movie: the camera is the same in every frame
+            from kt_stardist.predict.mle import estimate_camera
+
+            cam = estimate_camera(vol, gain=gain)
+            gain, zero = cam.gain, (cam.offset if zero is None else zero)
         placed = list(pts_all[t_all == t])
         if threshold is None:  # once per movie, on the first frame searched
             dof = (null_dof(background_lr(vol, np.asarray(placed), vs, settings, gain, zero))

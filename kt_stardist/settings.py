@@ -171,7 +171,7 @@ class RecoverSettings:
     ``calibration_clear_um`` µm from every detection (0 windows: χ² of 4 degrees of freedom).
     Nothing is recovered within ``min_sep_um`` µm of a detection of the same frame.
     ``gain_adu_per_photon`` / ``zero_adu`` convert counts to photons (``(counts - zero) / gain``,
-    read noise folded in); None: measured from the movie (photon transfer, :func:`kt_stardist.recover.photon_scale`).
+    read noise folded in); None: measured from the movie (photon transfer, :func:`kt_stardist.predict.mle.estimate_camera`).
     """
 
     max_gap_frames: int = 2

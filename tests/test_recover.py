@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from kt_stardist.errors import InputError
-from kt_stardist.recover import background_lr, gap_positions, null_dof, photon_scale, recover_points
+from kt_stardist.recover import background_lr, gap_positions, null_dof, recover_points
 from kt_stardist.settings import RecoverSettings
 from kt_stardist.simulate import render_spots
 from kt_stardist.tracks import track_points
@@ -51,18 +51,6 @@ def linked(det, gap=2):
 
 def dist_um(a, b):
     return float(np.linalg.norm((np.asarray(a, float) - np.asarray(b, float)) * VOX))
-
-
-def test_photon_scale_measures_gain_and_zero():
-    g, zero = photon_scale(movie(truth(1))[0])
-    assert g == pytest.approx(GAIN, rel=0.15)
-    assert zero == pytest.approx(OFFSET - READ ** 2 / GAIN, abs=6)
-
-
-def test_photon_scale_refuses_noise_without_shot_noise():
-    flat = 100 + np.random.default_rng(0).normal(0, 3, SHAPE)
-    with pytest.raises(InputError, match="--camera"):
-        photon_scale(flat)
 
 
 def test_gap_positions_interpolate():
@@ -128,8 +116,11 @@ def test_no_recovery_next_to_an_existing_detection():
 
 def test_background_calibration_is_conservative():
     """On a frame without spots the fitted null passes about ``false_alarm`` of new places, not more."""
+    from kt_stardist.predict.mle import estimate_camera
+
     vol = movie(truth(1), seed=3, peak=0.0)[0]
-    g, z = photon_scale(vol)
+    cam = estimate_camera(vol)
+    g, z = cam.gain, cam.offset
     s = RecoverSettings(calibration_windows=40, calibration_clear_um=0.0)
     dof = null_dof(background_lr(vol, np.empty((0, 3)), VOX, s, g, z, seed=1))
     from kt_stardist.recover import lr_threshold
