@@ -441,9 +441,9 @@ class _MleFitter(_Fitter):
             for b in range(B):
                 for k, i in enumerate(idx[b]):
                     results[int(i)] = (fit, b, k, lo[b, k], hi[b, k])
-        self.take(results)
+        self.take(results, [i for g in groups for i in g])
 
-    def take(self, results):
+    def take(self, results, members=()):
         """Accept each detection's fit if converged, plausible (Poisson deviance per degree of
         freedom at most ``max_deviance`` × the median of this pass's fits, or of 1 if larger:
         unmodelled background texture raises every fit's deviance alike), not at the
@@ -478,7 +478,7 @@ class _MleFitter(_Fitter):
                 self.fallback(i)
             if finite:  # also a flagged fit (a misfit: maybe two spots) goes to the sister search
                 self.fits[i] = (self._as_gauss(c, f.photons[b, k], f.sigma[b, k]), 0)
-        for i in set(range(len(self.pts))) - set(results):  # nothing to fit (empty window)
+        for i in set(int(i) for i in members) - set(results):  # nothing to fit (empty window)
             if not self.ok[i]:
                 self.fallback(i)
 
