@@ -302,3 +302,24 @@ def test_descending_sweep_stops_once_f1_has_fallen_and_never_before_the_peak():
     assert done == calls == [0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6]
     assert descending_sweep(probs, lambda p: f1[p], stop_drop=None) == probs
     assert descending_sweep(probs, lambda p: f1[p], stop_drop=0.1, patience=1) == probs[:7]
+
+
+@pytest.mark.slow
+def test_finetune_zero_epochs_recalibrates_thresholds_and_keeps_the_weights(user_data, tmp_path):
+    """``finetune --epochs 0``: the source weights unchanged in a loadable folder (weights_best.h5),
+    thresholds re-chosen on the user's data (a calibration-only adaptation)."""
+    from kt_stardist.cli import main
+    from kt_stardist.model import DEFAULT_MODEL_DIR, load_model
+    from kt_stardist.settings import FinetuneSettings, to_json
+
+    img, pts = user_data
+    out = tmp_path / "cal"
+    base = tmp_path / "s.json"
+    base.write_text(to_json(FinetuneSettings(thresholds=_fast_search())))
+    assert main(["finetune", "--out", str(out), "--from", "default", "--images", str(img), "--points", str(pts),
+                 "--epochs", "0", "--no-tensorboard", "--settings", str(base), *PATCH]) == 0
+    assert (out / "weights_best.h5").is_file() and (out / "thresholds.json").is_file()
+    cal, pre = load_model(out), load_model(DEFAULT_MODEL_DIR)
+    w_cal, w_pre = _weights_by_index(cal), _weights_by_index(pre)
+    assert len(w_cal) == len(w_pre) and all(_equal(a, b) for a, b in zip(w_cal, w_pre))
+    assert cal.info.training["steps"] == 0

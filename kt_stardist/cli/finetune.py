@@ -45,7 +45,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--warmup", type=int, metavar="E",
                         help="epochs on the easy/mid simulations (and your frames) before the full mix "
                              "(default: a quarter of --epochs, at least 2, when the mix has both)")
-    parser.add_argument("--epochs", type=int, default=tr.epochs, metavar="E", help=f"epochs (default {tr.epochs})")
+    parser.add_argument("--epochs", type=int, default=tr.epochs, metavar="E", help=f"epochs (default {tr.epochs}; 0: keep the weights of --from and only re-choose the "
+                             "thresholds on your data)")
     parser.add_argument("--steps-per-epoch", type=int, default=tr.steps_per_epoch, metavar="S",
                         help=f"default {tr.steps_per_epoch}")
     parser.add_argument("--freeze", type=int, default=tr.freeze_epochs, metavar="E",

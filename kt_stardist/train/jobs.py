@@ -179,6 +179,10 @@ def finetune(out, settings: FinetuneSettings = FinetuneSettings(), *, from_model
                augmenter=aug, seed=tr.seed, freeze_epochs=tr.freeze_epochs if (from_model is not None or fresh) else 0,
                fresh=fresh, warmup_epochs=warmup, warmup_data=warm_data, patience=tr.patience, resume=resume,
                tensorboard=tensorboard, progress=progress)
+    if model.folder is not None and not (model.folder / "weights_best.h5").is_file():
+        from kt_stardist.model import save_weights
+
+        save_weights(model, "weights_best.h5")  # --epochs 0: the transferred weights, thresholds re-chosen
     model.save_info(receptive_field_px=tuple(map(tuple, model.backend.receptive_field_px())))
     th = choose_thresholds(model, [(p[0], p[1], p[2]) for p in val_pairs], st.thresholds, log=log)
     log(f"thresholds: prob {th['prob']:.3f}, nms {th['nms']:.2f} (validation point F1 {th['f1']:.3f}, "
