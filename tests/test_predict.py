@@ -325,7 +325,8 @@ def _near_truth(df, vs=VOX):
     return len(got) == len(TRUTH) and bool(np.all(d.min(0) < 0.05))
 
 
-COLUMNS = ["t", "z", "y", "x", "z_um", "y_um", "x_um", "prob", "split"]
+COLUMNS = ["t", "z", "y", "x", "z_um", "y_um", "x_um", "prob", "split", "fit_ok", "sigma_z_nm", "sigma_y_nm",
+           "sigma_x_nm", "photons", "background"]
 
 
 def test_cli_3d_4d_and_two_channels(tmp_path, monkeypatch):
