@@ -237,25 +237,11 @@ def points_in_image_px(points, points_scale, points_translate, image_scale, imag
 
 
 def predict_steps(model, image, settings=None):
-    """Generator: the detection of :func:`kt_stardist.pipeline.find_points`, frame by frame
-    (:func:`kt_stardist.predict.detect_frame`, then pairs/tracks by
-    :func:`kt_stardist.pipeline.postprocess`), yielding ``(done, total, message)`` before each
-    frame; returns ``(points DataFrame with t (px), [warnings])``."""
-    import pandas as pd
+    """Generator: :func:`kt_stardist.pipeline.iter_find_points` (frames, then pairs/tracks),
+    yielding ``(done, total, message)``; returns ``(points DataFrame with t (px), [warnings])``."""
+    from kt_stardist.pipeline import iter_find_points
 
-    from kt_stardist.pipeline import postprocess
-    from kt_stardist.predict import detect_frame
-    from kt_stardist.settings import PipelineSettings
-
-    settings = settings or PipelineSettings()
-    vs = image.voxel_size_um or model.voxel_size_um
-    n = image.data.shape[0]
-    dets = []
-    for t in range(n):
-        yield t, n + 1, f"frame {t + 1} of {n}" if n > 1 else "finding spots"
-        dets.append(detect_frame(model, image, t, settings.detect, settings.channel, vs))
-    yield n, n + 1, "sister pairs and tracks" if (settings.pairs or settings.tracks) else "done"
-    df = postprocess(pd.concat([d.points for d in dets], ignore_index=True), settings, vs)
+    df, dets = yield from iter_find_points(model, image, settings)
     return df, [w for d in dets for w in d.warnings]
 
 

@@ -30,7 +30,7 @@ from kt_stardist.distributed import BatchSummary, file_stem, part_is_done, plan,
 from kt_stardist.errors import InputError
 from kt_stardist.settings import PipelineSettings, from_dict, to_dict
 
-__all__ = ["check_outputs", "find_points", "postprocess", "run", "run_frame", "run_json_path", "RUN_JSON"]
+__all__ = ["check_outputs", "find_points", "iter_find_points", "postprocess", "run", "run_frame", "run_json_path", "RUN_JSON"]
 
 #: the run record of a batch (``--out-dir``), beside the per-image CSVs
 RUN_JSON = "run.json"
@@ -49,9 +49,30 @@ def postprocess(df, settings: PipelineSettings, voxel_size_um):
     return df
 
 
+def iter_find_points(model, image, settings: PipelineSettings | None = None, show_progress=False):
+    """Generator: :func:`find_points` step by step (napari's progress bar), yielding
+    ``(done, total, message)`` before each frame and before pairs/tracks; returns what
+    :func:`find_points` returns."""
+    from kt_stardist.predict import iter_detect_image
+
+    settings = settings or PipelineSettings()
+    vs = image.voxel_size_um or model.voxel_size_um
+    n = image.data.shape[0]
+    steps = iter_detect_image(model, image, settings.detect, settings.channel, vs, show_progress)
+    while True:
+        try:
+            t, _ = next(steps)
+        except StopIteration as stop:
+            df, dets = stop.value
+            break
+        yield t, n + 1, f"frame {t + 1} of {n}" if n > 1 else "finding spots"
+    yield n, n + 1, "sister pairs and tracks" if (settings.pairs or settings.tracks) else "done"
+    return postprocess(df, settings, vs), dets
+
+
 def find_points(model, image, settings: PipelineSettings | None = None, show_progress=True):
     """Points of every frame of an in-memory :class:`kt_stardist.io.Image` (then pairs, tracks):
-    ``(DataFrame, [Detection per frame])``."""
+    ``(DataFrame, [Detection per frame])``. :func:`iter_find_points` is the same, step by step."""
     from kt_stardist.predict import detect_image
 
     settings = settings or PipelineSettings()

@@ -595,3 +595,28 @@ def test_tensorflow_import_skips_unused_optional_packages_which_still_import_aft
             "print(float(tf.reduce_sum(tf.ones(3))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
     assert out[0] == "[]" and out[2] == "True" and out[3] == "3.0", out
+
+
+def test_find_points_step_by_step_equals_find_points():
+    """napari's step-by-step path (pipeline.iter_find_points) gives find_points' points and
+    reports every frame, then the pairs/tracks step."""
+    from kt_stardist.io import Image
+    from kt_stardist.pipeline import find_points, iter_find_points
+    from kt_stardist.settings import PipelineSettings
+
+    truth = np.array([[5.3, 20.2, 30.7], [7.0, 40.6, 12.1]])
+    frames = np.stack([spots((12, 64, 64), truth + dt, sigma=(0.83, 0.85, 0.85)) for dt in (0.0, 0.5)])
+    image = Image(frames[..., None], VOX, "TZYXC", path="movie.tif")
+    st = PipelineSettings(pairs=False, tracks=True)
+    want, _ = find_points(SpotModel(), image, st, show_progress=False)
+    steps = iter_find_points(SpotModel(), image, st)
+    seen = []
+    while True:
+        try:
+            seen.append(next(steps))
+        except StopIteration as stop:
+            got, dets = stop.value
+            break
+    assert [s[:2] for s in seen] == [(0, 3), (1, 3), (2, 3)] and "tracks" in seen[-1][2]
+    assert len(dets) == 2 and len(got) == 4
+    pd.testing.assert_frame_equal(got, want)

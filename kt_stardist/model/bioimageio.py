@@ -36,7 +36,6 @@ through :func:`kt_stardist.model.load_model`).
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from pathlib import Path

@@ -18,7 +18,7 @@ from kt_stardist.predict.detect import Detection, detect
 from kt_stardist.predict.preprocess import exceeds_memory
 from kt_stardist.settings import DetectSettings
 
-__all__ = ["check_image_for_model", "frame_input", "detect_frame", "detect_image", "label_image"]
+__all__ = ["check_image_for_model", "frame_input", "detect_frame", "detect_image", "iter_detect_image", "label_image"]
 
 
 def check_image_for_model(image, model, channel=None) -> None:
@@ -77,16 +77,35 @@ def detect_frame(model, image, t: int, settings: DetectSettings | None = None, c
     return det
 
 
-def detect_image(model, image, settings: DetectSettings | None = None, channel=None, voxel_size_um=None,
-                 show_progress: bool = True):
-    """Every frame of an image: ``(points DataFrame with t, [Detection per frame])``."""
-    from tqdm.auto import tqdm
-
+def iter_detect_image(model, image, settings: DetectSettings | None = None, channel=None, voxel_size_um=None,
+                      show_progress: bool = False):
+    """Generator: every frame of an image, yielding ``(t, T)`` before frame ``t``; returns
+    ``(points DataFrame with t, [Detection per frame])`` (for callers that report progress)."""
     check_image_for_model(image, model, channel)
     T = image.data.shape[0]
-    dets = [detect_frame(model, image, t, settings, channel, voxel_size_um, show_progress=show_progress and T == 1)
-            for t in tqdm(range(T), desc="frames", disable=not show_progress or T == 1)]
+    dets = []
+    for t in range(T):
+        yield t, T
+        dets.append(detect_frame(model, image, t, settings, channel, voxel_size_um, show_progress=show_progress and T == 1))
     return pd.concat([d.points for d in dets], ignore_index=True), dets
+
+
+def detect_image(model, image, settings: DetectSettings | None = None, channel=None, voxel_size_um=None,
+                 show_progress: bool = True):
+    """Every frame of an image: ``(points DataFrame with t, [Detection per frame])``
+    (:func:`iter_detect_image` with a progress bar over frames)."""
+    from tqdm.auto import tqdm
+
+    steps = iter_detect_image(model, image, settings, channel, voxel_size_um, show_progress)
+    T = image.data.shape[0]
+    with tqdm(total=T, desc="frames", disable=not show_progress or T == 1) as bar:
+        while True:
+            try:
+                t, _ = next(steps)
+            except StopIteration as stop:
+                bar.update(T - bar.n)
+                return stop.value
+            bar.update(t - bar.n)
 
 
 def label_image(model, det: Detection) -> np.ndarray:
