@@ -1,0 +1,119 @@
+"""Peers of the comparison benchmark (kt_stardist.peers, scripts/benchmark_peers.py)."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kt_stardist import peers
+
+VOX = (0.3, 0.13, 0.13)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("benchmark_peers", ROOT / "scripts" / "benchmark_peers.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_heatmap_target_peak_sigma_and_max():
+    sig = peers.HeatmapSettings().sigma_px
+    assert sig == pytest.approx((0.25 / 0.3, 0.11 / 0.13, 0.11 / 0.13))
+    h = peers.heatmap_target([[10, 20, 20]], (21, 41, 41), sig)
+    assert h.dtype == np.float32 and h.shape == (21, 41, 41)
+    assert np.unravel_index(np.argmax(h), h.shape) == (10, 20, 20)
+    assert h[10, 20, 20] == pytest.approx(1.0)
+    # one sigma away along each axis: exp(-1/2) (the stated anisotropic sigma)
+    assert h[11, 20, 20] == pytest.approx(np.exp(-0.5 / sig[0] ** 2), rel=1e-5)
+    assert h[10, 21, 20] == pytest.approx(np.exp(-0.5 / sig[1] ** 2), rel=1e-5)
+    # two close sisters (0.39 µm apart): combined by max, both stay peaks of 1, nothing above 1
+    h2 = peers.heatmap_target([[10, 20, 20], [10, 20, 23]], (21, 41, 41), sig)
+    assert h2.max() == pytest.approx(1.0) and h2[10, 20, 20] == h2[10, 20, 23] == pytest.approx(1.0)
+    assert h2[10, 20, 21] < 1 and h2[10, 20, 22] < 1
+    # a sub-voxel point: its heatmap's centroid is the point
+    p = np.array([10.3, 20.4, 19.7])
+    h3 = peers.heatmap_target([p], (21, 41, 41), sig)
+    cen = np.array([np.sum(h3 * g) for g in np.indices(h3.shape)]) / h3.sum()
+    np.testing.assert_allclose(cen, p, atol=0.02)
+
+
+def test_dice_gaussian_loss_zero_when_perfect_and_grows_with_shift():
+    sig = peers.HeatmapSettings().sigma_px
+    t = peers.heatmap_target([[8, 16, 16], [8, 16, 26]], (16, 32, 40), sig)
+    assert peers.dice_gaussian_loss(t, t) == pytest.approx(0.0, abs=1e-6)
+    shifted = [peers.dice_gaussian_loss(t, peers.heatmap_target([[8, 16 + d, 16], [8, 16 + d, 26]], t.shape, sig))
+               for d in (0.5, 1, 2)]
+    assert 0 < shifted[0] < shifted[1] < shifted[2]
+    assert peers.dice_gaussian_loss(t, np.zeros_like(t)) > shifted[2]
+
+
+def test_peaks_refined_to_sub_voxel():
+    from kt_stardist.predict.refine import refine_points
+    from kt_stardist.simulate import render_spots
+
+    rng = np.random.default_rng(3)
+    truth = np.array([[8, 16, 16], [8, 16, 34], [14, 30, 22], [6, 36, 40]], float) + rng.uniform(-0.45, 0.45, (4, 3))
+    sigma_px = np.array([0.25, 0.11, 0.11]) / np.array(VOX)
+    raw = render_spots((22, 48, 52), truth, 400.0, sigma_px) + 20.0
+    heat = peers.heatmap_target(truth, raw.shape, peers.HeatmapSettings().sigma_px)
+    heat += 0.2 * rng.random(heat.shape).astype(np.float32)  # background clutter below the threshold
+    pos, val = peers.heatmap_peaks(heat, 0.5)
+    assert len(pos) == len(truth) and np.all(np.diff(val) <= 0)
+    order = [int(np.argmin(np.linalg.norm(truth - p, axis=1))) for p in pos]
+    assert sorted(order) == [0, 1, 2, 3]
+    err_peak = np.abs(pos - truth[order]).max()
+    refined = refine_points(raw, pos.astype(float), VOX)
+    err_ref = np.abs(refined - truth[order]).max()
+    assert err_ref < 0.1 < err_peak
+
+
+def test_threshold_chosen_by_f1_above_clutter():
+    sig = peers.HeatmapSettings().sigma_px
+    rng = np.random.default_rng(0)
+    truths, heats = [], []
+    for _ in range(2):
+        pts = rng.uniform([3, 5, 5], [13, 35, 35], (6, 3))
+        h = 0.9 * peers.heatmap_target(pts, (16, 40, 40), sig)
+        clutter = rng.uniform([3, 5, 5], [13, 35, 35], (6, 3))
+        h = np.maximum(h, 0.3 * peers.heatmap_target(clutter, h.shape, sig))
+        truths.append(pts)
+        heats.append(h)
+    thr, f1, table = peers.choose_heatmap_threshold(heats, truths, VOX, (0.1, 0.2, 0.4, 0.6, 0.95))
+    assert thr in (0.4, 0.6) and f1 == pytest.approx(1.0)
+    assert table.set_index("threshold").loc[0.1, "f1"] < 1 and table.set_index("threshold").loc[0.95, "f1"] == 0
+
+
+def test_missing_spotiflow_is_skipped_with_one_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "spotiflow", None)  # import spotiflow now raises ImportError
+    reason = peers.spotiflow_available()
+    assert reason and "spotiflow not installed" in reason and "\n" not in reason
+
+    def must_not_train(*a, **k):
+        raise AssertionError("a missing peer must not be trained")
+
+    monkeypatch.setattr(peers, "train_spotiflow", must_not_train)
+    fn, info = _script().spotiflow_method([], [], 2, 2, "unused")
+    assert fn is None and info == reason
+
+
+@pytest.mark.slow
+def test_heatmap_unet_trains_saves_and_loads(tmp_path):
+    from kt_stardist.train.data import simulated_pairs
+
+    train = simulated_pairs(1, (24, 64, 64), 0, kinds=("easy",))
+    val = simulated_pairs(1, (24, 64, 64), 1, kinds=("easy",))
+    s = peers.HeatmapSettings(steps=2, n_filter_base=4, thresholds=(0.2, 0.5))
+    m = peers.train_heatmap(train, val, s)
+    assert m.training["steps"] == 2 and m.threshold in (0.2, 0.5)
+    peers.save_heatmap_model(m, tmp_path / "hm")
+    m2 = peers.load_heatmap_model(tmp_path / "hm")
+    assert m2.settings == s and m2.threshold == m.threshold
+    x = val[0][0]
+    df, h = peers.heatmap_detect(m2, x, VOX, return_heatmap=True)
+    _, h0 = peers.heatmap_detect(m, x, VOX, return_heatmap=True)
+    np.testing.assert_allclose(h, h0, atol=1e-6)
+    assert h.shape == x.shape[:3] and list(df.columns) == ["z", "y", "x", "prob"]
