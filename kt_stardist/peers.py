@@ -366,12 +366,14 @@ class SpotiflowSettings:
 
 
 def spotiflow_available() -> str | None:
-    """None when Spotiflow and torch import, else a one-line reason."""
-    try:
-        import spotiflow  # noqa: F401
-        import torch  # noqa: F401
-    except Exception as e:  # ImportError, or a broken torch install
-        return f"spotiflow not installed ({type(e).__name__}: {e}); pip install '.[peers]' (see README)"
+    """None when Spotiflow and torch are installed, else a one-line reason. Looks them up
+    without importing them (torch must not be loaded into a process that runs TensorFlow: the
+    two crashed together here, so the benchmark runs Spotiflow in a separate process)."""
+    from importlib.util import find_spec
+
+    missing = [m for m in ("spotiflow", "torch") if find_spec(m) is None]
+    if missing:
+        return f"{', '.join(missing)} not installed; pip install '.[peers]' (see pyproject.toml for a CPU torch)"
     return None
 
 

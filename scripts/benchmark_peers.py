@@ -73,6 +73,7 @@ def parse(argv=None):
     ap.add_argument("--no-bigfish", action="store_true")
     ap.add_argument("--out-dir", default="build/peers")
     ap.add_argument("--png", default=None, help="F1 / RMSE plot per set")
+    ap.add_argument("--spotiflow-worker", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.quick:
         a.n, a.shape, a.layouts = 1, [24, 128, 128], ["plate"]
@@ -80,21 +81,55 @@ def parse(argv=None):
     return a
 
 
-def spotiflow_method(train, val, steps, batch, out_dir):
-    """(detector(case) → (N, 3) px, training minutes) for Spotiflow, or (None, one-line reason)
-    when it is not installed or fails to train."""
+def spotiflow_method(argv, steps, batch, out_dir):
+    """(predictions {case key: (N, 3) px}, seconds {case key: s}, training minutes) of Spotiflow,
+    or (None, one-line reason, None) when it is not installed or its run fails. Spotiflow runs in
+    a child process (``--spotiflow-worker``) that simulates the same data from the same seeds:
+    torch and TensorFlow crashed (segfault) when loaded in one process."""
+    import subprocess
+
     from kt_stardist import peers
 
     reason = peers.spotiflow_available()
     if reason:
-        return None, reason
-    s = peers.SpotiflowSettings(epochs=max(1, math.ceil(steps * batch / max(len(train), 1))), batch_size=batch)
-    try:
-        model, seconds = peers.train_spotiflow(train, val, Path(out_dir) / "spotiflow", s)
-    except Exception as e:  # a peer that fails to train must not stop the benchmark
-        return None, f"spotiflow failed to train ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
-    log(f"Spotiflow: {s.epochs} epochs of {len(train)} crops {s.crop_px} (batch {batch}), {seconds / 60:.1f} min")
-    return (lambda c: peers.spotiflow_detect(model, c.image, c.voxel_size_um, s)), seconds / 60
+        return None, reason, None
+    out = Path(out_dir) / "spotiflow" / "predictions.npz"
+    cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--spotiflow-worker", str(out)]
+    r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if r.returncode != 0 or not out.is_file():
+        last = (r.stderr.strip().splitlines() or ["no message"])[-1][:160]
+        return None, f"its run failed (exit {r.returncode}: {last})", None
+    with np.load(out, allow_pickle=False) as z:
+        keys = [str(k) for k in z["keys"]]
+        pred = {k: z[f"pred_{i}"] for i, k in enumerate(keys)}
+        secs = dict(zip(keys, z["seconds"].tolist()))
+        minutes = float(z["train_seconds"]) / 60
+    log(f"Spotiflow: trained {minutes:.1f} min ({steps} steps x batch {batch} worth of crops)")
+    return pred, secs, minutes
+
+
+def case_key(c) -> str:
+    return f"{c.group}/{c.layout}/{c.seed}"
+
+
+def spotiflow_worker(a, train, val, cases, path):
+    """Child process: train Spotiflow, predict every case, save an npz (atomically)."""
+    from kt_stardist import peers
+    from kt_stardist.io import atomic_path
+
+    batch = peers.HeatmapSettings().batch_size
+    s = peers.SpotiflowSettings(epochs=max(1, math.ceil(a.steps * batch / max(len(train), 1))), batch_size=batch)
+    path = Path(path)
+    model, train_seconds = peers.train_spotiflow(train, val, path.parent, s)
+    arrays, secs = {}, []
+    for i, c in enumerate(cases):
+        t0 = time.perf_counter()
+        arrays[f"pred_{i}"] = peers.spotiflow_detect(model, c.image, c.voxel_size_um, s)
+        secs.append(time.perf_counter() - t0)
+    with atomic_path(path) as tmp:
+        np.savez(tmp, keys=np.array([case_key(c) for c in cases]), seconds=np.array(secs),
+                 train_seconds=np.float64(train_seconds), **arrays)
+    return 0
 
 
 def kt_training_minutes(model):
@@ -126,6 +161,9 @@ def main(argv=None):
     if a.robustness:
         cases += robustness_cases(n=1, seed=TEST_SEED)
 
+    if a.spotiflow_worker:
+        return spotiflow_worker(a, train, val, cases, a.spotiflow_worker)
+
     model = load_model(a.model)
     methods, train_min, notes = {}, {}, []
     methods["kt-stardist"] = lambda c: detect(model, c.image, c.voxel_size_um).points[["z", "y", "x"]]
@@ -150,12 +188,13 @@ def main(argv=None):
     if a.no_spotiflow:
         notes.append("Spotiflow: skipped (--no-spotiflow)")
     else:
-        log("training Spotiflow ...")
-        fn, info = spotiflow_method(train, val, a.steps, peers.HeatmapSettings().batch_size, out_dir)
-        if fn is None:
-            notes.append(f"Spotiflow: skipped, {info}")
+        log("training Spotiflow (separate process) ...")
+        sf_pred, sf_secs, sf_min = spotiflow_method(list(sys.argv[1:] if argv is None else argv), a.steps,
+                                                    peers.HeatmapSettings().batch_size, out_dir)
+        if sf_pred is None:
+            notes.append(f"Spotiflow: skipped, {sf_secs}")
         else:
-            methods["Spotiflow"], train_min["Spotiflow"] = fn, info
+            methods["Spotiflow"], train_min["Spotiflow"] = (lambda c: sf_pred[case_key(c)]), sf_min
 
     if a.no_bigfish:
         notes.append("Big-FISH: skipped (--no-bigfish)")
@@ -175,6 +214,8 @@ def main(argv=None):
     for name, fn in methods.items():
         log(f"running {name} on {len(cases)} volumes ...")
         per_case = evaluate_detector(fn, cases)
+        if name == "Spotiflow":  # its seconds were measured in its own process
+            per_case["seconds"] = [sf_secs[case_key(c)] for c in cases]
         per_case["set"] = per_case["group"]
         both = pd.concat([per_case, per_case.assign(set="all")], ignore_index=True)
         t = summarize(both, by=("set",)).assign(method=name, train_min=train_min.get(name, np.nan))

@@ -88,16 +88,18 @@ def test_threshold_chosen_by_f1_above_clutter():
 
 
 def test_missing_spotiflow_is_skipped_with_one_line(monkeypatch):
-    monkeypatch.setitem(sys.modules, "spotiflow", None)  # import spotiflow now raises ImportError
+    monkeypatch.setitem(sys.modules, "spotiflow", None)  # find_spec("spotiflow") is now None
     reason = peers.spotiflow_available()
-    assert reason and "spotiflow not installed" in reason and "\n" not in reason
+    assert reason and reason.startswith("spotiflow not installed") and "\n" not in reason
 
     def must_not_train(*a, **k):
-        raise AssertionError("a missing peer must not be trained")
+        raise AssertionError("a missing peer must not be run")
 
-    monkeypatch.setattr(peers, "train_spotiflow", must_not_train)
-    fn, info = _script().spotiflow_method([], [], 2, 2, "unused")
-    assert fn is None and info == reason
+    import subprocess
+
+    monkeypatch.setattr(subprocess, "run", must_not_train)
+    pred, info, minutes = _script().spotiflow_method(["--quick"], 2, 2, "unused")
+    assert pred is None and minutes is None and info == reason
 
 
 @pytest.mark.slow
