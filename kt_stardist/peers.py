@@ -50,8 +50,11 @@ class HeatmapSettings:
     """The U-Net heatmap peer. ``sigma_um`` (z, y, x) µm: width of the Gaussian target;
     ``n_depth``/``n_filter_base``: csbdeep U-Net (2/16 as kt-default's backbone); ``patch_size_px``
     (z, y, x), ``batch_size``, ``steps``, ``lr``: training (kt-default's patch, batch and lr);
-    ``mse_weight``: weight of the MSE term beside Dice; ``foreground_prob``: share of patches
-    centred on a spot; ``thresholds``: heatmap values tried on the validation volumes;
+    ``mse_weight``: weight of the MSE term beside Dice; ``prior_prob``: the output's starting value
+    (bias of the last layer; at 0.5 the MSE term drove the sigmoid to 0 everywhere before Dice
+    could act, and it never recovered in 240 steps); ``warmup_fraction``: share of the steps on the
+    easy/mid simulations only (as kt-stardist's warm-up epochs); ``foreground_prob``: share of
+    patches centred on a spot; ``thresholds``: heatmap values tried on the validation volumes;
     ``min_distance_px``: peak_local_max's minimum distance between peaks."""
 
     sigma_um: tuple = SPOT_SIGMA_UM
@@ -62,9 +65,11 @@ class HeatmapSettings:
     batch_size: int = 2
     steps: int = 480
     lr: float = 1e-3
-    mse_weight: float = 10.0
+    mse_weight: float = 1.0
+    prior_prob: float = 0.01
+    warmup_fraction: float = 0.25
     foreground_prob: float = 0.9
-    thresholds: tuple = tuple(round(float(t), 2) for t in np.arange(0.05, 0.96, 0.05))
+    thresholds: tuple = (0.01, 0.02, 0.03) + tuple(round(float(t), 2) for t in np.arange(0.05, 0.96, 0.05))
     min_distance_px: int = 1
     seed: int = 0
 
@@ -104,7 +109,7 @@ def heatmap_target(points_px, shape_px, sigma_px, truncate=3.0) -> np.ndarray:
     return out
 
 
-def dice_gaussian_loss(y_true, y_pred, mse_weight=10.0, xp=np, eps=1e-6):
+def dice_gaussian_loss(y_true, y_pred, mse_weight=1.0, xp=np, eps=1e-6):
     """Soft Dice loss + ``mse_weight`` × mean squared error between heatmaps (any shape).
 
     ``1 - 2 Σ t·p / (Σ t² + Σ p²) + w · mean((t - p)²)``: 0 for a perfect prediction. ``xp`` is
@@ -148,12 +153,19 @@ class HeatmapModel:
 
 
 def build_heatmap_unet(settings: HeatmapSettings):
-    """csbdeep's 3D U-Net, one input and one sigmoid output channel (fully convolutional)."""
+    """csbdeep's 3D U-Net, one input and one sigmoid output channel (fully convolutional); the
+    last layer's bias starts the output at ``settings.prior_prob``."""
+    import keras
     from csbdeep.internals.nets import custom_unet
 
-    return custom_unet((None, None, None, 1), last_activation="sigmoid", n_depth=settings.n_depth,
-                       n_filter_base=settings.n_filter_base, kernel_size=(3, 3, 3),
-                       pool_size=(2, 2, 2), n_channel_out=1)
+    net = custom_unet((None, None, None, 1), last_activation="sigmoid", n_depth=settings.n_depth,
+                      n_filter_base=settings.n_filter_base, kernel_size=(3, 3, 3),
+                      pool_size=(2, 2, 2), n_channel_out=1)
+    last = [la for la in net.layers if isinstance(la, keras.layers.Conv3D)][-1]
+    w, b = last.get_weights()
+    p = float(settings.prior_prob)
+    last.set_weights([w, np.full_like(b, np.log(p / (1 - p)))])
+    return net
 
 
 def predict_heatmap(model: HeatmapModel, x, tile_px=(32, 256, 256)):
@@ -266,10 +278,13 @@ def _patches(X, H, P, patch, n, rng, foreground_prob):
 def train_heatmap(train_pairs, val_pairs, settings: HeatmapSettings = HeatmapSettings(), log=None):
     """Train the U-Net heatmap peer from scratch on raw pairs ``(image ZYXC, points (N, 3) px,
     voxel size µm, kind)`` (as :func:`kt_stardist.train.data.simulated_pairs` makes them) for
-    ``settings.steps`` × ``settings.batch_size`` patches (Adam, ``settings.lr``), then choose the
+    ``settings.steps`` × ``settings.batch_size`` patches (Adam, ``settings.lr``; the first
+    ``warmup_fraction`` of the steps on the easy/mid pairs only when harder kinds are mixed in), then choose the
     peak threshold on ``val_pairs`` by point F1. Returns a :class:`HeatmapModel`; its
     ``training`` records steps, batch, seconds (training only), validation F1 and threshold."""
     import keras
+
+    from kt_stardist.train.data import WARMUP_KINDS
 
     s = settings
     patch = np.asarray(s.patch_size_px, int)
@@ -285,10 +300,13 @@ def train_heatmap(train_pairs, val_pairs, settings: HeatmapSettings = HeatmapSet
     net.compile(optimizer=keras.optimizers.Adam(s.lr),
                 loss=lambda t, p: dice_gaussian_loss(t, p, s.mse_weight, xp=keras.ops))
     rng = np.random.default_rng(s.seed)
+    warm = [i for i, p in enumerate(train_pairs) if len(p) > 3 and p[3] in WARMUP_KINDS]
+    n_warm = int(round(s.warmup_fraction * s.steps)) if warm and len(warm) < len(X) else 0
+    sub = ([X[i] for i in warm], [H[i] for i in warm], [P[i] for i in warm])
     losses = []
     t0 = time.perf_counter()
     for step in range(int(s.steps)):
-        xb, hb = _patches(X, H, P, patch, s.batch_size, rng, s.foreground_prob)
+        xb, hb = _patches(*(sub if step < n_warm else (X, H, P)), patch, s.batch_size, rng, s.foreground_prob)
         losses.append(float(np.asarray(net.train_on_batch(xb, hb))))
         if log and (step + 1) % max(1, s.steps // 10) == 0:
             log(f"heatmap U-Net step {step + 1}/{s.steps}: loss {np.mean(losses[-max(1, s.steps // 10):]):.4f}")
@@ -298,7 +316,7 @@ def train_heatmap(train_pairs, val_pairs, settings: HeatmapSettings = HeatmapSet
     heats = [predict_heatmap(model, x) for x in Xv]
     thr, f1, _ = choose_heatmap_threshold(heats, Pv, s.voxel_size_um, s.thresholds, s.min_distance_px)
     model.threshold = thr
-    model.training = dict(steps=int(s.steps), batch_size=int(s.batch_size), train_seconds=round(seconds, 1),
+    model.training = dict(steps=int(s.steps), batch_size=int(s.batch_size), warmup_steps=n_warm, train_seconds=round(seconds, 1),
                           final_loss=round(float(np.mean(losses[-10:])), 5) if losses else None,
                           train_volumes=len(X), val_volumes=len(Xv), validation_f1=round(f1, 4),
                           threshold_by="point F1 of heatmap peaks on validation simulations, 0.5 µm")
