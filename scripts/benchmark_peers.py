@@ -168,6 +168,11 @@ def main(argv=None):
     methods, train_min, notes = {}, {}, []
     methods["kt-stardist"] = lambda c: detect(model, c.image, c.voxel_size_um).points[["z", "y", "x"]]
     train_min["kt-stardist"] = kt_training_minutes(model)
+    tr = getattr(model.info, "training", None) or {}
+    if tr.get("transferred_from"):
+        notes.append(f"kt-stardist: train_min is its last training job ({tr.get('job', 'finetune')}, "
+                     f"{tr.get('steps', '?')} steps x batch 2 on {tr.get('training_data', '?')}), which started "
+                     f"from earlier weights ({tr['transferred_from']}): its total training is longer")
 
     # U-Net heatmap, same patches/batch/steps as a kt-stardist finetune
     if a.heatmap_model:
