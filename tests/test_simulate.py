@@ -170,6 +170,8 @@ def test_cli_writes_files_same_seed_same_bytes(tmp_path):
     assert {"t", "z", "y", "x", "pair_id", "sister", "track_id"} <= set(pts.columns)
     rec = json.loads((tmp_path / "a" / "simulation.json").read_text())
     assert rec["seed"] == 5 and rec["volumes"][1]["seed"] == [5, 1]
+    run = json.loads((tmp_path / "a.run.json").read_text())  # the run record beside the folder
+    assert run["arguments"]["seed"] == 5 and run["command"].startswith("kt-stardist") and run["seconds"] >= 0
     # the record reproduces the volume
     p = S.SimParams.from_dict(rec["volumes"][0]["params"])
     again, again_pts = S.simulate_volume((8, 32, 32), seed=[5, 0], channels=2, params=p)

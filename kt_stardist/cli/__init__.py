@@ -103,9 +103,10 @@ def main(argv=None) -> int:
     return int(rc or 0)
 
 
-#: commands whose ``--out`` file gets a ``<name>.run.json`` record from here (``predict`` and the
-#: demo write a fuller one through :mod:`kt_stardist.pipeline`; training writes the model folder's)
-RUN_JSON_COMMANDS = ("pairs", "track", "labels")
+#: commands whose output (``--out``, or the ``out`` argument) gets a ``<name>.run.json`` record
+#: beside it from here (``predict`` and the demo write a fuller one through
+#: :mod:`kt_stardist.pipeline`; training writes the model folder's)
+RUN_JSON_COMMANDS = ("pairs", "track", "labels", "simulate", "export", "report")
 
 
 def _write_run_json(args, started, seconds):
