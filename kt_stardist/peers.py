@@ -38,7 +38,7 @@ from kt_stardist.errors import InputError
 
 __all__ = ["HeatmapSettings", "HeatmapModel", "heatmap_target", "dice_gaussian_loss", "heatmap_peaks",
            "build_heatmap_unet", "predict_heatmap", "heatmap_detect", "choose_heatmap_threshold",
-           "train_heatmap", "save_heatmap_model", "load_heatmap_model", "HEATMAP_JSON", "HEATMAP_WEIGHTS",
+           "train_heatmap", "calibrate_heatmap", "best_threshold", "save_heatmap_model", "load_heatmap_model", "HEATMAP_JSON", "HEATMAP_WEIGHTS",
            "SpotiflowSettings", "spotiflow_available", "isotropic_zoom", "train_spotiflow", "spotiflow_detect"]
 
 HEATMAP_JSON = "heatmap.json"
@@ -224,10 +224,17 @@ def choose_heatmap_threshold(heats, truths, voxel_size_um, thresholds, min_dista
                              cutoff_um=MATCH_CUTOFF_UM):
     """Threshold with the best summed-count point F1 of the heatmap peaks (model px, no
     refinement) against ``truths`` ((N, 3) model px) over the validation ``heats``:
-    (threshold, f1, table of every threshold tried)."""
+    (threshold, f1, table of every threshold tried), by :func:`best_threshold`."""
+    cands = [heatmap_peaks(h, min(thresholds), min_distance_px) for h in heats]
+    return best_threshold(cands, truths, voxel_size_um, thresholds, cutoff_um)
+
+
+def best_threshold(cands, truths, voxel_size_um, thresholds, cutoff_um=MATCH_CUTOFF_UM):
+    """Score threshold with the best summed-count point F1: ``cands`` one (positions (N, 3) px,
+    scores (N,)) per volume, ``truths`` (M, 3) px in the same grid. Returns (threshold, f1,
+    table of every threshold tried)."""
     from kt_stardist.evaluate import match_points, scores
 
-    cands = [heatmap_peaks(h, min(thresholds), min_distance_px) for h in heats]
     rows = []
     for t in thresholds:
         tp = fp = fn = 0
@@ -312,15 +319,23 @@ def train_heatmap(train_pairs, val_pairs, settings: HeatmapSettings = HeatmapSet
             log(f"heatmap U-Net step {step + 1}/{s.steps}: loss {np.mean(losses[-max(1, s.steps // 10):]):.4f}")
     seconds = time.perf_counter() - t0
     model = HeatmapModel(net, s)
+    f1 = calibrate_heatmap(model, val_pairs)
+    model.training = dict(steps=int(s.steps), batch_size=int(s.batch_size), warmup_steps=n_warm, train_seconds=round(seconds, 1),
+                          final_loss=round(float(np.mean(losses[-10:])), 5) if losses else None,
+                          train_volumes=len(X), val_volumes=len(val_pairs), validation_f1=round(f1, 4),
+                          threshold_by="point F1 of heatmap peaks on validation simulations, 0.5 µm")
+    return model
+
+
+def calibrate_heatmap(model: HeatmapModel, val_pairs) -> float:
+    """Set ``model.threshold`` to the value with the best point F1 on raw ``val_pairs``
+    (:func:`choose_heatmap_threshold`); returns that F1."""
+    s = model.settings
     Xv, Pv = _prepared(val_pairs, s.voxel_size_um)
     heats = [predict_heatmap(model, x) for x in Xv]
     thr, f1, _ = choose_heatmap_threshold(heats, Pv, s.voxel_size_um, s.thresholds, s.min_distance_px)
     model.threshold = thr
-    model.training = dict(steps=int(s.steps), batch_size=int(s.batch_size), warmup_steps=n_warm, train_seconds=round(seconds, 1),
-                          final_loss=round(float(np.mean(losses[-10:])), 5) if losses else None,
-                          train_volumes=len(X), val_volumes=len(Xv), validation_f1=round(f1, 4),
-                          threshold_by="point F1 of heatmap peaks on validation simulations, 0.5 µm")
-    return model
+    return f1
 
 
 def save_heatmap_model(model: HeatmapModel, folder):
@@ -379,6 +394,7 @@ class SpotiflowSettings:
     epochs: int = 20
     batch_size: int = 2
     lr: float = 3e-4
+    thresholds: tuple = tuple(t for t in HeatmapSettings.thresholds if t >= 0.05)
     grid: int = 1
     seed: int = 0
 
@@ -419,7 +435,8 @@ def _iso_volume(volume, voxel_size_um, iso_um):
 
 def train_spotiflow(train_pairs, val_pairs, out_dir, settings: SpotiflowSettings = SpotiflowSettings(), log=None):
     """Train Spotiflow from scratch in 3D (CPU) on raw pairs (see :func:`train_heatmap`), z
-    resampled to isotropic; returns (model, seconds). Weights stay under ``out_dir``."""
+    resampled to isotropic; returns (model, training seconds, probability threshold with the best
+    point F1 on ``val_pairs``, that F1). Weights stay under ``out_dir``."""
     import torch
     from spotiflow.model import Spotiflow, SpotiflowModelConfig, SpotiflowTrainingConfig
 
@@ -444,12 +461,21 @@ def train_spotiflow(train_pairs, val_pairs, out_dir, settings: SpotiflowSettings
     t0 = time.perf_counter()
     model.fit(Xt, Pt, Xv, Pv, save_dir=str(out_dir), train_config=tcfg, device="cpu", logger="tensorboard",
               deterministic=False, augment_train=True, num_workers=0)
-    return model, time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
+    # the probability threshold by point F1 on the validation volumes, as for the heatmap peer
+    # (Spotiflow's own optimised threshold left no spot on held-out frames after a short training)
+    cands = []
+    for x in Xv:
+        pts, det = model.predict(x, prob_thresh=min(settings.thresholds), device="cpu", verbose=False, normalizer=None)
+        cands.append((np.asarray(pts, float).reshape(-1, 3), np.asarray(det.prob, float).reshape(-1)))
+    thr, f1, _ = best_threshold(cands, Pv, (settings.iso_um,) * 3, settings.thresholds)
+    return model, seconds, thr, f1
 
 
-def spotiflow_detect(model, volume, voxel_size_um=VOXEL_SIZE_UM, settings: SpotiflowSettings = SpotiflowSettings()):
-    """Spotiflow's points of a raw ``(Z, Y, X[, 1])`` volume (its optimised threshold and
-    sub-pixel flow), in the volume's own px: (N, 3) float."""
+def spotiflow_detect(model, volume, voxel_size_um=VOXEL_SIZE_UM, settings: SpotiflowSettings = SpotiflowSettings(),
+                     threshold=None):
+    """Spotiflow's points of a raw ``(Z, Y, X[, 1])`` volume (probability ``threshold``, None: its
+    own; sub-pixel flow), in the volume's own px: (N, 3) float."""
     x, z = _iso_volume(volume, voxel_size_um, settings.iso_um)
-    pts, _ = model.predict(x, device="cpu", verbose=False, normalizer=None)
+    pts, _ = model.predict(x, prob_thresh=threshold, device="cpu", verbose=False, normalizer=None)
     return np.asarray(pts, float).reshape(-1, 3) / np.asarray(z, float)

@@ -65,7 +65,8 @@ def parse(argv=None):
     ap.add_argument("--layouts", nargs="+", default=["plate", "real"])
     ap.add_argument("--steps", type=int, default=480, help="training steps of each peer (batch 2)")
     ap.add_argument("--train-n", type=int, default=24, help="training simulations")
-    ap.add_argument("--val-n", type=int, default=4, help="validation simulations (peak threshold)")
+    ap.add_argument("--val-n", type=int, default=5,
+                    help="validation simulations (peak thresholds; 5 covers every training kind once)")
     ap.add_argument("--train-shape", nargs=3, type=int, default=[48, 192, 192])
     ap.add_argument("--robustness", action="store_true", help="also the physical robustness panel (1 per condition)")
     ap.add_argument("--heatmap-model", default=None, help="a trained heatmap folder to reuse (skips training)")
@@ -77,7 +78,7 @@ def parse(argv=None):
     a = ap.parse_args(argv)
     if a.quick:
         a.n, a.shape, a.layouts = 1, [24, 128, 128], ["plate"]
-        a.steps, a.train_n, a.val_n, a.train_shape = 8, 4, 1, [24, 96, 96]
+        a.steps, a.train_n, a.val_n, a.train_shape = 8, 4, 2, [24, 96, 96]
     return a
 
 
@@ -120,11 +121,12 @@ def spotiflow_worker(a, train, val, cases, path):
     batch = peers.HeatmapSettings().batch_size
     s = peers.SpotiflowSettings(epochs=max(1, math.ceil(a.steps * batch / max(len(train), 1))), batch_size=batch)
     path = Path(path)
-    model, train_seconds = peers.train_spotiflow(train, val, path.parent, s)
+    model, train_seconds, thr, f1 = peers.train_spotiflow(train, val, path.parent, s)
+    log(f"Spotiflow: probability threshold {thr} (validation F1 {f1:.3f})")
     arrays, secs = {}, []
     for i, c in enumerate(cases):
         t0 = time.perf_counter()
-        arrays[f"pred_{i}"] = peers.spotiflow_detect(model, c.image, c.voxel_size_um, s)
+        arrays[f"pred_{i}"] = peers.spotiflow_detect(model, c.image, c.voxel_size_um, s, threshold=thr)
         secs.append(time.perf_counter() - t0)
     with atomic_path(path) as tmp:
         np.savez(tmp, keys=np.array([case_key(c) for c in cases]), seconds=np.array(secs),
@@ -177,6 +179,8 @@ def main(argv=None):
     # U-Net heatmap, same patches/batch/steps as a kt-stardist finetune
     if a.heatmap_model:
         hm = peers.load_heatmap_model(a.heatmap_model)
+        log(f"heatmap threshold {hm.threshold} re-chosen on this run's validation simulations: "
+            f"{peers.calibrate_heatmap(hm, val)} F1 at {hm.threshold}")
     else:
         hs = peers.HeatmapSettings(steps=a.steps)
         log(f"training the U-Net heatmap: {hs.steps} steps x batch {hs.batch_size}, patch {hs.patch_size_px} ...")
