@@ -20,7 +20,7 @@ training seed); close-pair recall = recall of spots whose nearest neighbour is 0
 (``close_pair_mask``); ``--robustness``: the physical robustness panel too. Seconds are per
 volume on this machine (2 shared CPU cores unless said otherwise).
 
-    python scripts/benchmark_peers.py --quick                      # smoke test, ~3 min
+    python scripts/benchmark_peers.py --quick                      # smoke test, ~4 min
     python scripts/benchmark_peers.py                              # CI-sized (~30 min on 2 cores)
     python scripts/benchmark_peers.py --shape 61 512 512 --n 2     # README numbers
 
@@ -57,7 +57,7 @@ def log(msg):
 
 def parse(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="smoke test: a few training steps, tiny sets (~3 min)")
+    ap.add_argument("--quick", action="store_true", help="smoke test: 40 training steps, tiny sets (~3-4 min on 2 idle cores)")
     ap.add_argument("--model", default=None, help="kt-stardist model folder (default: the shipped one)")
     ap.add_argument("--n", type=int, default=1, help="test frames per preset and layout")
     ap.add_argument("--shape", nargs=3, type=int, default=[32, 256, 256], help="test frame (Z, Y, X) px")
@@ -78,7 +78,7 @@ def parse(argv=None):
     a = ap.parse_args(argv)
     if a.quick:
         a.n, a.shape, a.layouts = 1, [24, 128, 128], ["plate"]
-        a.steps, a.train_n, a.val_n, a.train_shape = 8, 4, 2, [24, 96, 96]
+        a.steps, a.train_n, a.val_n, a.train_shape = 40, 4, 2, [24, 96, 96]
     return a
 
 
