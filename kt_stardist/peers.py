@@ -419,7 +419,8 @@ def isotropic_zoom(voxel_size_um, iso_um) -> tuple:
 
 def _iso_volume(volume, voxel_size_um, iso_um):
     """Normalised ``(Z, Y, X)`` volume resampled (linear) to isotropic ``iso_um`` px, and the
-    zoom (z, y, x). Normalised with kt-stardist's percentile normalisation."""
+    factors (z, y, x) that take positions in the volume's px to the resampled px. Normalised
+    with kt-stardist's percentile normalisation."""
     from scipy import ndimage
 
     from kt_stardist.normalize import normalize
@@ -430,6 +431,8 @@ def _iso_volume(volume, voxel_size_um, iso_um):
     x = normalize(v, voxel_size_um=tuple(voxel_size_um))
     if any(abs(f - 1) > 1e-6 for f in z):
         x = ndimage.zoom(x, z, order=1)
+    # ndimage.zoom maps the first and last voxels onto each other: position factors (out-1)/(in-1)
+    z = tuple(1.0 if n_in < 2 else (n_out - 1) / (n_in - 1) for n_in, n_out in zip(v.shape, x.shape))
     return x.astype(np.float32), z
 
 
