@@ -133,6 +133,8 @@ def test_cli_evaluate(tmp_path, capsys):
     o = doc["overall"]
     assert (o["tp"], o["fp"], o["fn"]) == (2, 1, 1) and o["f1"] == pytest.approx(2 / 3)
     assert o["rmse_nm"] == pytest.approx(math.sqrt((130**2 + 300**2) / 2))
+    run = json.loads((tmp_path / "scores.run.json").read_text())  # every command's run record
+    assert run["output"] == str(js) and run["arguments"]["json"] == str(js)
     assert doc["per_frame"][1]["rmse_nm"] is None  # NaN written as null
     # a cutoff of 0.2 µm drops the 1-px z offset (0.3 µm)
     assert main(["evaluate", str(gt), str(pred), "--cutoff-um", "0.2", "--json", str(js)]) == 0

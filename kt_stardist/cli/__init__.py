@@ -98,25 +98,27 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"kt-stardist {args.command}: interrupted", file=sys.stderr)
         return 130
-    if not rc and args.command in RUN_JSON_COMMANDS and getattr(args, "out", None):
-        _write_run_json(args, started, time.perf_counter() - t0)
+    out = getattr(args, RUN_JSON_COMMANDS.get(args.command, ""), None)
+    if not rc and out:
+        _write_run_json(args, out, started, time.perf_counter() - t0)
     return int(rc or 0)
 
 
-#: commands whose output (``--out``, or the ``out`` argument) gets a ``<name>.run.json`` record
-#: beside it from here (``predict`` and the demo write a fuller one through
+#: command → the argument naming its output, which gets a ``<name>.run.json`` record beside it
+#: from here (``predict`` and the demo write a fuller one through
 #: :mod:`kt_stardist.pipeline`; training writes the model folder's)
-RUN_JSON_COMMANDS = ("pairs", "track", "labels", "simulate", "export", "report")
+RUN_JSON_COMMANDS = dict(pairs="out", track="out", labels="out", simulate="out", export="out", report="out",
+                         evaluate="json", polyfit="csv")
 
 
-def _write_run_json(args, started, seconds):
+def _write_run_json(args, out, started, seconds):
     """``<out>.run.json``: version, command line, every argument, start time and seconds."""
     from kt_stardist import __version__
     from kt_stardist.model.info import write_json
     from kt_stardist.pipeline import run_json_path
 
     arguments = {k: v for k, v in vars(args).items() if not k.startswith("_")}
-    write_json(run_json_path(args.out), dict(kt_stardist_version=__version__,
-                                             command=" ".join(["kt-stardist"] + sys.argv[1:]),
-                                             arguments=arguments, started=started, seconds=round(seconds, 3),
-                                             output=str(args.out)))
+    write_json(run_json_path(out), dict(kt_stardist_version=__version__,
+                                        command=" ".join(["kt-stardist"] + sys.argv[1:]),
+                                        arguments=arguments, started=started, seconds=round(seconds, 3),
+                                        output=str(out)))
