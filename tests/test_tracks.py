@@ -205,3 +205,47 @@ def test_pair_tracks_intact_counts_identity_switches():
     # with pair_track_id the two tracks must also be one pair track
     paired = pred.assign(pair_track_id=np.where(pred.track_id.isin([14, 15]), -1, (pred.track_id - 10) // 2))
     assert pair_tracks_intact(paired, truth)["intact"] == 1
+
+
+#: what TrackMate's own reader (fiji.plugin.trackmate.io.TmXmlReader, keys of TmXmlKeys and the
+#: edge keys of EdgeTargetAnalyzer; trackmate-sc/TrackMate) looks up: element path -> attributes
+TMXML_READER_KEYS = {
+    "Model": {"spatialunits", "timeunits"},
+    "Model/FeatureDeclarations/SpotFeatures/Feature": {"feature", "name", "shortname", "dimension", "isint"},
+    "Model/AllSpots": {"nspots"},
+    "Model/AllSpots/SpotsInFrame": {"frame"},
+    "Model/AllSpots/SpotsInFrame/Spot": {"ID", "name", "FRAME", "POSITION_X", "POSITION_Y", "POSITION_Z",
+                                         "POSITION_T", "QUALITY", "RADIUS", "VISIBILITY"},
+    "Model/AllTracks/Track": {"name", "TRACK_ID"},
+    "Model/AllTracks/Track/Edge": {"SPOT_SOURCE_ID", "SPOT_TARGET_ID", "LINK_COST"},
+    "Model/FilteredTracks/TrackID": {"TRACK_ID"},
+    "Settings/ImageData": {"filename", "folder", "width", "height", "nslices", "nframes", "pixelwidth",
+                           "pixelheight", "voxeldepth", "timeinterval"},
+    "Settings/BasicSettings": {"xstart", "xend", "ystart", "yend", "zstart", "zend", "tstart", "tend"},
+}
+
+
+def test_trackmate_xml_has_every_key_trackmates_reader_reads(tmp_path):
+    """Every element and attribute TrackMate's TmXmlReader reads is present, edges point at spots
+    that exist, and the units and image size are those given."""
+    import xml.etree.ElementTree as ET
+
+    from kt_stardist.tracks import track_points, write_trackmate_xml
+
+    pts = np.array([[4.3, 20.2, 30.7], [6.0, 50.6, 12.1]])
+    df = pd.concat([pd.DataFrame(dict(t=f, z=pts[:, 0], y=pts[:, 1] + f, x=pts[:, 2])) for f in range(3)])
+    path = tmp_path / "t.xml"
+    write_trackmate_xml(track_points(df), path, voxel_size_um=(0.3, 0.13, 0.13), shape_px=(16, 64, 80))
+    root = ET.parse(path).getroot()
+    assert root.tag == "TrackMate" and root.get("version")
+    for where, keys in TMXML_READER_KEYS.items():
+        found = root.findall(where)
+        assert found, where
+        for el in found:
+            assert keys <= set(el.attrib), (where, keys - set(el.attrib))
+    ids = {s.get("ID") for s in root.iter("Spot")}
+    assert all({e.get("SPOT_SOURCE_ID"), e.get("SPOT_TARGET_ID")} <= ids for e in root.iter("Edge"))
+    assert root.find("Model").get("spatialunits") in ("µm", "micron", "um")
+    img = root.find("Settings/ImageData")
+    assert (img.get("width"), img.get("height"), img.get("nslices")) == ("80", "64", "16")
+    assert float(img.get("voxeldepth")) == pytest.approx(0.3) and float(img.get("pixelwidth")) == pytest.approx(0.13)
