@@ -67,22 +67,15 @@ def tune_log_threshold(volumes, points, voxel_size_um=VOXEL_SIZE_UM, sigma_um=SP
                        cutoff_um=0.5, thresholds=None):
     """LoG threshold with the best summed-count F1 on training ``volumes`` (list of ZYX) with
     ground truth ``points`` (list of (N, 3) px). Returns (threshold, f1)."""
-    from kt_stardist.evaluate import match_points, scores
+    from kt_stardist.evaluate import score_thresholds
 
     cands = [log_candidates(log_response(v, voxel_size_um, sigma_um), voxel_size_um) for v in volumes]
     if thresholds is None:
         allv = np.concatenate([c[1] for c in cands]) if cands else np.zeros(1)
         thresholds = np.unique(np.quantile(allv, np.linspace(0.5, 0.9995, 120)))
-    best = (float(thresholds[0]), -1.0)
-    for t in thresholds:
-        tp = fp = fn = 0
-        for (pos, val), gt in zip(cands, points):
-            m = match_points(np.asarray(gt, float), pos[val > t].astype(float), voxel_size_um, cutoff_um)
-            tp, fp, fn = tp + m.tp, fp + m.fp, fn + m.fn
-        f1 = scores(tp, fp, fn)["f1"]
-        if f1 > best[1]:
-            best = (float(t), f1)
-    return best
+    table = score_thresholds(cands, points, voxel_size_um, thresholds, cutoff_um, inclusive=False)
+    best = table.loc[table.f1.idxmax()]  # the first of equal maxima, as before
+    return float(best.threshold), float(best.f1)
 
 
 def bigfish_detect(volume, voxel_size_um=VOXEL_SIZE_UM, spot_radius_nm=(350, 150, 150)):

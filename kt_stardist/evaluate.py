@@ -33,7 +33,8 @@ from kt_stardist.defaults import MATCH_CUTOFF_UM, VOXEL_SIZE_UM
 from kt_stardist.errors import InputError
 from kt_stardist.validate import check_points_px, check_triple
 
-__all__ = ["Matching", "match_points", "evaluate_points", "scores", "rmse_nm", "METRICS", "SEUCLIDEAN_WEIGHTS"]
+__all__ = ["Matching", "match_points", "evaluate_points", "scores", "score_thresholds", "rmse_nm", "METRICS",
+           "SEUCLIDEAN_WEIGHTS"]
 
 METRICS = ("euclidean", "seuclidean")
 #: variances (z, y, x) of the historical standardised Euclidean distance on px coordinates
@@ -234,3 +235,22 @@ def evaluate_points(
         "voxel_size_um": [float(v) for v in np.asarray(voxel_size_um, dtype=float)],
     }
     return per_frame, overall
+
+
+def score_thresholds(cands, truths, voxel_size_um, thresholds, cutoff_um=MATCH_CUTOFF_UM, inclusive=True):
+    """Summed-count point F1 of thresholded candidates at every threshold: ``cands`` one
+    ``(positions (N, 3) px, scores (N,))`` per volume, ``truths`` one (M, 3) px array per volume
+    (same grid), a candidate kept when its score is ``>= t`` (``inclusive``) or ``> t``.
+    Returns a DataFrame (threshold, tp, fp, fn, precision, recall, f1), one row per threshold
+    in the order given (the detectors' own threshold tuning: LoG, the U-Net heatmap)."""
+    import pandas as pd
+
+    rows = []
+    for t in thresholds:
+        tp = fp = fn = 0
+        for (pos, val), gt in zip(cands, truths):
+            keep = val >= t if inclusive else val > t
+            m = match_points(np.asarray(gt, float), np.asarray(pos, float)[keep], voxel_size_um, cutoff_um)
+            tp, fp, fn = tp + m.tp, fp + m.fp, fn + m.fn
+        rows.append(dict(threshold=float(t), tp=tp, fp=fp, fn=fn, **scores(tp, fp, fn)))
+    return pd.DataFrame(rows, columns=["threshold", "tp", "fp", "fn", "precision", "recall", "f1"])

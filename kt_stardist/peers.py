@@ -233,16 +233,9 @@ def best_threshold(cands, truths, voxel_size_um, thresholds, cutoff_um=MATCH_CUT
     """Score threshold with the best summed-count point F1: ``cands`` one (positions (N, 3) px,
     scores (N,)) per volume, ``truths`` (M, 3) px in the same grid. Returns (threshold, f1,
     table of every threshold tried)."""
-    from kt_stardist.evaluate import match_points, scores
+    from kt_stardist.evaluate import score_thresholds
 
-    rows = []
-    for t in thresholds:
-        tp = fp = fn = 0
-        for (pos, val), gt in zip(cands, truths):
-            m = match_points(np.asarray(gt, float), pos[val >= t].astype(float), voxel_size_um, cutoff_um)
-            tp, fp, fn = tp + m.tp, fp + m.fp, fn + m.fn
-        rows.append(dict(threshold=float(t), tp=tp, fp=fp, fn=fn, **scores(tp, fp, fn)))
-    table = pd.DataFrame(rows)
+    table = score_thresholds(cands, truths, voxel_size_um, thresholds, cutoff_um)
     best = table.loc[table.f1.idxmax()]
     return float(best.threshold), float(best.f1), table
 

@@ -141,3 +141,19 @@ def test_cli_evaluate(tmp_path, capsys):
     assert json.loads(js.read_text())["overall"]["tp"] == 1
     assert main(["evaluate", str(gt), str(tmp_path / "missing.csv")]) == 2
     assert "missing.csv" in capsys.readouterr().err
+
+
+def test_score_thresholds_counts_each_threshold_and_its_inclusiveness():
+    """Thresholded candidates scored by summed counts over volumes; ``inclusive`` decides a
+    candidate whose score equals the threshold."""
+    from kt_stardist.evaluate import score_thresholds
+
+    vs = (0.3, 0.13, 0.13)
+    truth = [np.array([[5, 10, 10], [5, 30, 30]], float), np.array([[5, 20, 20]], float)]
+    cands = [(np.array([[5, 10, 11], [5, 30, 30], [5, 50, 50]], float), np.array([0.9, 0.5, 0.7])),
+             (np.array([[5, 20, 20]], float), np.array([0.5]))]
+    t = score_thresholds(cands, truth, vs, [0.5, 0.8])
+    assert t[["tp", "fp", "fn"]].values.tolist() == [[3, 1, 0], [1, 0, 2]]
+    assert t.f1.tolist() == pytest.approx([6 / 7, 0.5])
+    strict = score_thresholds(cands, truth, vs, [0.5], inclusive=False)
+    assert strict[["tp", "fp", "fn"]].values.tolist() == [[1, 1, 2]]
