@@ -155,6 +155,47 @@ def pair_recovered(df) -> pd.DataFrame:
     return out
 
 
+def link_and_recover(df, voxel_size_um=VOXEL_SIZE_UM, movie=None, settings=None, max_disp_um=MAX_DISP_UM,
+                     gap=None) -> pd.DataFrame:
+    """Tracks of a time-lapse's points, as ``kt-stardist track`` and ``predict --track`` make them:
+    :func:`track_points`, then (``movie`` given) track-aided recovery of spots missed for 1-2
+    frames (:func:`kt_stardist.recover.recover_points`), then (``pair_id`` column) sister tracks
+    (:func:`link_pair_tracks`, recovered points paired by :func:`pair_recovered`).
+
+    Parameters
+    ----------
+    df : points table (``t``, ``z, y, x`` px; ``pair_id``, ``sister`` when paired)
+    voxel_size_um : (z, y, x) µm
+    movie : None (no recovery) or array-like (T, Z, Y, X): camera counts of the spot channel the
+        points come from (numpy or lazy; only frames with gaps are read)
+    settings : :class:`kt_stardist.settings.RecoverSettings` (None: defaults)
+    max_disp_um : largest displacement (µm) between linked detections
+    gap : missing frames a track may jump (None: :data:`GAP_FRAMES`, or ``max_gap_frames`` of
+        the settings with recovery, which then searches gaps of at most ``gap`` frames, at least 1)
+
+    Returns
+    -------
+    A copy of ``df`` with ``track_id``; with recovery also ``recovered`` (bool) and
+    ``recovery_lr``; with ``pair_id`` also ``pair_track_id``.
+    """
+    from kt_stardist.settings import RecoverSettings, replace
+
+    settings = settings or RecoverSettings()
+    if gap is None:
+        gap = settings.max_gap_frames if movie is not None else GAP_FRAMES
+    out = track_points(df, voxel_size_um=voxel_size_um, max_disp_um=max_disp_um, gap=gap)
+    if movie is not None:
+        from kt_stardist.recover import recover_points
+
+        settings = replace(settings, max_gap_frames=max(min(int(gap), settings.max_gap_frames), 1))
+        out = recover_points(out, movie, voxel_size_um, settings)
+    if "pair_id" in out.columns:
+        out = link_pair_tracks(out)
+        if movie is not None:
+            out = pair_recovered(out)
+    return out
+
+
 def track_edges(df) -> np.ndarray:
     """(E, 2) positional row indices (source, target) of consecutive points of each track."""
     if "track_id" not in df.columns:

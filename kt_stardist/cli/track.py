@@ -55,9 +55,8 @@ def run(args):
     from kt_stardist.defaults import FRAME_SHAPE_PX
     from kt_stardist.errors import InputError
     from kt_stardist.io import read_image, read_points, voxel_size_or_default, write_points
-    from kt_stardist.settings import RecoverSettings, replace
-    from kt_stardist.tracks import (GAP_FRAMES, link_pair_tracks, pair_recovered, track_points,
-                                    write_napari_tracks, write_trackmate_xml)
+    from kt_stardist.settings import RecoverSettings
+    from kt_stardist.tracks import link_and_recover, write_napari_tracks, write_trackmate_xml
 
     df = read_points(args.points)
     recover = args.image is not None and not args.no_recover
@@ -66,25 +65,17 @@ def run(args):
         image = read_image(args.image, axes=args.axes, lazy=True, check=False)
         if not 0 <= args.channel < image.n_channels:
             raise InputError(f"--channel {args.channel}: {args.image} has {image.n_channels} channel(s)")
+        if recover and image.n_frames < 2:
+            raise InputError(f"--image {args.image}: one frame, nothing to recover (a time-lapse is needed)")
     vox = voxel_size_or_default(image, args.voxel_size)
     gain, zero = args.camera if args.camera else (None, None)
     settings = RecoverSettings(false_alarm=args.false_alarm, gain_adu_per_photon=gain, zero_adu=zero)
-    gap = args.gap if args.gap is not None else (settings.max_gap_frames if recover else GAP_FRAMES)
-    out = track_points(df, voxel_size_um=vox, max_disp_um=args.max_disp_um, gap=gap)
+    out = link_and_recover(df, vox, image.data[..., args.channel] if recover else None, settings,
+                           max_disp_um=args.max_disp_um, gap=args.gap)
     msg = f"{len(out)} points in {out['track_id'].nunique()} tracks"
     if recover:
-        from kt_stardist.recover import recover_points
-
-        if image.n_frames < 2:
-            raise InputError(f"--image {args.image}: one frame, nothing to recover (a time-lapse is needed)")
-        settings = replace(settings, max_gap_frames=max(min(gap, settings.max_gap_frames), 1))
-        out = recover_points(out, image.data[..., args.channel], vox, settings)
-        n_rec = int(out["recovered"].sum())
-        msg = f"{len(out)} points in {out['track_id'].nunique()} tracks, {n_rec} recovered from the image"
-    if "pair_id" in out.columns:
-        out = link_pair_tracks(out)
-        if recover:
-            out = pair_recovered(out)
+        msg += f", {int(out['recovered'].sum())} recovered from the image"
+    if "pair_track_id" in out.columns:
         msg += f", {int((out['pair_track_id'] >= 0).sum())} points in sister track pairs"
     write_points(out, args.out, voxel_size_um=vox)
     if args.trackmate:
