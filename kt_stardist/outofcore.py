@@ -45,13 +45,14 @@ def is_lazy(a) -> bool:
 
 def as_lazy(volume, chunk_px=CHUNK_PX):
     """A dask array over ``volume`` (dask arrays are returned as they are; other array-likes,
-    e.g. h5py/zarr datasets or memmaps, are wrapped without reading them)."""
-    import dask.array as da
+    e.g. h5py/zarr datasets or memmaps, are wrapped without reading or copying them:
+    :func:`kt_stardist.io.images.dask_view`)."""
+    from kt_stardist.io.images import dask_view
 
     if is_lazy(volume):
         return volume
     chunks = tuple(int(c) for c in chunk_px) + (-1,) * (len(volume.shape) - 3)
-    return da.from_array(volume, chunks=chunks, asarray=True)
+    return dask_view(volume, chunks)
 
 
 def read(volume, slices) -> np.ndarray:

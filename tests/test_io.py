@@ -336,6 +336,35 @@ def test_lazy_read_gives_the_same_frames_for_tiff_and_hdf5(tmp_path):
     assert read_image(tif, lazy=True).voxel_size_um == (0.3, 0.13, 0.13)
 
 
+
+def test_lazy_read_reads_nothing_until_a_frame_is_asked_for(tmp_path):
+    # dask's from_array copies numpy arrays and memmaps: a lazily opened movie was read whole
+    # (an 18-frame 61 x 1000 x 1000 movie: 2.2 GB on every open, i.e. every frame of a run)
+    import tracemalloc
+
+    import dask.array  # noqa: F401  (imported before memory is traced)
+
+    from kt_stardist.io import read_image, write_image
+    from kt_stardist.io.images import dask_view
+    from kt_stardist.outofcore import as_lazy
+
+    data = np.arange(6 * 8 * 64 * 64, dtype=np.uint16).reshape(6, 8, 64, 64)  # T Z Y X, 393 kB
+    tif = tmp_path / "movie.tif"
+    write_image(tif, data, axes="TZYX", voxel_size_um=(0.3, 0.13, 0.13))
+    tracemalloc.start()
+    img = read_image(tif, lazy=True)
+    opened = tracemalloc.get_traced_memory()[1]
+    frame = img.frame(4)
+    tracemalloc.stop()
+    assert opened < data.nbytes / 4  # header and graph only (a copy: the whole movie)
+    np.testing.assert_array_equal(frame[..., 0], data[4])
+    # a view, not a snapshot: what the wrapped array holds when read is what comes out
+    a = np.zeros((4, 8, 8), np.float32)
+    for lazy in (dask_view(a, (2, 8, 8)), as_lazy(a, (2, 4, 4))):
+        a[3, 1, 2] = 7.0
+        assert float(lazy[3, 1, 2].compute()) == 7.0
+        a[3, 1, 2] = 0.0
+
 def _full_disk(tmp_path):
     """A 64 kB tmpfs (root only), or None where it cannot be mounted."""
     import subprocess

@@ -26,7 +26,8 @@ from kt_stardist.io.atomic import atomic_path
 from kt_stardist.io.units import unit_factor as _unit_factor
 from kt_stardist.validate import check_volume, check_voxel_size
 
-__all__ = ["Image", "read_image", "write_image", "voxel_size_or_default", "check_volume", "check_voxel_size"]
+__all__ = ["Image", "read_image", "write_image", "voxel_size_or_default", "check_volume", "check_voxel_size",
+           "dask_view"]
 
 _TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".tf2")
 _HDF5_RE = re.compile(r"^(?P<file>.+?\.(?:h5|hdf5|hdf|he5))(?::(?P<dataset>.*))?$", re.I)
@@ -76,6 +77,28 @@ class Image:
         if hasattr(f, "compute"):  # lazy (dask): read just this frame, here, in this process
             return np.asarray(f.compute(scheduler="synchronous"))
         return f
+
+
+class _Unread:
+    """``data[...]`` on demand, and nothing else (no ``copy``, no array protocol): what
+    :func:`dask_view` hands to dask so that it does not copy ``data``."""
+
+    def __init__(self, data):
+        self._data, self.shape, self.dtype = data, tuple(int(s) for s in data.shape), data.dtype
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, key):
+        return self._data[key]
+
+
+def dask_view(data, chunks, name=False):
+    """A dask array over the array-like ``data`` (numpy array, memmap, h5py/zarr dataset)
+    without reading or copying it: dask's ``from_array`` copies anything with a ``copy`` method,
+    so a memory-mapped movie would be read whole on every open. ``chunks`` as dask's;
+    ``name``: the graph key prefix (False: a random one)."""
+    import dask.array as da
+
+    return da.from_array(_Unread(data), chunks=chunks, name=name, asarray=True)
 
 
 def _normalize_axes(axes: str, name: str) -> str:
@@ -328,11 +351,9 @@ def read_image(path, axes: str | None = None, voxel_size_um=None, check: bool = 
     if voxel_size_um is not None:
         vs = check_voxel_size(voxel_size_um)
     if lazy and not lazy_file:
-        import dask.array as da
-
         # one frame per chunk, y-x tiled: a block read slices a few chunks, not the whole frame
         chunks = tuple(1 if a == "T" else 256 if a in "YX" else -1 for a in ax)
-        data = da.from_array(data, chunks=chunks, name=f"kt-image-{name}", asarray=True)
+        data = dask_view(data, chunks, name=f"kt-image-{name}")
     image = Image(data=_to_tzyxc(data, ax), voxel_size_um=_clean_voxel(vs),
                   axes=ax, path=name, reader=_READER_NAMES.get(kind, kind))
     if check and not lazy:
