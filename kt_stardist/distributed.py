@@ -44,20 +44,23 @@ class FrameTask:
 
 @dataclass
 class BatchSummary:
-    """What a batch did: counts, seconds, outputs and failures ``(path, t, error)``."""
+    """What a batch did: counts, seconds, outputs and failures ``(path, t, error)``;
+    ``recovered``: points of ``points`` found by track-aided recovery (None: it did not run)."""
 
     frames: int = 0
     computed: int = 0
     skipped: int = 0
     points: int = 0
+    recovered: int | None = None  # points added by track-aided recovery (None: it did not run)
     seconds: float = 0.0
     outputs: list = field(default_factory=list)
     failures: list = field(default_factory=list)
     warnings: list = field(default_factory=list)
 
     def lines(self):
+        rec = "" if self.recovered is None else f" ({self.recovered} recovered from tracks)"
         yield (f"{self.frames} frames ({self.computed} computed, {self.skipped} already done), "
-               f"{self.points} points, {self.seconds:.1f} s, {len(self.failures)} failed")
+               f"{self.points} points{rec}, {self.seconds:.1f} s, {len(self.failures)} failed")
         for path, t, err in self.failures:
             where = path if t is None else f"{path} frame {t}"
             yield f"  failed: {where}: {err}"

@@ -37,16 +37,20 @@ __all__ = ["check_outputs", "find_points", "iter_find_points", "postprocess", "r
 RUN_JSON = "run.json"
 
 
-def postprocess(df, settings: PipelineSettings, voxel_size_um):
-    """Sister pairs and tracks on a whole image's points (``t`` column), as asked."""
+def postprocess(df, settings: PipelineSettings, voxel_size_um, image=None):
+    """Sister pairs and tracks on a whole image's points (``t`` column), as asked; with tracks,
+    ``settings.recover`` and ``image`` (the :class:`kt_stardist.io.Image` the points come from,
+    a time-lapse) also track-aided recovery in its spot channel (``recovered`` column)."""
     if settings.pairs and len(df):
         from kt_stardist.pairs import assign_pairs
 
         df = assign_pairs(df, voxel_size_um=voxel_size_um)
     if settings.tracks and len(df):
-        from kt_stardist.tracks import track_points
+        from kt_stardist.tracks import link_and_recover
 
-        df = track_points(df, voxel_size_um=voxel_size_um)
+        recover = settings.recover and image is not None and image.n_frames > 1
+        movie = image.data[..., settings.channel or 0] if recover else None
+        df = link_and_recover(df, voxel_size_um, movie, settings.recovery)
     return df
 
 
@@ -68,7 +72,7 @@ def iter_find_points(model, image, settings: PipelineSettings | None = None, sho
             break
         yield t, n + 1, f"frame {t + 1} of {n}" if n > 1 else "finding spots"
     yield n, n + 1, "sister pairs and tracks" if (settings.pairs or settings.tracks) else "done"
-    return postprocess(df, settings, vs), dets
+    return postprocess(df, settings, vs, image), dets
 
 
 def find_points(model, image, settings: PipelineSettings | None = None, show_progress=True):
@@ -79,7 +83,7 @@ def find_points(model, image, settings: PipelineSettings | None = None, show_pro
     settings = settings or PipelineSettings()
     vs = image.voxel_size_um or model.voxel_size_um
     df, dets = detect_image(model, image, settings.detect, settings.channel, vs, show_progress)
-    return postprocess(df, settings, vs), dets
+    return postprocess(df, settings, vs, image), dets
 
 
 # --------------------------------------------------------------------------------------------
@@ -342,7 +346,7 @@ def _run(inputs, *, out, out_dir, model_dir, settings, axes, voxel_size_um, labe
             continue
         image = read_image(path, axes=axes, voxel_size_um=voxel_size_um, lazy=True)
         vs = image.voxel_size_um or tuple(info.voxel_size_um)
-        df = postprocess(df, settings, vs)
+        df = postprocess(df, settings, vs, image)
         dest = out if out is not None else out_dir / f"{file_stem(path)}.csv"
         warnings = _image_warnings(metas, info, th.prob, settings)
         summary.warnings += [f"{path}: {w}" for w in warnings]
@@ -355,6 +359,9 @@ def _run(inputs, *, out, out_dir, model_dir, settings, axes, voxel_size_um, labe
                    model=record, settings=to_dict(settings), frames=len(tks), frames_missing=missing,
                    points=int(len(df)), warnings=warnings,
                    seconds_per_frame=_stage_seconds(metas), output=str(dest))
+        if "recovered" in df.columns:  # track-aided recovery ran
+            rec["recovered"] = int(df["recovered"].sum())
+            summary.recovered = (summary.recovered or 0) + rec["recovered"]
         write_points(df, dest, voxel_size_um=vs)
         if labels:
             _write_labels(tks, labels_out, image, vs)

@@ -145,12 +145,16 @@ class DetectSettings:
 class PipelineSettings:
     """A whole ``predict`` run: ``detect`` settings, the spot ``channel`` of a multichannel image
     for 1-fluorophore models (None: 0), and what follows detection: sister ``pairs`` and
-    ``tracks`` over time (:mod:`kt_stardist.pairs`, :mod:`kt_stardist.tracks`)."""
+    ``tracks`` over time (:mod:`kt_stardist.pairs`, :mod:`kt_stardist.tracks`). With tracks on
+    a time-lapse, ``recover``: spots missed for 1-2 frames of a track are searched for in the
+    image (:func:`kt_stardist.tracks.link_and_recover`, settings ``recovery``)."""
 
     detect: DetectSettings = field(default_factory=DetectSettings)
     channel: int | None = None
     pairs: bool = False
     tracks: bool = False
+    recover: bool = True
+    recovery: RecoverSettings = field(default_factory=lambda: RecoverSettings())
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,10 @@ def add_arguments(p):
                    help=f"frames larger than this as float32 are read and predicted block by block, "
                         f"with the same points (default {d.max_in_memory_gb:g}; 0: always)")
     p.add_argument("--pairs", action="store_true", help="also assign sister pairs (pair_id, sister), as `pairs`")
-    p.add_argument("--track", action="store_true", help="also link points over frames (track_id), as `track`")
+    p.add_argument("--track", action="store_true", help="also link points over frames (track_id), as `track`; "
+                   "on a time-lapse, spots missed for 1-2 frames of a track are searched for in the image "
+                   "(recovered=True when a likelihood-ratio test passes)")
+    p.add_argument("--no-recover", action="store_true", help="with --track: do not recover missed spots")
     b = p.add_argument_group("batch (one task per frame, resumable, on dask)")
     b.add_argument("--workers", type=int, default=1, metavar="N",
                    help="local worker processes (default 1: in this process); jobs with --cluster")
@@ -74,7 +77,8 @@ def settings_from_args(args):
     if args.max_memory_gb is not None:
         changes["max_in_memory_gb"] = args.max_memory_gb
     det = replace(det, **changes) if changes else det
-    return PipelineSettings(detect=det, channel=args.channel, pairs=args.pairs, tracks=args.track)
+    return PipelineSettings(detect=det, channel=args.channel, pairs=args.pairs, tracks=args.track,
+                            recover=not args.no_recover)
 
 
 def run(args) -> int:
