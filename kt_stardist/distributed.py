@@ -68,12 +68,26 @@ class BatchSummary:
 
 def file_stem(path) -> str:
     """Name of an image file without folder and image suffix (``a/cell1.ome.tif`` → ``cell1``,
-    ``b/movie.h5:/raw`` → ``movie``): the name its output CSVs get."""
-    name = Path(str(path).split(".h5:")[0]).name
-    for suf in (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".hdf5", ".h5", ".ome.zarr", ".zarr"):
+    ``b/movie.h5:/raw`` → ``movie``): the name its output CSVs get. A scene of a vendor file
+    (``FILE:SCENE``, :func:`kt_stardist.io.vendor.split_scene`) is appended with ``_``, every
+    character of it but letters, digits, ``.`` and ``-`` made ``_`` (``c/plate.czi:2`` →
+    ``plate_2``, ``x.lif:Position 1`` → ``x_Position_1``): a name safe on every file system."""
+    import re
+
+    from kt_stardist.io.vendor import split_scene
+
+    text, scene = str(path), None
+    vendor = split_scene(text)
+    if vendor is not None:
+        text, scene = str(vendor[0]), vendor[1]
+    name = Path(text.split(".h5:")[0]).name
+    for suf in (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".hdf5", ".h5", ".ome.zarr", ".zarr", ".czi", ".nd2", ".lif"):
         if name.lower().endswith(suf):
-            return name[: -len(suf)]
-    return name
+            name = name[: -len(suf)]
+            break
+    name = name.replace(":", "_") if name.strip(".") else "image"  # never "..": parts stay in their folder
+    scene = re.sub(r"[^\w.-]+", "_", scene or "", flags=re.ASCII).strip("_")
+    return f"{name}_{scene}" if scene else name
 
 
 def part_path(parts_dir, path, t) -> Path:

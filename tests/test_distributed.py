@@ -223,3 +223,19 @@ def test_two_concurrent_runs_into_one_out_dir(movies, model_dir, tmp_path):
     assert not got.duplicated(["source", "t", "z", "y", "x"]).any()
     for name in ("cell0.csv", "cell1.csv"):
         pd.testing.assert_frame_equal(_points(out / name), _points(ref / name), check_exact=False, atol=1e-4)
+
+
+def test_file_stem_scene_names_are_safe(tmp_path):
+    """FILE:SCENE inputs (bioio) give file-system-safe, distinct output names and part folders."""
+    from kt_stardist.distributed import file_stem, part_path, plan
+
+    assert file_stem("a/cell1.ome.tif") == "cell1" and file_stem("b/movie.h5:/raw") == "movie"
+    assert file_stem("c/plate.czi:2") == "plate_2" and file_stem("c/plate.czi") == "plate"
+    assert file_stem("x.lif:Position 1") == "x_Position_1" and file_stem("m.ome.tif:1") == "m_1"
+    assert file_stem("d/../..") == "image"
+    for p in ("c/plate.czi:2", "x.lif:Pos #1", "d/.."):
+        assert ":" not in file_stem(p) and part_path(tmp_path, p, 0).parent.parent == tmp_path
+    from kt_stardist.errors import InputError
+
+    with pytest.raises(InputError, match="same file name"):  # scene 2 and a file named plate_2
+        plan(["c/plate.czi:2", "e/plate_2.tif"], tmp_path)
