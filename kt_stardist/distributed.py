@@ -27,7 +27,8 @@ import pandas as pd
 
 from kt_stardist.errors import InputError, KtError
 
-__all__ = ["FrameTask", "BatchSummary", "file_stem", "part_path", "part_is_done", "plan", "run_tasks"]
+__all__ = ["FrameTask", "BatchSummary", "file_stat", "file_stem", "part_path", "part_is_done", "plan", "run_tasks",
+           "source_of"]
 
 #: columns every part file must have to count as done
 PART_COLUMNS = ("t", "z", "y", "x", "prob")
@@ -74,13 +75,9 @@ def file_stem(path) -> str:
     ``plate_2``, ``x.lif:Position 1`` → ``x_Position_1``): a name safe on every file system."""
     import re
 
-    from kt_stardist.io.vendor import split_scene
-
-    text, scene = str(path), None
-    vendor = split_scene(text)
-    if vendor is not None:
-        text, scene = str(vendor[0]), vendor[1]
-    name = Path(text.split(".h5:")[0]).name
+    src, scene = source_of(path)
+    name = src.name
+    scene = None if name.lower().endswith(".h5") else scene  # an HDF5 dataset is not named
     for suf in (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".hdf5", ".h5", ".ome.zarr", ".zarr", ".czi", ".nd2", ".lif"):
         if name.lower().endswith(suf):
             name = name[: -len(suf)]
@@ -88,6 +85,52 @@ def file_stem(path) -> str:
     name = name.replace(":", "_") if name.strip(".") else "image"  # never "..": parts stay in their folder
     scene = re.sub(r"[^\w.-]+", "_", scene or "", flags=re.ASCII).strip("_")
     return f"{name}_{scene}" if scene else name
+
+
+def source_of(path) -> tuple:
+    """The file or folder on disk that an input names, and the part of it read:
+    ``movie.h5:/raw`` → ``(Path("movie.h5"), "/raw")``, ``plate.czi:2`` → ``(Path("plate.czi"),
+    "2")`` (:func:`kt_stardist.io.vendor.split_scene`), ``cell.tif`` → ``(Path("cell.tif"), None)``."""
+    from kt_stardist.io.vendor import split_scene
+
+    text = str(path)
+    if ".h5:" in text:
+        file, inner = text.split(".h5:", 1)
+        return Path(file + ".h5"), inner
+    vendor = split_scene(text)
+    if vendor is not None:
+        return vendor
+    return Path(text), None
+
+
+def file_stat(path):
+    """What tells whether a file or folder changed: ``[size bytes, mtime ns]`` of a file; of a
+    folder (an OME-Zarr store, whose own mtime stays when only chunks are rewritten) ``[total
+    size, newest mtime ns, number of files]`` over every file and folder in it (one walk, no
+    reading). None when it does not exist."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if not os.path.isdir(path):
+        return [st.st_size, st.st_mtime_ns]
+    size, newest, n, todo = 0, st.st_mtime_ns, 0, [str(path)]
+    while todo:
+        try:
+            entries = list(os.scandir(todo.pop()))
+        except OSError:
+            continue
+        for e in entries:
+            try:
+                est = e.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            newest = max(newest, est.st_mtime_ns)
+            if e.is_dir(follow_symlinks=False):
+                todo.append(e.path)
+            else:
+                size, n = size + est.st_size, n + 1
+    return [size, newest, n]
 
 
 def part_path(parts_dir, path, t) -> Path:

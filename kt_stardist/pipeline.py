@@ -174,23 +174,16 @@ def check_outputs(out, out_dir, n_inputs, labels_out):
 
 
 def _fingerprint(path, model_dir, settings, axes, voxel_size_um, labels) -> dict:
-    """What a part depends on: the input file (size, mtime), the model's weights and thresholds,
-    the settings and reading options. Parts made under another fingerprint are discarded."""
-    import os
-
+    """What a part depends on: the input file or store (size, mtime: :func:`distributed.file_stat`),
+    the model's weights and thresholds, the settings and reading options. Parts made under another
+    fingerprint are discarded."""
+    from kt_stardist.distributed import file_stat, source_of
     from kt_stardist.model import DEFAULT_MODEL_DIR
 
-    def stat(p):
-        try:
-            st = os.stat(p)
-            return [st.st_size, st.st_mtime_ns]
-        except OSError:
-            return None
-
     folder = Path(model_dir) if model_dir is not None else DEFAULT_MODEL_DIR
-    return dict(input=str(Path(str(path).split(".h5:")[0]).resolve()), input_stat=stat(str(path).split(".h5:")[0]),
-                dataset=str(path).split(".h5:")[1] if ".h5:" in str(path) else None,
-                model=str(folder.resolve()), weights=[stat(folder / w) for w in ("weights_best.h5", "thresholds.json")],
+    src, inner = source_of(path)
+    return dict(input=str(src.resolve()), input_stat=file_stat(src), dataset=inner,
+                model=str(folder.resolve()), weights=[file_stat(folder / w) for w in ("weights_best.h5", "thresholds.json")],
                 settings=to_dict(settings), axes=axes, voxel_size_um=None if voxel_size_um is None else list(voxel_size_um),
                 labels=bool(labels), version=__version__)
 

@@ -239,3 +239,32 @@ def test_file_stem_scene_names_are_safe(tmp_path):
 
     with pytest.raises(InputError, match="same file name"):  # scene 2 and a file named plate_2
         plan(["c/plate.czi:2", "e/plate_2.tif"], tmp_path)
+
+
+def test_resume_fingerprint_sees_rewritten_zarr_chunks(tmp_path):
+    """A .zarr store whose chunks are rewritten in place (its folder's own mtime unchanged) gets a
+    new fingerprint, so its old parts are not reused; an untouched store keeps its fingerprint."""
+    from kt_stardist.distributed import file_stat
+
+    store = tmp_path / "cell.zarr"
+    chunk = store / "0" / "c" / "0" / "0"
+    chunk.mkdir(parents=True)
+    (store / "zarr.json").write_text("{}")
+    (chunk / "0").write_bytes(b"\0" * 64)
+    stamp = os.stat(store).st_mtime_ns
+
+    def fp():
+        return pipeline._fingerprint(str(store), None, SETTINGS, None, None, False)
+
+    before = fp()
+    assert before == fp() and file_stat(store) == [66, os.stat(chunk / "0").st_mtime_ns, 2]
+    (chunk / "0").write_bytes(b"\1" * 64)  # same size, new content
+    later = os.stat(chunk / "0").st_mtime_ns + 10**9
+    os.utime(chunk / "0", ns=(later, later))  # coarse file-system clocks
+    os.utime(store, ns=(stamp, stamp))
+    assert os.stat(store).st_mtime_ns == stamp and fp() != before
+    assert file_stat(tmp_path / "none.zarr") is None
+    # FILE:SCENE and file.h5:/dataset are fingerprinted by the file itself
+    (tmp_path / "plate.czi").write_bytes(b"x" * 10)
+    got = pipeline._fingerprint(str(tmp_path / "plate.czi:2"), None, SETTINGS, None, None, False)
+    assert got["input_stat"][0] == 10 and got["dataset"] == "2"
