@@ -155,8 +155,9 @@ def _model_record(model_dir):
                 validation=info.validation), info, th
 
 
-def check_outputs(out, out_dir, n_inputs, labels_out):
-    """Refuse impossible output arguments (one line) before any work."""
+def check_outputs(out, out_dir, n_inputs, labels_out, inputs=()):
+    """Refuse impossible output arguments (one line) before any work. An existing OME-Zarr
+    ``labels_out`` is replaced (:func:`kt_stardist.io.ngff.check_ngff_output`), never an input."""
     from kt_stardist.validate import check_output_dir, check_output_file
 
     if (out is None) == (out_dir is None):
@@ -170,7 +171,13 @@ def check_outputs(out, out_dir, n_inputs, labels_out):
     else:
         check_output_dir(out_dir, "--out-dir")
     if labels_out is not None:
-        check_output_file(labels_out, "--labels-out")
+        from kt_stardist.distributed import source_of
+        from kt_stardist.io.ngff import check_ngff_output, is_ngff_target
+
+        (check_ngff_output if is_ngff_target(labels_out) else check_output_file)(labels_out, "--labels-out")
+        if any(source_of(p)[0].resolve() == Path(labels_out).resolve() for p in inputs):
+            raise InputError(f"--labels-out {labels_out}: is the input image, which it would replace; choose "
+                             "another name (for an OME-Zarr input: IMAGE.zarr/labels/NAME)")
 
 
 def _fingerprint(path, model_dir, settings, axes, voxel_size_um, labels) -> dict:
@@ -257,7 +264,7 @@ def run(inputs, *, out=None, out_dir=None, model_dir=None, settings: PipelineSet
     atomically; an interrupted run is finished by running it again. Runs into the same output
     hold a lock on it (a hidden ``.lock`` file beside it) and so wait for each other.
     """
-    check_outputs(out, out_dir, len([str(p) for p in inputs]), labels_out)
+    check_outputs(out, out_dir, len([str(p) for p in inputs]), labels_out, inputs)
     lock = Path(out).parent / f".{Path(out).name}.lock" if out is not None else Path(out_dir) / ".lock"
     with _exclusive(lock):  # concurrent runs into the same output wait for each other
         return _run(inputs, out=out, out_dir=out_dir, model_dir=model_dir, settings=settings, axes=axes,

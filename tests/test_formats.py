@@ -159,3 +159,35 @@ def test_predict_finds_the_same_points_in_ome_zarr_as_in_tiff(tmp_path):
         out[name] = pd.read_csv(tmp_path / f"{name}.csv")
     assert len(out["tif"]) > 0.8 * len(truth)
     pd.testing.assert_frame_equal(out["zarr"], out["tif"])
+
+
+def test_predict_rerun_replaces_labels_out_zarr_and_never_the_input(tmp_path, monkeypatch, capsys):
+    """predict --labels-out x.zarr run twice: the second run replaces the store (no temporary
+    folder left); a folder that is no zarr store, or the input image itself, is refused in one line."""
+    import kt_stardist.model as M
+    from kt_stardist.cli import main
+    from tests.test_predict import TRUTH, SpotModel, spots
+
+    monkeypatch.setattr(M, "load_model", lambda path=None, weights=None: SpotModel())
+    io.write_image(tmp_path / "a.zarr", spots((10, 64, 64), TRUTH, noise=3), axes="ZYX", voxel_size_um=VOX)
+    lab = tmp_path / "lab.zarr"
+    for prob, n in (("0.6", len(TRUTH)), ("0.99", 0)):  # the second run finds nothing: its labels are empty
+        assert main(["predict", str(tmp_path / "a.zarr"), "--out", str(tmp_path / "a.csv"), "--prob-thresh", prob,
+                     "--labels-out", str(lab)]) == 0
+        assert len(np.unique(io.read_image(lab, check=False).data)) - 1 == n
+    inside = tmp_path / "a.zarr" / "labels" / "kt"  # labels of the input OME-Zarr itself, twice
+    for _ in range(2):
+        assert main(["predict", str(tmp_path / "a.zarr"), "--out", str(tmp_path / "b.csv"), "--prob-thresh", "0.6",
+                     "--labels-out", str(inside)]) == 0
+    assert len(np.unique(io.read_image(inside).data)) - 1 == len(TRUTH)
+    left = [x.name for d in (tmp_path, inside.parent) for x in d.iterdir() if x.name.startswith(".") and x.is_dir()]
+    assert [x for x in left if not x.endswith(".lock")] == []  # no temporary or old store left behind
+    (tmp_path / "data.zarr").mkdir()
+    (tmp_path / "data.zarr" / "notes.txt").write_text("mine")
+    capsys.readouterr()
+    for target, msg in ((tmp_path / "data.zarr", "not a zarr store"), (tmp_path / "a.zarr", "is the input image")):
+        assert main(["predict", str(tmp_path / "a.zarr"), "--out", str(tmp_path / "c.csv"),
+                     "--labels-out", str(target)]) == 2
+        err = capsys.readouterr().err
+        assert msg in err and len(err.strip().splitlines()) == 1
+    assert (tmp_path / "data.zarr" / "notes.txt").read_text() == "mine" and io.read_image(tmp_path / "a.zarr")

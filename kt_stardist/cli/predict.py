@@ -97,7 +97,7 @@ def run(args) -> int:
         k, v = kv.split("=", 1)
         opts[k.strip()] = v.strip()
     settings = settings_from_args(args)
-    pipeline.check_outputs(args.out, args.out_dir, len(args.images), args.labels_out)
+    pipeline.check_outputs(args.out, args.out_dir, len(args.images), args.labels_out, args.images)
     vs = io.check_voxel_size(args.voxel_size) if args.voxel_size else None
     for path in args.images[:20]:
         try:

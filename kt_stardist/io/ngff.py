@@ -30,13 +30,16 @@ import numpy as np
 from kt_stardist.errors import InputError, KtError
 from kt_stardist.io.units import unit_factor
 
-__all__ = ["INSTALL_HINT", "is_ngff", "is_ngff_target", "read_ngff", "write_ngff", "ngff_axes", "ngff_voxel_size", "NGFF_VERSIONS"]
+__all__ = ["INSTALL_HINT", "check_ngff_output", "is_ngff", "is_ngff_target", "read_ngff", "write_ngff", "ngff_axes",
+           "ngff_voxel_size", "NGFF_VERSIONS"]
 
 INSTALL_HINT = 'pip install "kt-stardist[formats]"'
 #: NGFF versions :func:`write_ngff` writes
 NGFF_VERSIONS = ("0.4", "0.5")
 #: chunk edge in y and x for written images (px)
 _CHUNK_YX_PX = 256
+#: files that make a folder a zarr group (zarr v3, v2)
+_ZARR_META = ("zarr.json", ".zattrs", ".zgroup")
 
 
 def is_ngff(path) -> bool:
@@ -45,7 +48,11 @@ def is_ngff(path) -> bool:
     p = Path(str(path))
     if p.name.lower().endswith(".zarr"):
         return True
-    return p.is_dir() and any((p / f).is_file() for f in ("zarr.json", ".zattrs", ".zgroup"))
+    return p.is_dir() and _is_zarr_group(p)
+
+
+def _is_zarr_group(folder: Path) -> bool:
+    return any((folder / f).is_file() for f in _ZARR_META)
 
 
 def is_ngff_target(path) -> bool:
@@ -53,6 +60,25 @@ def is_ngff_target(path) -> bool:
     ``IMAGE.zarr/labels/NAME`` inside an existing OME-Zarr image."""
     p = Path(str(path))
     return p.name.lower().endswith(".zarr") or _labels_parent(p) is not None
+
+
+def check_ngff_output(path, name: str = "output") -> Path:
+    """An OME-Zarr output (:func:`is_ngff_target`) that can be written: nothing there yet, or a
+    zarr store from an earlier run, which :func:`write_ngff` replaces once the new one is
+    complete (a rerun overwrites it). A file, or a folder that is no zarr store, is refused with
+    one line and never replaced. Checks that ome-zarr is installed. Returns a Path."""
+    from kt_stardist.validate import check_output_file
+
+    p = Path(str(path))
+    _ome_zarr(p)
+    if p.is_dir():
+        if not _is_zarr_group(p):
+            raise InputError(f"{name} {p}: a folder that is not a zarr store is there; it is not replaced "
+                             "(remove it or choose another name)")
+        return p
+    if p.exists():
+        raise InputError(f"{name} {p}: is a file; an OME-Zarr store is a folder (remove it or choose another name)")
+    return check_output_file(p, name)
 
 
 def _ome_zarr(path):
