@@ -30,7 +30,8 @@ from kt_stardist.defaults import VOXEL_SIZE_UM
 from kt_stardist.errors import InputError
 
 __all__ = ["PMIN", "PMAX", "robust_stats", "plane_defects", "bad_planes", "signal_region", "region_from_binned",
-           "bin_mean", "normalize", "intensity_range", "apply_range", "saturation_level", "NormalizationInfo"]
+           "bin_mean", "normalize", "normalization_info", "intensity_range", "apply_range", "saturation_level",
+           "NormalizationInfo"]
 
 #: default percentiles (as StarDist's examples)
 PMIN, PMAX = 1.0, 99.8
@@ -320,6 +321,8 @@ def normalize(image, pmin=PMIN, pmax=PMAX, voxel_size_um=VOXEL_SIZE_UM, region=N
     and set to 0 in the output; voxels at an integer type's maximum are left out of the
     percentiles (:func:`intensity_range`). A constant volume gives a finite (zero) output.
     Camera-defect columns should be repaired first (:func:`kt_stardist.defects.repair_defects`).
+    The statistics alone: :func:`normalization_info` (what
+    :class:`kt_stardist.outofcore.NormalizedView` applies block by block).
 
     Parameters
     ----------
@@ -339,6 +342,26 @@ def normalize(image, pmin=PMIN, pmax=PMAX, voxel_size_um=VOXEL_SIZE_UM, region=N
     squeeze = img.ndim == 3
     if squeeze:
         img = img[..., None]
+    info = normalization_info(img, pmin, pmax, voxel_size_um, region, k_mad)
+    out = np.empty(img.shape, np.float32)
+    bad = info.zero | info.saturated
+    for c, (lo, hi) in enumerate(info.ranges):
+        apply_range(img[..., c], lo, hi, eps, out=out[..., c])
+        out[bad[:, c], :, :, c] = 0.0
+    out = out[..., 0] if squeeze else out
+    if return_info:
+        return out, info
+    return out
+
+
+def normalization_info(image, pmin=PMIN, pmax=PMAX, voxel_size_um=VOXEL_SIZE_UM, region=None,
+                       k_mad=8.0) -> NormalizationInfo:
+    """The statistics of :func:`normalize` (same arguments) without the normalised copy: per
+    channel ``(low, high)`` counts, the region (3 slices z, y, x) and the planes left out, of a
+    ``(Z, Y, X[, C])`` volume of raw intensities."""
+    img = np.asarray(image)
+    if img.ndim == 3:
+        img = img[..., None]
     if img.ndim != 4:
         raise InputError(f"normalize needs (Z, Y, X[, C]), got shape {np.shape(image)}")
     zero, sat = plane_defects(img)
@@ -347,17 +370,9 @@ def normalize(image, pmin=PMIN, pmax=PMAX, voxel_size_um=VOXEL_SIZE_UM, region=N
         region = signal_region(img, voxel_size_um=voxel_size_um, k_mad=k_mad, bad_z=bad[:, 0])
     elif isinstance(region, str) and region == "all":
         region = tuple(slice(None) for _ in range(3))
-    out = np.empty(img.shape, np.float32)
-    ranges = []
-    for c in range(img.shape[-1]):
-        lo, hi = intensity_range(img[region + (c,)], pmin, pmax, k_mad, bad_z=bad[region[0], c])
-        ranges.append((lo, hi))
-        apply_range(img[..., c], lo, hi, eps, out=out[..., c])
-        out[bad[:, c], :, :, c] = 0.0
-    out = out[..., 0] if squeeze else out
-    if return_info:
-        return out, NormalizationInfo(ranges, region, zero, sat)
-    return out
+    ranges = [intensity_range(img[region + (c,)], pmin, pmax, k_mad, bad_z=bad[region[0], c])
+              for c in range(img.shape[-1])]
+    return NormalizationInfo(ranges, region, zero, sat)
 
 
 def intensity_range(volume, pmin=PMIN, pmax=PMAX, k_mad=8.0, bad_z=None):

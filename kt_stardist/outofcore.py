@@ -439,12 +439,19 @@ def normalization(volume, voxel_size_um=VOXEL_SIZE_UM, pmin=PMIN, pmax=PMAX, k_m
 
 
 class NormalizedView:
-    """``(x - low) / (high - low)`` per channel, float32, of a lazy ``(Z, Y, X, C)`` volume,
-    computed for each slice read (as :func:`kt_stardist.normalize.normalize` does in memory).
+    """``(x - low) / (high - low)`` per channel, float32, of a lazy or in-memory ``(Z, Y, X, C)``
+    volume, computed for each slice read (as :func:`kt_stardist.normalize.normalize` does for the
+    whole volume, value for value).
 
     ``ranges``: per channel ``(low, high)`` (:func:`normalization`; the planes a :class:`Range`
     marks bad read as 0). ``defects``: one :class:`kt_stardist.defects.Defects` per channel (or
     None): each block is repaired on read before it is normalised (:class:`RepairedView`).
+
+    Indexing: ``view[z, y, x]`` (ints and slices) gives ``(Z', Y', X', C)``; ``view[..., c]`` one
+    whole channel ``(Z, Y, X)``; ``np.asarray(view)`` the whole normalised volume. An in-memory
+    frame is held this way (:func:`kt_stardist.predict.preprocess.prepare`) so that no float32
+    copy of it stays alive while the network runs: the screen reads the spot channel once, each
+    network block is normalised on read.
     """
 
     def __init__(self, volume, ranges, eps=1e-20, defects=None):
@@ -454,23 +461,45 @@ class NormalizedView:
         self.ndim = len(self.shape)
         self.dtype = np.dtype(np.float32)
 
+    @classmethod
+    def of(cls, volume, info, eps=1e-20):
+        """The view of an in-memory ``(Z, Y, X, C)`` volume with the statistics ``info``
+        (:func:`kt_stardist.normalize.normalization_info`): equal to ``normalize(volume)``."""
+        bad = np.asarray(info.zero, bool) | np.asarray(info.saturated, bool)
+        return cls(volume, [Range(lo, hi, bad_z=bad[:, c]) for c, (lo, hi) in enumerate(info.ranges)], eps)
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[:, :, :]
+        return out if dtype is None else out.astype(dtype, copy=False)
+
     def __getitem__(self, slices):
         slices = tuple(slices) if isinstance(slices, tuple) else (slices,)
+        if len(slices) == 2 and slices[0] is Ellipsis and isinstance(slices[1], (int, np.integer)):
+            c = int(slices[1]) % self.shape[3]
+            return self._normalized((slice(None),) * 3, [c])[..., 0]
         if len(slices) > 3 or any(s is Ellipsis for s in slices):
-            raise IndexError("NormalizedView: index z, y, x only")
-        slices = slices + (slice(None),) * (3 - len(slices))
-        raw = read(self.source, slices + (slice(None),))
+            raise IndexError("NormalizedView: index z, y, x, or [..., channel]")
+        return self._normalized(slices + (slice(None),) * (3 - len(slices)), range(self.shape[3]))
+
+    def _normalized(self, slices, channels):
+        """Channels ``channels`` (all, or one) of ``volume[slices]`` normalised:
+        ``(Z', Y', X', len(channels))``."""
+        channels = list(channels)
+        if len(channels) == self.shape[3]:
+            raw = read(self.source, slices + (slice(None),))
+        else:  # one channel
+            raw = read(self.source, slices + (channels[0],))[..., None]
         out = np.empty(raw.shape, np.float32)
         zi = np.arange(self.shape[0])[slices[0]]
-        for c, r in enumerate(self.ranges):
-            lo, hi = r
-            N.apply_range(raw[..., c], lo, hi, self.eps, out=out[..., c])
+        for k, c in enumerate(channels):
+            lo, hi = r = self.ranges[c]
+            N.apply_range(raw[..., k], lo, hi, self.eps, out=out[..., k])
             bad = getattr(r, "bad_z", None)
             if bad is not None and bad[zi].any():
                 if np.ndim(zi):
-                    out[bad[zi], ..., c] = 0.0
+                    out[bad[zi], ..., k] = 0.0
                 else:
-                    out[..., c] = 0.0
+                    out[..., k] = 0.0
         return out
 
 

@@ -66,3 +66,28 @@ def test_zero_clipped_background_normalised_like_the_unclipped_frame():
     np.testing.assert_allclose(np.median(n_clip[idx]), np.median(n_off[idx]), rtol=0.2)
     background = scene < 0.05
     assert np.mean(n_clip[background] > 0.3) < 0.005  # noise stays far below spot level
+
+
+def test_prepared_frame_is_normalised_on_read_as_normalize_and_as_out_of_core():
+    """A frame in memory is prepared without a float32 copy: its normalised view reads exactly
+    what ``normalize`` gives (blocks, one channel, all of it), saturated voxels of the integer
+    frame are left out of the statistics as out of core (the former float32 copy forgot its
+    type and counted them), and a zero plane reads 0."""
+    import dask.array as da
+
+    from kt_stardist import outofcore as O
+    from kt_stardist.predict.preprocess import prepare
+
+    vox = (0.3, 0.13, 0.13)
+    vol = np.clip(np.round(_frame_with_cluster((16, 160, 160)) * 120), 0, 65535).astype(np.uint16)
+    assert (vol == 65535).sum() > 20  # saturated spot centres
+    vol[3] = 0  # a dropped plane
+    prep = prepare(vol, vox, vox, repair=False)
+    assert prep.raw.dtype == np.uint16 and not isinstance(prep.x, np.ndarray)
+    full = normalize(vol[..., None], voxel_size_um=vox)  # the uint16 frame, saturation known
+    assert np.array_equal(np.asarray(prep.x), full)
+    assert np.array_equal(prep.x[2:9, 10:50, 33:90], full[2:9, 10:50, 33:90])
+    assert np.array_equal(prep.x[..., 0], full[..., 0]) and not full[3].any()
+    ooc = prepare(da.from_array(vol, chunks=(5, 40, 40)), vox, vox, repair=False, max_in_memory_gb=0)
+    assert ooc.lazy and np.array_equal(ooc.x[:, :, :], full)
+    assert not np.array_equal(normalize(vol.astype(np.float32), voxel_size_um=vox), full[..., 0])

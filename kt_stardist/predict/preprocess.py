@@ -65,8 +65,10 @@ def points_to_image_px(points_model_px, shape_image, shape_model):
 class Prepared:
     """A volume ready for the network.
 
-    ``x``: normalised ``(Z', Y', X', C)`` float32 at the model's voxel size (an ndarray, or a
-    lazy view read block by block); ``raw``: the repaired raw ``(Z, Y, X, C)`` volume at the
+    ``x``: normalised ``(Z', Y', X', C)`` float32 at the model's voxel size, a
+    :class:`kt_stardist.outofcore.NormalizedView` normalising what is read (``x[z, y, x]``
+    blocks, ``x[..., c]`` a channel, ``np.asarray(x)`` all; over the frame in memory or, when
+    ``lazy``, read block by block from the file); ``raw``: the repaired raw ``(Z, Y, X, C)`` volume at the
     image's px (refinement reads its spot channel); ``image_voxel_um`` / ``model_voxel_um``
     (z, y, x) µm; ``zoom``: image → model factors or None; ``lazy``; ``defects``: one
     :class:`kt_stardist.defects.Defects` per channel (None when repair is off); ``notes``:
@@ -137,7 +139,7 @@ def prepare(volume, voxel_size_um, model_voxel_um, normalization=None, repair=Tr
     """
     from kt_stardist import outofcore as O
     from kt_stardist.defects import summary_line
-    from kt_stardist.normalize import normalize
+    from kt_stardist.normalize import normalization_info
 
     t0 = time.perf_counter()
     pmin = getattr(normalization, "pmin", PMIN)
@@ -176,10 +178,11 @@ def prepare(volume, voxel_size_um, model_voxel_um, normalization=None, repair=Tr
         vol, found = repair_channels(vol)
     seconds["defects"] = time.perf_counter() - t0
     t1 = time.perf_counter()
-    x = rescale_volume(vol, f)
+    x = vol if f is None else rescale_volume(vol, f)  # no float32 copy of the frame: read as it is
     seconds["rescale"] = time.perf_counter() - t1
     t1 = time.perf_counter()
-    x, info = normalize(x, pmin=pmin, pmax=pmax, voxel_size_um=vs_model, return_info=True)
+    info = normalization_info(x, pmin=pmin, pmax=pmax, voxel_size_um=vs_model)
+    x = O.NormalizedView.of(x, info)  # normalised where read (screen, network blocks): equal to normalize(x)
     seconds["normalize"] = time.perf_counter() - t1
     notes = [n for n in [summary_line(found, info)] if n]  # defects repaired, planes left out
     return Prepared(x, vol, vs_img, vs_model, f, lazy=False, defects=found, notes=notes, seconds=seconds)
