@@ -119,7 +119,8 @@ def run_frame(task, model_dir=None, axes=None, voxel_size_um=None, settings=None
     d = det.diagnostics
     seconds = dict(d["seconds"], frame=time.perf_counter() - t0)  # frame: read, detect, labels, all
     meta = dict(t=task.t, warnings=det.warnings, n_near=det.n_near, n_detections=d["n_detections"],
-                n_split=d["n_split"], n_blocks=d["n_blocks"], seconds=seconds,
+                n_split=d["n_split"], n_blocks=d["n_blocks"], prob_thresh=det.prob_thresh,
+                threshold_by=d.get("threshold_by"), seconds=seconds,
                 defects=[len(x) for x in (det.prepared.defects or [])])
     with atomic_write(part.with_suffix(".json"), "w") as f:
         json.dump(meta, f, default=float)
@@ -246,7 +247,9 @@ def _image_warnings(metas, model_info, th_prob, settings):
                 out.append(key)
     near = sum(m.get("n_near", 0) for m in metas)
     above = sum(m.get("n_detections", 0) for m in metas)
+    used = [m["prob_thresh"] for m in metas if m.get("prob_thresh") is not None]
     prob = settings.detect.prob_thresh if settings.detect.prob_thresh is not None else th_prob
+    prob = float(np.median(used)) if used else prob
     w = calibration_warning(near, above, prob, model_info.validation.get("near_ratio"), settings.detect.near_band)
     return out + ([w] if w else [])
 
@@ -358,7 +361,8 @@ def _run(inputs, *, out, out_dir, model_dir, settings, axes, voxel_size_um, labe
                               ("file" if image.voxel_size_um is not None else "model default")),
                    model=record, settings=to_dict(settings), frames=len(tks), frames_missing=missing,
                    points=int(len(df)), warnings=warnings,
-                   seconds_per_frame=_stage_seconds(metas), output=str(dest))
+                   seconds_per_frame=_stage_seconds(metas), output=str(dest),
+                   prob_thresh=_thresholds_used(metas, th.prob))
         if "recovered" in df.columns:  # track-aided recovery ran
             rec["recovered"] = int(df["recovered"].sum())
             summary.recovered = (summary.recovered or 0) + rec["recovered"]
@@ -393,6 +397,16 @@ def _run(inputs, *, out, out_dir, model_dir, settings, axes, voxel_size_um, labe
         shutil.rmtree(parts_dir, ignore_errors=True)
     summary.seconds = time.perf_counter() - t_start
     return summary
+
+
+def _thresholds_used(metas, stored) -> dict:
+    """The probability thresholds the frames used (:func:`kt_stardist.predict.adaptive_threshold`):
+    the model's ``stored`` one, the median and range used, and how many frames lowered it."""
+    used = [m["prob_thresh"] for m in metas if m.get("prob_thresh") is not None]
+    by = [m.get("threshold_by") for m in metas]
+    return dict(stored=float(stored), median=float(np.median(used)) if used else None,
+                min=float(min(used)) if used else None, max=float(max(used)) if used else None,
+                frames_lowered_into_gap=int(sum(b == "gap" for b in by)))
 
 
 def _stage_seconds(metas) -> dict:

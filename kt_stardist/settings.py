@@ -20,7 +20,7 @@ from kt_stardist.defaults import SPOT_SIGMA_UM
 from kt_stardist.errors import InputError
 
 __all__ = [
-    "ScreenSettings", "RefineSettings", "SplitSettings", "DetectSettings", "PipelineSettings", "RecoverSettings", "ThresholdSearch", "SimulationMix",
+    "ScreenSettings", "RefineSettings", "SplitSettings", "AdaptiveThreshold", "DetectSettings", "PipelineSettings", "RecoverSettings", "ThresholdSearch", "SimulationMix",
     "TrainSettings", "FinetuneSettings", "PretrainSettings",
     "to_dict", "from_dict", "to_json", "from_json", "read_file", "replace",
 ]
@@ -110,11 +110,48 @@ class SplitSettings:
 
 
 @dataclass(frozen=True)
+class AdaptiveThreshold:
+    """A probability threshold per volume, read from where the network's detections leave a gap.
+
+    On images unlike its training data the network stays sure of what is background but grows
+    less sure of the spots: their probabilities spread from the stored threshold down to ~0.4,
+    with few or no detections between them and the background's. Windows ``± half_width`` wide,
+    centred every ``step`` in ``range_prob`` (lo, hi), count the volume's detections (after NMS);
+    when the emptiest holds at most ``max_ratio`` × the detections at or above the stored
+    threshold (a clean gap), the threshold is the centre of the highest emptiest window, never
+    above the stored one; otherwise the stored threshold stays (a noisy image, where detections
+    just below it are as often false as true). ``enabled=False``, or an explicit
+    ``prob_thresh``: the stored / given threshold only.
+    """
+
+    enabled: bool = True
+    range_prob: tuple = (0.3, 0.8)
+    half_width: float = 0.1
+    step: float = 0.025
+    max_ratio: float = 0.2
+
+    def __post_init__(self):
+        lo, hi = (float(v) for v in self.range_prob)
+        if not 0 < lo <= hi < 1:
+            raise InputError(f"adaptive threshold range_prob must satisfy 0 < lo <= hi < 1, got {self.range_prob}")
+        if not (0 < self.half_width < 0.5 and 0 < self.step <= 0.5 and self.max_ratio >= 0):
+            raise InputError("adaptive threshold: half_width in (0, 0.5), step in (0, 0.5] and max_ratio >= 0, "
+                             f"got {self.half_width}, {self.step}, {self.max_ratio}")
+        object.__setattr__(self, "range_prob", (lo, hi))
+
+    @property
+    def floor(self) -> float:
+        """The lowest probability the windows look at."""
+        return max(self.range_prob[0] - self.half_width, 0.01)
+
+
+@dataclass(frozen=True)
 class DetectSettings:
     """Everything one detection run uses, with the model's own facts (voxel size, channel
     layout, normalisation) kept in the model.
 
-    ``prob_thresh`` / ``nms_thresh``: None = the model's stored thresholds.
+    ``prob_thresh`` / ``nms_thresh``: None = the model's stored thresholds (the probability
+    threshold then adapted to each volume by ``adaptive``, :class:`AdaptiveThreshold`).
     ``block_size_px`` (z, y, x): largest block sent to the network at once (at the model's voxel
     size). ``max_in_memory_gb``: a frame larger than this as float32 (GB) is read and predicted
     block by block (None: never). ``repair_defects``: replace camera-defect columns (hot/dead
@@ -128,6 +165,7 @@ class DetectSettings:
     max_in_memory_gb: float | None = 4.0
     repair_defects: bool = True
     near_band: float = 0.15
+    adaptive: AdaptiveThreshold = field(default_factory=AdaptiveThreshold)
     screen: ScreenSettings = field(default_factory=ScreenSettings)
     refine: RefineSettings = field(default_factory=RefineSettings)
     split: SplitSettings = field(default_factory=SplitSettings)

@@ -6,10 +6,13 @@ clipped data, bright nuclei, dense clusters, thin stacks, other voxel sizes, dec
 data) with panel seeds that training never draws (``kt_stardist.train.evaluation.robustness_cases``).
 Each case is scored four ways, side by side, by the project's evaluator (0.5 µm):
 
-- **untuned**: ``kt_stardist.predict.detect`` with the model's stored thresholds (what
-  ``kt-stardist predict`` does);
-- **best threshold**: the probability threshold (0.30–0.95 in steps of 0.05, and the stored one;
-  the model's NMS threshold) with the best F1 *on that case*, chosen through the same detection
+- **untuned**: ``kt_stardist.predict.detect`` with its default settings (what ``kt-stardist
+  predict`` does: the model's stored thresholds, the probability threshold lowered per volume
+  into a clean gap, :class:`kt_stardist.settings.AdaptiveThreshold`);
+- **stored threshold**: the same with the model's stored probability threshold only (adaptation
+  off: the baseline of the adaptive threshold);
+- **best threshold**: the fixed probability threshold (0.30–0.95 in steps of 0.05, and the stored
+  one; the model's NMS threshold; no adaptation) with the best F1 *on that case*, chosen through the same detection
   path (``kt_stardist.train.choose_thresholds``, not saved): the calibration gap;
 - **LoG (tuned on the case)**: ``kt_stardist.baselines.log_detect`` with the threshold that is
   best on that very case (an oracle the model does not get), refined by the same Gaussian fits;
@@ -61,7 +64,7 @@ def main(argv=None):
     from kt_stardist.evaluate import match_points
     from kt_stardist.model import load_model
     from kt_stardist.predict import detect
-    from kt_stardist.settings import DetectSettings, ThresholdSearch
+    from kt_stardist.settings import AdaptiveThreshold, DetectSettings, ThresholdSearch
     from kt_stardist.train import choose_thresholds
     from kt_stardist.train.evaluation import robustness_cases
 
@@ -73,8 +76,10 @@ def main(argv=None):
           f"(thresholds prob {model.thresholds.prob:.2f}, nms {model.thresholds.nms:.2f})", file=sys.stderr)
 
     # the calibration gap: every probability threshold in steps of 0.05 at the model's NMS threshold
+    # (fixed thresholds: adaptation off, so this is the best single threshold for the case)
     search = ThresholdSearch(prob_range=(0.3, 0.95), prob_step=0.05, fine_step=0.05,
-                             nms_threshs=(model.thresholds.nms,))
+                             nms_threshs=(model.thresholds.nms,),
+                             detect=DetectSettings(adaptive=AdaptiveThreshold(enabled=False)))
     rows = []
 
     def add(case, method, pts, seconds, **extra):
@@ -89,7 +94,12 @@ def main(argv=None):
               file=sys.stderr, flush=True)
         t1 = time.perf_counter()
         det = detect(model, c.image, c.voxel_size_um, DetectSettings(), spot_channel=spot)
-        add(c, "untuned", det.points[["z", "y", "x"]], time.perf_counter() - t1, warned=int(bool(det.warnings)))
+        add(c, "untuned", det.points[["z", "y", "x"]], time.perf_counter() - t1, warned=int(bool(det.warnings)),
+            prob=det.prob_thresh)
+        t1 = time.perf_counter()
+        det_s = detect(model, c.image, c.voxel_size_um, DetectSettings(adaptive=AdaptiveThreshold(enabled=False)),
+                       spot_channel=spot)
+        add(c, "stored threshold", det_s.points[["z", "y", "x"]], time.perf_counter() - t1, prob=det_s.prob_thresh)
         t1 = time.perf_counter()
         best = choose_thresholds(model, [(c.image, c.truth, c.voxel_size_um)], search, save=False)
         det_b = detect(model, c.image, c.voxel_size_um, DetectSettings(prob_thresh=best["prob"], nms_thresh=best["nms"]),
@@ -115,7 +125,8 @@ def main(argv=None):
     tab["seconds"] = g.seconds.median()
     tab = tab.reset_index()
     wide = tab.pivot(index="condition", columns="method", values="f1")
-    methods = [m for m in ("untuned", "best threshold", "LoG tuned on case", "Big-FISH") if m in wide.columns]
+    methods = [m for m in ("untuned", "stored threshold", "best threshold", "LoG tuned on case", "Big-FISH")
+               if m in wide.columns]
     order = list(dict.fromkeys(per.condition))
     wide = wide.loc[order, methods]
     rmse = tab.pivot(index="condition", columns="method", values="rmse_nm").loc[order, methods]
@@ -123,8 +134,10 @@ def main(argv=None):
     hot = tab.pivot(index="condition", columns="method", values="hot").loc[order, methods]
 
     print(f"\n{len(cases)} volumes ({a.n} per condition, panel seeds), match cutoff 0.5 µm; F1 from summed counts")
+    used = per[per.method == "untuned"].groupby("condition", sort=False).prob.median()
     head = ("| condition | " + " | ".join(f"F1 {m}" for m in methods) + " | gap | " +
-            " | ".join(f"RMSE nm {m}" for m in methods if m != "best threshold") + " | s/volume (model) | hot-pixel detections (model) |")
+            " | ".join(f"RMSE nm {m}" for m in methods if m != "best threshold") +
+            " | threshold used (untuned) | s/volume (model) | hot-pixel detections (model) |")
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
     for cond in order:
@@ -133,15 +146,20 @@ def main(argv=None):
         r = rmse.loc[cond]
         print(f"| {cond} | " + " | ".join(f"{f[m]:.3f}" for m in methods) + f" | {gap:.3f} | " +
               " | ".join(f"{r[m]:.0f}" for m in methods if m != "best threshold") +
-              f" | {secs.loc[cond, 'untuned']:.1f} | {int(hot.loc[cond, 'untuned'])} |")
+              f" | {used[cond]:.2f} | {secs.loc[cond, 'untuned']:.1f} | {int(hot.loc[cond, 'untuned'])} |")
     mean = wide.mean()
     print("| **mean** | " + " | ".join(f"**{mean[m]:.3f}**" for m in methods) +
           f" | {mean.get('best threshold', np.nan) - mean['untuned']:.3f} | " +
-          " | ".join("" for m in methods if m != "best threshold") + " | | |")
+          " | ".join("" for m in methods if m != "best threshold") + " | | | |")
     ok = (wide["untuned"] >= 0.95) & (wide.get("best threshold", wide["untuned"]) - wide["untuned"] <= 0.02) & \
         (wide["untuned"] >= wide["LoG tuned on case"])
     print(f"\ngoals met (untuned F1 >= 0.95, within 0.02 of best, not below tuned LoG): "
           f"{int(ok.sum())} of {len(ok)} conditions; hot-pixel detections (model): {int(hot['untuned'].sum())}")
+    if "stored threshold" in wide.columns:
+        ok_s = (wide["stored threshold"] >= 0.95) & \
+            (wide.get("best threshold", wide["stored threshold"]) - wide["stored threshold"] <= 0.02) & \
+            (wide["stored threshold"] >= wide["LoG tuned on case"])
+        print(f"with the stored threshold only: {int(ok_s.sum())} of {len(ok_s)}")
     return 0
 
 

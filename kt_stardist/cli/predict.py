@@ -31,7 +31,11 @@ def add_arguments(p):
     p.add_argument("--channel", type=int, metavar="N", help="spot (EGFP) channel for 1-channel models (default 0)")
     p.add_argument("--settings", metavar="JSON", help="detection settings from a file (a run.json or the "
                    "'settings' it holds); the flags below override it")
-    p.add_argument("--prob-thresh", type=float, metavar="P", help="probability threshold (default: model's)")
+    p.add_argument("--prob-thresh", type=float, metavar="P",
+                   help="probability threshold (default: the model's, lowered per frame into a clean gap "
+                        "between background and spots when there is one)")
+    p.add_argument("--stored-threshold", action="store_true",
+                   help="use the model's stored probability threshold as it is (no per-frame adaptation)")
     p.add_argument("--nms-thresh", type=float, metavar="T", help="NMS overlap threshold (default: model's)")
     p.add_argument("--refine", choices=["gauss", "centroid", "none"],
                    help=f"sub-voxel refinement (default {r.method})")
@@ -68,6 +72,8 @@ def settings_from_args(args):
         changes["prob_thresh"] = args.prob_thresh
     if args.nms_thresh is not None:
         changes["nms_thresh"] = args.nms_thresh
+    if args.stored_threshold:
+        changes["adaptive__enabled"] = False
     if args.refine is not None:
         changes["refine__method"] = args.refine
     if args.no_split:

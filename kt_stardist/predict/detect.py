@@ -33,7 +33,7 @@ from kt_stardist.predict.screen import screen, screen_lazy
 from kt_stardist.settings import DetectSettings
 
 __all__ = ["Candidates", "Detection", "detect", "network_candidates", "finish", "thresholds_of",
-           "calibration_warning", "points_frame"]
+           "adaptive_threshold", "calibration_warning", "points_frame"]
 
 
 @dataclass
@@ -90,6 +90,25 @@ def thresholds_of(model, settings: DetectSettings) -> tuple:
     p = th.prob if settings.prob_thresh is None else settings.prob_thresh
     n = th.nms if settings.nms_thresh is None else settings.nms_thresh
     return float(p), float(n)
+
+
+def adaptive_threshold(prob, stored: float, adaptive) -> tuple:
+    """(probability threshold, how it was chosen) for one volume whose network detections (after
+    NMS, every one at or above ``adaptive.floor``) have probabilities ``prob``; ``stored``: the
+    model's threshold; ``adaptive``: :class:`kt_stardist.settings.AdaptiveThreshold` (its
+    docstring gives the rule). How: ``"gap"`` (lowered into a clean gap) or ``"stored"``."""
+    if not adaptive.enabled:
+        return float(stored), "stored"
+    p = np.sort(np.asarray(prob, np.float64))
+    lo, hi = adaptive.range_prob
+    centres = lo + adaptive.step * np.arange(int(np.floor((hi - lo) / adaptive.step + 1e-9)) + 1)
+    counts = (np.searchsorted(p, centres + adaptive.half_width, side="left")
+              - np.searchsorted(p, centres - adaptive.half_width, side="left"))
+    n_above = max(int(len(p) - np.searchsorted(p, stored, side="left")), 1)
+    if counts.min() > adaptive.max_ratio * n_above:
+        return float(stored), "stored"
+    gap = float(centres[np.flatnonzero(counts == counts.min())[-1]])
+    return (round(gap, 4), "gap") if gap < stored else (float(stored), "stored")
 
 
 def network_candidates(model, prep: Prepared, prob_floor: float, nms_threshs, settings: DetectSettings,
@@ -176,9 +195,10 @@ def calibration_warning(n_near: int, n_above: int, prob_thresh: float, reference
 
 
 def finish(model, prep: Prepared, cands: Candidates, prob_thresh: float, settings: DetectSettings,
-           spot_channel: int = 0) -> Detection:
+           spot_channel: int = 0, threshold_by: str = "given") -> Detection:
     """Points of the candidates at or above ``prob_thresh``: mapped to image px, refined on the
-    repaired raw spot channel, close sisters searched (``settings.refine`` / ``settings.split``)."""
+    repaired raw spot channel, close sisters searched (``settings.refine`` / ``settings.split``).
+    ``threshold_by``: how ``prob_thresh`` was chosen (recorded in the diagnostics)."""
     t0 = time.perf_counter()
     pts_m, prob, dist = cands.above(prob_thresh)
     n_near = int(np.sum((cands.prob < prob_thresh) & (cands.prob >= prob_thresh - settings.near_band)))
@@ -191,6 +211,7 @@ def finish(model, prep: Prepared, cands: Candidates, prob_thresh: float, setting
     t_refine = time.perf_counter() - t0
     diag = dict(n_blocks=cands.n_blocks, n_voxels_read=cands.n_voxels_read, n_voxels=cands.n_voxels,
                 n_detections=int(len(pts)), n_split=int(split.sum()), n_near=n_near,
+                prob_thresh=float(prob_thresh), threshold_by=threshold_by,
                 seconds={**prep.seconds, **cands.seconds, "refine": t_refine})
     warnings = list(prep.notes)
     ref = model.info.validation.get("near_ratio") if hasattr(model, "info") else None
@@ -227,8 +248,14 @@ def detect(model, volume, voxel_size_um=None, settings: DetectSettings | None = 
         raise InputError(f"volume of shape {tuple(volume.shape)} does not fit model {model.name}: "
                          f"it takes {model.n_channel_in} channel(s) (Z, Y, X, C)")
     prob, nms = thresholds_of(model, settings)
+    adapt = settings.adaptive.enabled and settings.prob_thresh is None
     prep = prepare(volume, voxel_size_um, model.voxel_size_um, model.info.normalize, settings.repair_defects,
                    settings.max_in_memory_gb)
     floor = max(prob - settings.near_band, 0.01)
+    if adapt:
+        floor = min(floor, settings.adaptive.floor)
     cands = network_candidates(model, prep, floor, (nms,), settings, spot_channel, show_progress)[nms]
-    return finish(model, prep, cands, prob, settings, spot_channel)
+    how = "given" if settings.prob_thresh is not None else "stored"
+    if adapt:
+        prob, how = adaptive_threshold(cands.prob, prob, settings.adaptive)
+    return finish(model, prep, cands, prob, settings, spot_channel, threshold_by=how)

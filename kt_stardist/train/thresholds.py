@@ -10,6 +10,11 @@ best (at its NMS threshold), and it also tries the model's current thresholds. T
 result is the pair with the best summed-count F1 (ties: the middle of the best plateau, then the
 lower NMS threshold), and the validation share of detections just below the threshold, which
 ``predict`` compares images with.
+
+With the search's detection settings adapting the threshold per volume (``search.detect.adaptive``,
+on by default, as in ``predict``), each probability tried is the *stored* threshold that
+:func:`kt_stardist.predict.adaptive_threshold` starts from and may lower in a volume, exactly as
+``predict`` will; with adaptation off, it is the threshold used.
 """
 
 from __future__ import annotations
@@ -55,12 +60,14 @@ def choose_thresholds(model, validation, search: ThresholdSearch = ThresholdSear
     import pandas as pd
 
     from kt_stardist.evaluate import match_points, scores
-    from kt_stardist.predict import finish, network_candidates, prepare
+    from kt_stardist.predict import adaptive_threshold, finish, network_candidates, prepare
 
     st = search.detect
     spot = model.layout.spot_channel
     lo, hi = search.prob_range
     floor = max(lo - st.near_band, 0.01)
+    if st.adaptive.enabled:
+        floor = min(floor, st.adaptive.floor)
     preps, cands = [], []
     for img, _, vs in validation:
         prep = prepare(img, vs, model.voxel_size_um, model.info.normalize, st.repair_defects, st.max_in_memory_gb)
@@ -82,7 +89,8 @@ def choose_thresholds(model, validation, search: ThresholdSearch = ThresholdSear
             return rows[(p, nms)]
         tp = fp = fn = near = above = 0
         for prep, cs, (_, gt, vs) in zip(preps, cands, validation):
-            det = finish(model, prep, cs[nms], p, st, spot)
+            used, how = adaptive_threshold(cs[nms].prob, p, st.adaptive)
+            det = finish(model, prep, cs[nms], used, st, spot, threshold_by=how)
             m = match_points(gt, det.points[["z", "y", "x"]].to_numpy(float), vs, cutoff_um)
             tp, fp, fn = tp + m.tp, fp + m.fp, fn + m.fn
             near, above = near + det.n_near, above + det.diagnostics["n_detections"]
