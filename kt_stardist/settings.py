@@ -41,13 +41,20 @@ class ScreenSettings:
     bin_yx: int = 2
 
 
+#: the refinement methods (:class:`RefineSettings` ``method``)
+REFINE_METHODS = ("gauss", "spline", "lsq", "centroid", "none")
+
+
 @dataclass(frozen=True)
 class RefineSettings:
     """Sub-voxel refinement on the raw intensities (:mod:`kt_stardist.predict.refine`).
 
     ``method``: ``gauss`` (crowded-field 3D Gaussian fits, maximum likelihood under the camera's
-    Poisson + read noise, :mod:`kt_stardist.predict.mle`), ``lsq`` (the former least-squares
-    Gaussian fits on raw counts, no uncertainty), ``centroid`` or ``none``.
+    Poisson + read noise, :mod:`kt_stardist.predict.mle`), ``spline`` (the same, then the PSF
+    measured from the image's isolated spots, :mod:`kt_stardist.predict.psf`, replaces the
+    Gaussian: ``psf_passes`` passes, the PSF measured again, ``psf_passes`` more; with fewer than
+    ``psf_min_spots`` usable spots the Gaussian fits stay, with a warning), ``lsq`` (the former
+    least-squares Gaussian fits on raw counts, no uncertainty), ``centroid`` or ``none``.
     ``half_um``: window half-size (z, y, x) µm; ``psf_sigma_um``: starting Gaussian sigma, fitted
     within ``sigma_bounds`` × it; ``passes``: 1 = joint fits of overlapping windows, brightest
     first; each further pass refits with the neighbours' latest fits held fixed (``gauss``) or
@@ -79,13 +86,19 @@ class RefineSettings:
     read_noise_adu: float | None = None
     max_deviance: float = 3.0
     width_spread: float = 0.15
+    psf_min_spots: int = 15
+    psf_passes: int = 2
 
     def __post_init__(self):
-        if self.method not in ("gauss", "lsq", "centroid", "none"):
-            raise InputError(f"refine method must be 'gauss', 'lsq', 'centroid' or 'none', got {self.method!r}")
+        if self.method not in REFINE_METHODS:
+            raise InputError(f"refine method must be one of {', '.join(REFINE_METHODS)}, got {self.method!r}")
         g = self.gain_adu_per_photon
         if g is not None and not (isinstance(g, (int, float)) and g > 0):
             raise InputError(f"refine gain_adu_per_photon must be a positive number, got {g!r}")
+        for name in ("psf_min_spots", "psf_passes"):
+            v = getattr(self, name)
+            if not (isinstance(v, int) and v >= 1):
+                raise InputError(f"refine {name} must be a whole number >= 1, got {v!r}")
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ def test_bad_values_and_unknown_keys_are_one_line_errors():
     with pytest.raises(InputError, match="prob-thresh"):
         DetectSettings(prob_thresh=1.5)
     with pytest.raises(InputError, match="refine method"):
-        replace(DetectSettings(), refine__method="spline")
+        replace(DetectSettings(), refine__method="bicubic")
 
 
 def test_read_file_follows_run_json_and_drops_job(tmp_path):

@@ -15,7 +15,7 @@ DESCRIPTION = (
 
 
 def add_arguments(p):
-    from kt_stardist.settings import DetectSettings, RefineSettings
+    from kt_stardist.settings import REFINE_METHODS, DetectSettings, RefineSettings
 
     d, r = DetectSettings(), RefineSettings()
     p.add_argument("images", nargs="+", metavar="IMAGE", help="TIFF/OME-TIFF or file.h5:/dataset")
@@ -37,8 +37,9 @@ def add_arguments(p):
     p.add_argument("--stored-threshold", action="store_true",
                    help="use the model's stored probability threshold as it is (no per-frame adaptation)")
     p.add_argument("--nms-thresh", type=float, metavar="T", help="NMS overlap threshold (default: model's)")
-    p.add_argument("--refine", choices=["gauss", "centroid", "none"],
-                   help=f"sub-voxel refinement (default {r.method})")
+    p.add_argument("--refine", choices=list(REFINE_METHODS),
+                   help=f"sub-voxel refinement (default {r.method}; spline: fit the PSF measured from the "
+                        f"image's own isolated spots, Gaussian kept when too few; lsq: the former least squares)")
     p.add_argument("--no-split", action="store_true",
                    help="do not look inside detections for a merged close sister (gauss refinement only)")
     p.add_argument("--no-defect-repair", action="store_true",

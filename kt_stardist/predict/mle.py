@@ -26,7 +26,10 @@ Model
     differences, as the simulator renders), centre ``c_k`` (z, y, x px) and its own sigma per
     axis (kinetochores differ in size; a width shared by close sisters biases them); a linear
     background (photons per voxel); and
-    ``fixed``: the already fitted neighbours outside the fit, held fixed.
+    ``fixed``: the already fitted neighbours outside the fit, held fixed. The spot model is
+    pluggable (``fit_spots(spots=...)``): :data:`GAUSSIAN` (the above), or the PSF measured from
+    the image (:class:`kt_stardist.predict.psf.SplinePsf`, ``spline`` method), each with
+    ``n_shape`` shape parameters per spot (widths).
 
 Fitting
     Levenberg–Marquardt on the Poisson negative log-likelihood with Fisher scoring (the
@@ -171,12 +174,15 @@ def _profiles(coords, centres, sigma, derivatives=True):
     return out[0], (out[1] if derivatives else None), (out[2] if derivatives else None)
 
 
-def spot_photons(coords, centre, photons, sigma):
-    """Expected photons per voxel at ``coords`` (N, 3) px of one integrated Gaussian spot
-    (centre (3,) px, ``photons`` total, sigma (3,) px)."""
-    P, _, _ = _profiles(np.asarray(coords, np.float64)[None], np.asarray(centre, np.float64)[None, None],
-                        np.asarray(sigma, np.float64)[None, None], derivatives=False)
-    return photons * np.prod(P[0, 0], axis=-1)
+def spot_photons(coords, centre, photons, sigma, spots=None):
+    """Expected photons per voxel at ``coords`` (N, 3) px of one spot (centre (3,) px,
+    ``photons`` total, sigma (3,) px) of the spot model ``spots`` (None: an integrated
+    Gaussian of that sigma; a model without shape parameters ignores ``sigma``)."""
+    spots = GAUSSIAN if spots is None else spots
+    shape = np.asarray(sigma, np.float64)[:spots.n_shape]
+    G, _, _ = spots.unit(np.asarray(coords, np.float64)[None], np.asarray(centre, np.float64)[None, None],
+                         shape[None, None], derivatives=False)
+    return photons * G[0, 0]
 
 
 class MleFit(NamedTuple):
@@ -199,26 +205,56 @@ class MleFit(NamedTuple):
     iterations: np.ndarray
 
 
-def _model(theta, coords, dc, fixed, K, jac=True):
+class GaussianSpots:
+    """The spot model of the ``gauss`` method: a 3D Gaussian integrated over the voxels, its own
+    sigma per axis and spot (3 shape parameters, px). Any spot model for :func:`fit_spots` has
+    ``n_shape`` and these three methods (e.g. :class:`kt_stardist.predict.psf.SplinePsf`)."""
+
+    n_shape = 3
+
+    def unit(self, coords, centres, shape, derivatives=True):
+        """Fraction of each spot's photons per voxel at ``coords`` (B, N, 3) px, spots at
+        ``centres`` (B, K, 3) px with shape parameters ``shape`` (B, K, n_shape): G (B, K, N)
+        and, with ``derivatives``, dG/dcentre (B, K, N, 3) and dG/dshape (B, K, N, n_shape)."""
+        P, dPc, dPs = _profiles(coords, centres, shape, derivatives=derivatives)
+        G = np.prod(P, axis=-1)
+        if not derivatives:
+            return G, None, None
+        # products of the other two axes' profiles
+        others = np.stack([P[..., 1] * P[..., 2], P[..., 0] * P[..., 2], P[..., 0] * P[..., 1]], -1)
+        return G, dPc * others, dPs * others
+
+    def peak_fraction(self, shape):
+        """Fraction of a voxel-centred spot's photons in its central voxel, (B, K)."""
+        return peak_fraction(shape)
+
+    def widths(self, shape):
+        """Gaussian sigma (B, K, 3) px of spots of shape parameters ``shape``."""
+        return shape
+
+
+GAUSSIAN = GaussianSpots()
+
+
+def _model(theta, coords, dc, fixed, K, jac=True, spots=GAUSSIAN):
     """μ (B, N) and, with ``jac``, J (B, N, P) of parameters theta (B, P): [centres K×3,
-    photons K, sigmas K×3, b0, slopes 3]."""
+    photons K, shape parameters K×S (``spots.n_shape``; Gaussian: sigmas), b0, slopes 3]."""
     B = theta.shape[0]
+    S = spots.n_shape
     c = theta[:, :3 * K].reshape(B, K, 3)
     n = theta[:, 3 * K:4 * K]
-    s = theta[:, 4 * K:7 * K].reshape(B, K, 3)
-    P, dPc, dPs = _profiles(coords, c, s, derivatives=jac)
-    G = np.prod(P, axis=-1)  # (B, K, N)
-    mu = theta[:, 7 * K, None] + np.einsum("bna,ba->bn", dc, theta[:, 7 * K + 1:]) + \
+    s = theta[:, 4 * K:(4 + S) * K].reshape(B, K, S)
+    G, dGc, dGs = spots.unit(coords, c, s, derivatives=jac)  # G (B, K, N)
+    b = (4 + S) * K
+    mu = theta[:, b, None] + np.einsum("bna,ba->bn", dc, theta[:, b + 1:]) + \
         np.einsum("bk,bkn->bn", n, G) + fixed
     if not jac:
         return mu, None
-    # products of the other two axes' profiles
-    others = np.stack([P[..., 1] * P[..., 2], P[..., 0] * P[..., 2], P[..., 0] * P[..., 1]], -1)
-    d_c = n[:, :, None, None] * dPc * others           # (B, K, N, 3)
-    d_s = n[:, :, None, None] * dPs * others           # (B, K, N, 3)
+    d_c = n[:, :, None, None] * dGc                     # (B, K, N, 3)
+    d_s = n[:, :, None, None] * dGs                     # (B, K, N, S)
     Nv = coords.shape[1]
     J = np.concatenate([d_c.transpose(0, 2, 1, 3).reshape(B, Nv, 3 * K), G.transpose(0, 2, 1),
-                        d_s.transpose(0, 2, 1, 3).reshape(B, Nv, 3 * K), np.ones((B, Nv, 1)), dc], axis=2)
+                        d_s.transpose(0, 2, 1, 3).reshape(B, Nv, S * K), np.ones((B, Nv, 1)), dc], axis=2)
     return mu, J
 
 
@@ -228,7 +264,8 @@ def _nll(mu, d, w, floor):
 
 
 def fit_spots(data, coords, weights, starts, lo, hi, sigma0, sigma_bounds=(0.5, 2.0), fixed=None,
-              max_iter=100, tol_px=1e-3, tol_nll=1e-6, warmup=5, sigma_start=None, sigma_prior=None) -> MleFit:
+              max_iter=100, tol_px=1e-3, tol_nll=1e-6, warmup=5, sigma_start=None, sigma_prior=None,
+              spots=None) -> MleFit:
     """Poisson maximum-likelihood fits of B windows, K spots each (module docstring).
 
     Parameters
@@ -246,11 +283,17 @@ def fit_spots(data, coords, weights, starts, lo, hi, sigma0, sigma_bounds=(0.5, 
         spot's width then follows the image's PSF instead of its noise.
     warmup : iterations with the sigmas held at ``sigma0`` (a far start otherwise lets the width
         run to its bound first).
+    spots : the spot model (None: :data:`GAUSSIAN`, integrated Gaussians whose shape parameters
+        are the sigmas above); a model without shape parameters (``n_shape`` 0, e.g. the
+        image's own PSF, :class:`kt_stardist.predict.psf.SplinePsf`) ignores the sigma
+        arguments, and :attr:`MleFit.sigma` holds its Gaussian-equivalent width.
     """
     data = np.asarray(data, np.float64)
     B = data.shape[0]
     starts = np.asarray(starts, np.float64).reshape(B, -1, 3)
     K = starts.shape[1]
+    spots = GAUSSIAN if spots is None else spots
+    S = spots.n_shape  # shape parameters per spot: 3 (sigmas) or 0
     w = np.asarray(weights, np.float64)
     d = np.where(w > 0, np.maximum(np.nan_to_num(data, nan=0.0), 0.0), 0.0)
     coords = np.asarray(coords, np.float64)
@@ -270,31 +313,33 @@ def fit_spots(data, coords, weights, starts, lo, hi, sigma0, sigma_bounds=(0.5, 
     bg0 = np.maximum(bg0, 1e-3)
     near = np.argmin(np.sum((coords[:, None] - starts[:, :, None]) ** 2, -1) + 1e12 * (w[:, None] == 0), axis=2)
     peak = np.take_along_axis(d, near, axis=1) - bg0[:, None]
-    n0 = np.maximum(peak, 1.0) / peak_fraction(s0)
-    theta = np.concatenate([starts.reshape(B, 3 * K), n0, s0.reshape(B, 3 * K), bg0[:, None], np.zeros((B, 3))],
-                           axis=1)
+    n0 = np.maximum(peak, 1.0) / spots.peak_fraction(s0[..., :S])
+    theta = np.concatenate([starts.reshape(B, 3 * K), n0, s0[..., :S].reshape(B, S * K), bg0[:, None],
+                            np.zeros((B, 3))], axis=1)
+    sh = slice(4 * K, (4 + S) * K)  # the shape parameters in theta
+    nb = (4 + S) * K                # the background's index in theta
     P = theta.shape[1]
     lo_t = np.full((B, P), -np.inf)
     hi_t = np.full((B, P), np.inf)
     lo_t[:, :3 * K] = np.asarray(lo, np.float64).reshape(B, 3 * K)
     hi_t[:, :3 * K] = np.asarray(hi, np.float64).reshape(B, 3 * K)
     lo_t[:, 3 * K:4 * K] = 1e-3
-    lo_t[:, 4 * K:7 * K] = sigma_bounds[0] * s_ref.reshape(B, 3 * K)
-    hi_t[:, 4 * K:7 * K] = sigma_bounds[1] * s_ref.reshape(B, 3 * K)
+    lo_t[:, sh] = sigma_bounds[0] * s_ref[..., :S].reshape(B, S * K)
+    hi_t[:, sh] = sigma_bounds[1] * s_ref[..., :S].reshape(B, S * K)
     theta = np.clip(theta, lo_t, hi_t)
     floor = 1e-6
     prec = s_mean = None
-    if sigma_prior is not None:
+    if sigma_prior is not None and S == 3:
         s_mean = np.broadcast_to(np.asarray(sigma_prior[0], np.float64), (B, K, 3)).reshape(B, 3 * K)
         prec = 1.0 / (float(sigma_prior[1]) * s_mean) ** 2
 
     def prior_nll(th, rows=slice(None)):
         if prec is None:
             return 0.0
-        return 0.5 * np.sum(prec[rows] * (th[:, 4 * K:7 * K] - s_mean[rows]) ** 2, axis=1)
+        return 0.5 * np.sum(prec[rows] * (th[:, sh] - s_mean[rows]) ** 2, axis=1)
 
     lam = np.full(B, 1e-2)
-    mu, _ = _model(theta, coords, dc, fixed, K, jac=False)
+    mu, _ = _model(theta, coords, dc, fixed, K, jac=False, spots=spots)
     nll = _nll(mu, d, w, floor) + prior_nll(theta)
     active = np.isfinite(nll)
     converged = np.zeros(B, bool)
@@ -305,18 +350,18 @@ def fit_spots(data, coords, weights, starts, lo, hi, sigma0, sigma_bounds=(0.5, 
         if len(idx) == 0:
             break
         th = theta[idx]
-        mu, J = _model(th, coords[idx], dc[idx], fixed[idx], K)
+        mu, J = _model(th, coords[idx], dc[idx], fixed[idx], K, spots=spots)
         mu = np.maximum(mu, floor)
         wi, di = w[idx], d[idx]
         grad = np.einsum("bn,bnp->bp", wi * (1.0 - di / mu), J)  # einsum: no BLAS threads
         H = np.einsum("bnp,bnq->bpq", J * (wi / mu)[..., None], J)
         if prec is not None:
-            grad[:, 4 * K:7 * K] += prec[idx] * (th[:, 4 * K:7 * K] - s_mean[idx])
-            H[:, np.arange(4 * K, 7 * K), np.arange(4 * K, 7 * K)] += prec[idx]
+            grad[:, sh] += prec[idx] * (th[:, sh] - s_mean[idx])
+            H[:, np.arange(4 * K, nb), np.arange(4 * K, nb)] += prec[idx]
         diag = np.maximum(np.einsum("bpp->bp", H), 1e-12)
         damp = lam[idx, None] * diag
         if it < warmup:  # the PSF width held at its start until centres and photons settle
-            damp[:, 4 * K:7 * K] = 1e12 * diag[:, 4 * K:7 * K]
+            damp[:, sh] = 1e12 * diag[:, sh]
         # parameters at a bound that the descent would push out of it are held (active set)
         pinned = ((th <= lo_t[idx] + 1e-9) & (grad > 0)) | ((th >= hi_t[idx] - 1e-9) & (grad < 0))
         damp = np.where(pinned, 1e12 * diag, damp)
@@ -326,11 +371,11 @@ def fit_spots(data, coords, weights, starts, lo, hi, sigma0, sigma_bounds=(0.5, 
         except np.linalg.LinAlgError:
             step = -np.stack([np.linalg.lstsq(a, g, rcond=None)[0] for a, g in zip(A, grad)])
         new = np.clip(th + np.nan_to_num(step), lo_t[idx], hi_t[idx])
-        mu_new, _ = _model(new, coords[idx], dc[idx], fixed[idx], K, jac=False)
+        mu_new, _ = _model(new, coords[idx], dc[idx], fixed[idx], K, jac=False, spots=spots)
         nll_new = _nll(mu_new, di, wi, floor) + prior_nll(new, idx)
         better = np.isfinite(nll_new) & (nll_new <= nll[idx])
         moved = np.abs(new - th)
-        small = (moved[:, :3 * K].max(1) < tol_px) & (moved[:, 4 * K:7 * K].max(1) < tol_px)
+        small = (moved[:, :3 * K].max(1) < tol_px) & (moved[:, sh].max(1, initial=0.0) < tol_px)
         small |= np.abs(nll[idx] - nll_new) < tol_nll  # a flat valley: the likelihood no longer moves
         theta[idx[better]] = new[better]
         nll[idx[better]] = nll_new[better]
@@ -340,11 +385,11 @@ def fit_spots(data, coords, weights, starts, lo, hi, sigma0, sigma_bounds=(0.5, 
         converged[idx[done]] = True
         active[idx[done]] = False
     # Fisher information at the fit
-    mu, J = _model(theta, coords, dc, fixed, K)
+    mu, J = _model(theta, coords, dc, fixed, K, spots=spots)
     mu = np.maximum(mu, floor)
     fisher = np.einsum("bnp,bnq->bpq", J * (w / mu)[..., None], J)
     if prec is not None:
-        fisher[:, np.arange(4 * K, 7 * K), np.arange(4 * K, 7 * K)] += prec
+        fisher[:, np.arange(4 * K, nb), np.arange(4 * K, nb)] += prec
     with np.errstate(all="ignore"):
         try:
             cov_diag = np.einsum("bpp->bp", np.linalg.inv(fisher))
@@ -355,7 +400,8 @@ def fit_spots(data, coords, weights, starts, lo, hi, sigma0, sigma_bounds=(0.5, 
 
         dev = 2.0 * np.sum(w * (mu - d + xlogy(d, d) - xlogy(d, mu)), axis=1)
     c = theta[:, :3 * K].reshape(B, K, 3)
-    bg = theta[:, 7 * K, None] + np.einsum("bka,ba->bk", c - centre[:, None, :], theta[:, 7 * K + 1:])
+    bg = theta[:, nb, None] + np.einsum("bka,ba->bk", c - centre[:, None, :], theta[:, nb + 1:])
     dof = w.sum(1) - P
-    return MleFit(c, theta[:, 3 * K:4 * K].copy(), theta[:, 4 * K:7 * K].reshape(B, K, 3).copy(), bg, crlb,
+    widths = np.broadcast_to(spots.widths(theta[:, sh].reshape(B, K, S)), (B, K, 3)).copy()
+    return MleFit(c, theta[:, 3 * K:4 * K].copy(), widths, bg, crlb,
                   converged & np.isfinite(nll), dev, dof, iters)

@@ -26,6 +26,13 @@ cells). :func:`refine_points` moves each one to the centre of the spot in the im
   an F-test (``alpha``) when two spots explain clearly more (``min_gain``), lie 0.25–0.8 µm
   apart, have comparable amplitudes and the second is not a neighbour's leftover light; the two
   spots are then fitted jointly by maximum likelihood;
+* ``spline``: ``gauss``, then the image's own PSF (:mod:`kt_stardist.predict.psf`: averaged
+  from its isolated, well-fitted spots, neighbours subtracted, a cubic spline) replaces the
+  Gaussian in the same maximum-likelihood fits (each spot keeps its own width): ``psf_passes``
+  passes, the PSF measured again from these fits, ``psf_passes`` more. With fewer than
+  ``psf_min_spots`` usable spots the Gaussian fits stay and a warning says so; the fit
+  table's ``attrs`` carry the PSF (``psf``) and how it was measured (``psf_note``). For
+  aberrated or asymmetric PSFs (the Gaussian's z bias goes);
 * ``lsq``: the former least-squares fits on raw counts (one sigma shared by a group, neighbours
   subtracted brightest first, :class:`_Fitter`); no uncertainty. On whole simulated mid frames
   (model detections) its z error was ~31 nm rms;
@@ -365,6 +372,9 @@ class _MleFitter(_Fitter):
         self.spots = [None] * n  # (centre px, photons, sigma px) of usable fits: neighbours' model
         self.was_pulled = set()  # detections whose last fit ended on a neighbour
         self.psf = None          # the image's PSF sigma (z, y, x px) once measured (image_psf)
+        self.spot_model = None   # the spot model of the fits (None: Gaussian; spline: the measured PSF)
+        self.measured = None     # the PSF measured from the image (spline method), a SplinePsf
+        self.psf_note = None     # how it was measured, or why not (spline method)
 
     def extend(self, new_pts):
         """Add points (M, 3) px (second spots of split detections), unfitted."""
@@ -384,8 +394,6 @@ class _MleFitter(_Fitter):
 
     def _job(self, members, own_cell, with_fixed):
         """(coords (M, 3) px, photons (M,), weights (M,), fixed (M,)) of one fit's window."""
-        from kt_stardist.predict.mle import spot_photons
-
         wins = [_window(self.vol.shape, self.out[i], self.half) for i in members]
         coords, counts = self.read(tuple(slice(min(w[a].start for w in wins), max(w[a].stop for w in wins))
                                          for a in range(3)))
@@ -395,14 +403,21 @@ class _MleFitter(_Fitter):
             m = _own_mask(coords, members[0], self.pts_um, self.tree, self.vs, self.radius)
             if m is not None and np.sum(m & (w > 0)) >= 8:
                 w = w * m
-        fixed = np.zeros(len(coords))
-        if with_fixed:
-            near = set().union(*(self.tree.query_ball_point(self.pts_um[i], self.settings.neighbour_um)
-                                 for i in members))
-            for j in sorted(near - set(members)):
-                if self.spots[j] is not None:
-                    fixed += spot_photons(coords, *self.spots[j])
+        fixed = self.neighbour_photons(members, coords) if with_fixed else np.zeros(len(coords))
         return coords, data, w, fixed
+
+    def neighbour_photons(self, members, coords):
+        """Photons (M,) at ``coords`` (M, 3) px of the fitted spots within ``neighbour_um`` of
+        ``members`` (not among them), each with the current spot model."""
+        from kt_stardist.predict.mle import spot_photons
+
+        fixed = np.zeros(len(coords))
+        near = set().union(*(self.tree.query_ball_point(self.pts_um[i], self.settings.neighbour_um)
+                             for i in members))
+        for j in sorted(near - set(members)):
+            if self.spots[j] is not None:
+                fixed += spot_photons(coords, *self.spots[j], spots=self.spot_model)
+        return fixed
 
     def fit_groups(self, groups, own_cell=False, with_fixed=False, fresh=False):
         """Fit every group (list of detection indices) of one pass, batched by group size, and
@@ -437,7 +452,7 @@ class _MleFitter(_Fitter):
                                 for g, eg in zip(idx, earlier)])
             prior = (self.psf, self.settings.width_spread) if self.psf is not None else None
             fit = fit_spots(data, coords, w, starts, lo, hi, self.sigma0, self.bounds, fixed, sigma_start=s_start,
-                            warmup=0 if earlier.all() else 5, sigma_prior=prior)
+                            warmup=0 if earlier.all() else 5, sigma_prior=prior, spots=self.spot_model)
             for b in range(B):
                 for k, i in enumerate(idx[b]):
                     results[int(i)] = (fit, b, k, lo[b, k], hi[b, k])
@@ -568,9 +583,32 @@ class _MleFitter(_Fitter):
                                                           + [[i for i in g if i not in self.was_pulled]]) if g2]
                 self.fit_groups(batch, own_cell=p == 0, with_fixed=True)
 
+    def measure_psf(self, passes, max_group, box_px=2):
+        """The ``spline`` method, after the Gaussian passes: the image's PSF is measured from its
+        well-fitted isolated spots (:func:`kt_stardist.predict.psf.build_psf`, box: the fit
+        window + ``box_px`` px), every group is refitted with it (``passes`` passes), the PSF is
+        measured again from these fits and the groups refitted once more. With too few spots
+        the Gaussian fits stay (``psf_note`` says why)."""
+        from kt_stardist.predict.psf import build_psf
+
+        for _ in range(2):
+            psf, note = build_psf(self.vol, self.out, self.photons, self.background + self.camera.shift, self.ok,
+                                  self.vs, self.half + box_px, self.camera.photons,
+                                  min_spots=self.settings.psf_min_spots, isolation_px=self.half,
+                                  neighbours=lambda i, coords: self.neighbour_photons([i], coords))
+            if psf is None:
+                self.psf_note = self.psf_note or note
+                return
+            self.spot_model = self.measured = psf
+            self.psf_note = note
+            self.run(passes, max_group)
+
     def table(self):
-        """The :data:`FIT_COLUMNS` of every point (DataFrame)."""
-        return _fit_table(self.ok, self.crlb_px * self.vs * 1000.0, self.photons, self.background)
+        """The :data:`FIT_COLUMNS` of every point (DataFrame); ``attrs``: ``psf`` (the measured
+        :class:`kt_stardist.predict.psf.SplinePsf` or None) and ``psf_note``."""
+        tab = _fit_table(self.ok, self.crlb_px * self.vs * 1000.0, self.photons, self.background)
+        tab.attrs.update(psf=self.measured, psf_note=self.psf_note)
+        return tab
 
 
 def _fit_table(ok, sigma_nm, photons, background):
@@ -656,9 +694,15 @@ def refine_and_split(volume, points_px, voxel_size_um=VOXEL_SIZE_UM, settings: R
 
     if method == "none" or len(pts) == 0:
         return result(pts.copy(), parent)
-    if method == "gauss":
+    if method in ("gauss", "spline"):
         fitter = _MleFitter(vol, pts, voxel_size_um, settings, camera_of(vol, settings))
         fitter.run(settings.passes, settings.max_group)
+        if method == "spline":
+            fitter.measure_psf(settings.psf_passes, settings.max_group)
+            if fitter.measured is None:
+                import warnings
+
+                warnings.warn(f"refine spline: {fitter.psf_note}", stacklevel=2)
     else:
         fitter = _Fitter(vol, pts, voxel_size_um, settings)
     if method == "centroid":
@@ -674,7 +718,7 @@ def refine_and_split(volume, points_px, voxel_size_um=VOXEL_SIZE_UM, settings: R
     found = list(fitter.second_spots(split)) if split.enabled else []
     if not found:
         return result(fitter.out, parent, fitter)
-    if method == "gauss":
+    if method in ("gauss", "spline"):
         n = len(pts)
         pairs = [[i, n + m] for m, (i, _) in enumerate(found)]
         fitter.extend(np.array([pair[1] for _, pair in found]))

@@ -1,0 +1,150 @@
+"""The PSF measured from the image (kt_stardist.predict.psf) and the ``spline`` refinement.
+
+Spots are rendered through a skewed analytic PSF (two voxel-integrated Gaussians, the fainter
+and wider one 1.5 px further in z: an aberrated PSF's tail) on a lattice far enough apart that
+every spot is isolated. A spot's true position is the centre of mass of the PSF's core (the
+convention of kt_stardist.psf and of the simulators), computed here independently.
+"""
+
+import warnings
+
+import numpy as np
+import pytest
+
+from kt_stardist.predict import psf as P
+from kt_stardist.predict.mle import spot_photons
+from kt_stardist.predict.refine import refine_and_split
+from kt_stardist.settings import RefineSettings, SplitSettings
+
+VOXEL_UM = (0.3, 0.13, 0.13)
+SHAPE = (28, 100, 100)
+# (weight, z offset px, sigma z, y, x px) of the two Gaussians of the skewed PSF
+PARTS = ((0.7, 0.0, (1.1, 1.0, 1.0)), (0.3, 1.5, (1.8, 1.3, 1.3)))
+PHOTONS, BACKGROUND = 3000.0, 10.0
+CAMERA = dict(gain_adu_per_photon=1.0, zero_adu=0.0)
+
+
+def skewed(offsets_px):
+    """The skewed PSF: fraction of a spot's photons per voxel at ``offsets_px`` (N, 3) px from
+    its emitter."""
+    out = 0.0
+    for w, dz, s in PARTS:
+        out = out + spot_photons(offsets_px, np.array([dz, 0.0, 0.0]), w, np.array(s))
+    return out
+
+
+def _core_offset():
+    """The skewed PSF's core centre of mass (≥ half its maximum) relative to its emitter, px,
+    on a fine grid."""
+    axes = [np.arange(-3, 5.01, 0.04), np.arange(-1.5, 1.51, 0.1), np.arange(-1.5, 1.51, 0.1)]
+    u = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+    v = skewed(u)
+    core = v >= 0.5 * v.max()
+    return (u[core] * v[core, None]).sum(0) / v[core].sum()
+
+
+CORE = _core_offset()
+
+
+def render(seed, n_z=2, step=(12, 12, 12), noise=False):
+    """(volume photons ZYX, true positions (N, 3) px): spots on a lattice, random sub-voxel
+    phases; Poisson noise with ``noise`` (a Generator seed for it)."""
+    rng = np.random.default_rng(seed)
+    zs = 8 + step[0] * np.arange(n_z)
+    ys = np.arange(10, SHAPE[1] - 9, step[1])
+    xs = np.arange(10, SHAPE[2] - 9, step[2])
+    lattice = np.stack(np.meshgrid(zs, ys, xs, indexing="ij"), -1).reshape(-1, 3).astype(float)
+    emitters = lattice + rng.uniform(-0.5, 0.5, lattice.shape)
+    vol = np.full(SHAPE, BACKGROUND)
+    r = np.array([6, 7, 7])
+    for e in emitters:
+        lo = np.round(e).astype(int) - r
+        sl = tuple(slice(a, a + 2 * b + 1) for a, b in zip(lo, r))
+        vox = np.stack(np.meshgrid(*[np.arange(s.start, s.stop) for s in sl], indexing="ij"), -1).reshape(-1, 3)
+        vol[sl] += PHOTONS * skewed(vox - e).reshape([2 * b + 1 for b in r])
+    if noise is not False:
+        vol = np.random.default_rng(noise).poisson(vol).astype(np.float64)
+    return vol, emitters + CORE
+
+
+def fit(vol, starts, method, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return refine_and_split(vol, starts, VOXEL_UM, RefineSettings(method=method, **CAMERA, **kw),
+                                SplitSettings(enabled=False), return_fit=True)
+
+
+def test_spline_psf_reproduces_the_skewed_psf():
+    vol, truth = render(0)
+    photons = np.full(len(truth), PHOTONS)
+    psf, note = P.build_psf(vol, truth, photons, np.full(len(truth), BACKGROUND), np.ones(len(truth), bool),
+                            VOXEL_UM, (4, 5, 5))
+    assert psf is not None and psf.n_spots == len(truth), note
+    u = np.random.default_rng(1).uniform(-2.5, 2.5, (500, 3)) * np.array([1.2, 1, 1])  # inside the taper
+    want = skewed(u + CORE)  # the PSF about the core's centre of mass
+    got, _ = psf.evaluate(u)
+    assert np.max(np.abs(got - want)) < 0.05 * want.max()
+    assert abs(psf.values.sum() / np.prod(psf.oversample) - 1.0) < 1e-9
+    # the gradient is the spline's derivative (central differences of its values) to the box's edge,
+    # up to the interpolation of the derivative between the grid's nodes
+    u = np.random.default_rng(2).uniform(-1, 1, (500, 3)) * psf.half_px
+    _, grad = psf.evaluate(u)
+    h = 1e-4
+    num = np.stack([(psf.evaluate(u + h * e, False)[0] - psf.evaluate(u - h * e, False)[0]) / (2 * h)
+                    for e in np.eye(3)], -1)
+    assert np.max(np.abs(grad - num)) < 0.04 * np.abs(num).max()
+    assert np.median(np.abs(grad - num)) < 2e-3 * np.abs(num).max()
+
+
+def test_spline_fit_unbiased_where_the_gaussian_is_not():
+    vol, truth = render(2, n_z=1)
+    starts = np.round(truth / [1, 2, 2]) * [1, 2, 2]
+    pts_g, _, fit_g = fit(vol, starts, "gauss")
+    pts_s, _, fit_s = fit(vol, starts, "spline")
+    err_g = (pts_g - truth) * np.asarray(VOXEL_UM) * 1000
+    err_s = (pts_s - truth) * np.asarray(VOXEL_UM) * 1000
+    assert fit_s.attrs["psf"] is not None and fit_s["fit_ok"].all()
+    assert abs(np.median(err_g[:, 0])) > 12  # the Gaussian is pulled towards the PSF's tail
+    assert np.all(np.abs(np.median(err_s, axis=0)) < 4)
+    assert np.sqrt(np.mean(err_s ** 2, axis=0)).max() < 6
+    assert np.all(np.isfinite(fit_s[["sigma_z_nm", "sigma_y_nm", "sigma_x_nm", "photons", "background"]]))
+
+
+@pytest.mark.slow
+def test_spline_sigma_matches_the_scatter():
+    _, truth = render(3)
+    starts = np.round(truth / [1, 2, 2]) * [1, 2, 2]
+    ratios = []
+    for draw in range(6):
+        vol, _ = render(3, noise=100 + draw)
+        pts, _, f = fit(vol, starts, "spline")
+        ok = f["fit_ok"].to_numpy()
+        sig = f[["sigma_z_nm", "sigma_y_nm", "sigma_x_nm"]].to_numpy()
+        ratios.append(((pts - truth) * np.asarray(VOXEL_UM) * 1000)[ok] / sig[ok])
+    std = np.std(np.concatenate(ratios), axis=0)
+    assert np.all((std > 0.8) & (std < 1.25)), std
+
+
+def test_too_few_spots_keeps_the_gaussian_and_says_so():
+    vol, truth = render(4, n_z=1, step=(12, 40, 40))  # 2 × 2 spots
+    starts = np.round(truth)
+    with pytest.warns(UserWarning, match="fewer than 15"):
+        pts_s, _, fit_s = refine_and_split(vol, starts, VOXEL_UM, RefineSettings(method="spline", **CAMERA),
+                                           SplitSettings(enabled=False), return_fit=True)
+    pts_g, _, fit_g = fit(vol, starts, "gauss")
+    assert fit_s.attrs["psf"] is None and "Gaussian fits kept" in fit_s.attrs["psf_note"]
+    np.testing.assert_allclose(pts_s, pts_g)
+    np.testing.assert_allclose(fit_s["sigma_z_nm"], fit_g["sigma_z_nm"])
+
+
+def test_psf_round_trip(tmp_path):
+    vol, truth = render(5, n_z=1)
+    n = len(truth)
+    psf, _ = P.build_psf(vol, truth, np.full(n, PHOTONS), np.full(n, BACKGROUND), np.ones(n, bool), VOXEL_UM,
+                         (4, 5, 5), min_spots=10)
+    psf.save(tmp_path / "run.psf.npz")
+    back = P.load_psf(tmp_path / "run.psf.npz")
+    u = np.random.default_rng(0).uniform(-2, 2, (50, 3))
+    np.testing.assert_allclose(back.evaluate(u)[0], psf.evaluate(u)[0])
+    assert back.n_spots == n and back.voxel_size_um == VOXEL_UM
+    assert list(tmp_path.iterdir()) == [tmp_path / "run.psf.npz"]  # no temp file left
