@@ -122,6 +122,10 @@ def run_frame(task, model_dir=None, axes=None, voxel_size_um=None, settings=None
                 n_split=d["n_split"], n_blocks=d["n_blocks"], prob_thresh=det.prob_thresh,
                 threshold_by=d.get("threshold_by"), seconds=seconds,
                 defects=[len(x) for x in (det.prepared.defects or [])])
+    if d.get("psf_note"):  # refine spline: the frame's measured PSF (merged per image by run)
+        meta["psf_note"] = d["psf_note"]
+        if d.get("psf") is not None:
+            d["psf"].save(part.with_suffix(".psf.npz"))
     with atomic_write(part.with_suffix(".json"), "w") as f:
         json.dump(meta, f, default=float)
     write_points(det.points, part, voxel_size_um=det.prepared.image_voxel_um)
@@ -367,6 +371,12 @@ def _run(inputs, *, out, out_dir, model_dir, settings, axes, voxel_size_um, labe
             rec["recovered"] = int(df["recovered"].sum())
             summary.recovered = (summary.recovered or 0) + rec["recovered"]
         write_points(df, dest, voxel_size_um=vs)
+        if settings.detect.refine.method == "spline":
+            from kt_stardist.predict.psf import merge_frames
+
+            notes = {m["t"]: m.get("psf_note") for m in metas if "t" in m}
+            rec["psf"] = merge_frames([(tk.t, Path(tk.part).with_suffix(".psf.npz"), notes.get(tk.t)) for tk in tks],
+                                      Path(dest).with_suffix(".psf.npz"))
         if labels:
             _write_labels(tks, labels_out, image, vs)
             rec["labels"] = str(labels_out)

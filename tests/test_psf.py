@@ -148,3 +148,19 @@ def test_psf_round_trip(tmp_path):
     np.testing.assert_allclose(back.evaluate(u)[0], psf.evaluate(u)[0])
     assert back.n_spots == n and back.voxel_size_um == VOXEL_UM
     assert list(tmp_path.iterdir()) == [tmp_path / "run.psf.npz"]  # no temp file left
+
+
+def test_run_file_holds_each_frames_psf_or_why_not(tmp_path):
+    vol, truth = render(6, n_z=1)
+    n = len(truth)
+    psf, note = P.build_psf(vol, truth, np.full(n, PHOTONS), np.full(n, BACKGROUND), np.ones(n, bool), VOXEL_UM,
+                            (4, 5, 5), min_spots=10)
+    psf.save(tmp_path / "t00002.psf.npz")
+    rec = P.merge_frames([(2, tmp_path / "t00002.psf.npz", note), (0, tmp_path / "t00000.psf.npz", "3 spots")],
+                         tmp_path / "points.psf.npz")
+    assert rec["path"] == str(tmp_path / "points.psf.npz")
+    assert rec["frames"]["0"] == {"note": "3 spots"} and rec["frames"]["2"]["n_spots"] == n
+    back = P.load_psf(rec["path"], P.frame_key(2))
+    np.testing.assert_array_equal(back.values, psf.values)
+    none = P.merge_frames([(0, None, "3 spots")], tmp_path / "none.psf.npz")
+    assert none["path"] is None and not (tmp_path / "none.psf.npz").exists()

@@ -40,13 +40,20 @@ How it is built (:func:`build_psf`)
     tapered to 0 over the box's outer px (cosine) and normalised. With fewer than
     ``min_spots`` qualifying spots there is no PSF (None and a one-line reason): the caller
     keeps the Gaussian.
+
+Stored with the run
+    ``kt-stardist predict --refine spline`` keeps each frame's PSF in ``<points>.psf.npz``
+    (:func:`merge_frames`; :func:`load_psf` reads a frame back) and its summary, or why there
+    is none, in the run record (``<points>.run.json``: ``psf``).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
-__all__ = ["MIN_SPOTS", "SplinePsf", "build_psf", "load_psf"]
+__all__ = ["MIN_SPOTS", "SplinePsf", "build_psf", "frame_key", "load_psf", "merge_frames"]
 
 #: fewest isolated, well-fitted spots from which a PSF is built (fewer: Gaussian fits kept)
 MIN_SPOTS = 15
@@ -313,3 +320,30 @@ def build_psf(volume, centres_px, photons, background, ok, voxel_size_um, half_p
     psf = _tapered(_recentred(psf, o, voxel_size_um), o)
     psf = psf / (psf.sum() / np.prod(o))
     return SplinePsf(psf, o, voxel_size_um, len(cand)), f"PSF measured from {len(cand)} spots"
+
+
+def frame_key(t) -> str:
+    """The prefix of frame ``t``'s arrays in a run's ``.psf.npz`` (:func:`merge_frames`)."""
+    return f"t{int(t):05d}/"
+
+
+def merge_frames(frames, dest):
+    """One run's PSFs in one file: ``frames`` [(t, path of the frame's .npz or None, note)],
+    written to ``dest`` (.npz, atomically; frame t's arrays under :func:`frame_key`, read back
+    with ``load_psf(dest, frame_key(t))``) when any frame has one. Returns the run record's
+    ``psf`` entry: ``path`` (None when no frame measured one) and per frame (t as text) its
+    :meth:`SplinePsf.summary` or the note why the Gaussian was kept."""
+    from kt_stardist.io import atomic_write
+
+    arrays, per_frame = {}, {}
+    for t, path, note in sorted(frames, key=lambda f: f[0]):
+        if path is not None and Path(path).is_file():
+            psf = load_psf(path)
+            arrays.update({frame_key(t) + k: v for k, v in psf.arrays().items()})
+            per_frame[str(int(t))] = dict(psf.summary(), note=note)
+        else:
+            per_frame[str(int(t))] = dict(note=note)
+    if arrays:
+        with atomic_write(dest) as f:
+            np.savez_compressed(f, **arrays)
+    return dict(path=str(dest) if arrays else None, frames=per_frame)
