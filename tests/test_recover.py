@@ -202,16 +202,16 @@ def test_cli_predict_track_recovers_a_missed_spot(tmp_path, monkeypatch, capsys)
     from kt_stardist.cli import main
     from tests.test_predict import SpotModel
 
-    pts = truth()
+    pts = truth(n_frames=4)
     tif = tmp_path / "movie.tif"
     io.write_image(tif, movie(pts, peak=300.0, bg=10.0), axes="TZYX", voxel_size_um=tuple(VOX))
-    lost = pts.query("t == 3 and track_id == 1")[["z", "y", "x"]].to_numpy()[0]
+    lost = pts.query("t == 2 and track_id == 1")[["z", "y", "x"]].to_numpy()[0]
     detect_frame = P.detect_frame
 
-    def missing_one(model, image, t, *args, **kwargs):  # the detector misses track 1 at t = 3
+    def missing_one(model, image, t, *args, **kwargs):  # the detector misses track 1 at t = 2
         det = detect_frame(model, image, t, *args, **kwargs)
         d = np.linalg.norm((det.points[["z", "y", "x"]].to_numpy() - lost) * VOX, axis=1)
-        return dataclasses.replace(det, points=det.points[d > 0.3].reset_index(drop=True)) if t == 3 else det
+        return dataclasses.replace(det, points=det.points[d > 0.3].reset_index(drop=True)) if t == 2 else det
 
     monkeypatch.setattr(P, "detect_frame", missing_one)
     monkeypatch.setattr(M, "load_model", lambda path=None, weights=None: SpotModel())
@@ -220,8 +220,8 @@ def test_cli_predict_track_recovers_a_missed_spot(tmp_path, monkeypatch, capsys)
     assert "(1 recovered from tracks)" in capsys.readouterr().err
     got = io.read_points(out)
     rec = got[got["recovered"]]
-    assert len(rec) == 1 and rec["t"].item() == 3 and dist_um(rec[["z", "y", "x"]].iloc[0], lost) < 0.1
-    assert (got.groupby("track_id").size() == 6).sum() == 6  # six whole tracks, the gap filled
+    assert len(rec) == 1 and rec["t"].item() == 2 and dist_um(rec[["z", "y", "x"]].iloc[0], lost) < 0.1
+    assert (got.groupby("track_id").size() == 4).sum() == 6  # six whole tracks, the gap filled
     run = json.loads((tmp_path / "points.run.json").read_text())
     assert run["recovered"] == 1 and run["settings"]["recover"] is True
     off = tmp_path / "off.csv"
