@@ -187,8 +187,9 @@ def check_outputs(out, out_dir, n_inputs, labels_out, inputs=()):
 
 def _fingerprint(path, model_dir, settings, axes, voxel_size_um, labels) -> dict:
     """What a part depends on: the input file or store (size, mtime: :func:`distributed.file_stat`),
-    the model's weights and thresholds, the settings and reading options. Parts made under another
-    fingerprint are discarded."""
+    the model's weights and thresholds, the detection settings and channel (not pairs, tracks,
+    recovery: they follow the merge) and reading options. Parts made under another fingerprint
+    are discarded."""
     from kt_stardist.distributed import file_stat, source_of
     from kt_stardist.model import DEFAULT_MODEL_DIR
 
@@ -196,7 +197,8 @@ def _fingerprint(path, model_dir, settings, axes, voxel_size_um, labels) -> dict
     src, inner = source_of(path)
     return dict(input=str(src.resolve()), input_stat=file_stat(src), dataset=inner,
                 model=str(folder.resolve()), weights=[file_stat(folder / w) for w in ("weights_best.h5", "thresholds.json")],
-                settings=to_dict(settings), axes=axes, voxel_size_um=None if voxel_size_um is None else list(voxel_size_um),
+                settings=dict(detect=to_dict(settings.detect), channel=settings.channel), axes=axes,
+                voxel_size_um=None if voxel_size_um is None else list(voxel_size_um),
                 labels=bool(labels), version=__version__)
 
 

@@ -215,17 +215,18 @@ def test_cli_predict_track_recovers_a_missed_spot(tmp_path, monkeypatch, capsys)
 
     monkeypatch.setattr(P, "detect_frame", missing_one)
     monkeypatch.setattr(M, "load_model", lambda path=None, weights=None: SpotModel())
-    out, fast = tmp_path / "points.csv", ["--prob-thresh", "0.7"]  # the stand-in's few candidates: fast
-    assert main(["predict", str(tif), *fast, "--track", "--out", str(out)]) == 0
+    fast, out = ["--prob-thresh", "0.7"], tmp_path / "o"  # the stand-in's few candidates: fast
+    assert main(["predict", str(tif), *fast, "--track", "--out-dir", str(out)]) == 0
     assert "(1 recovered from tracks)" in capsys.readouterr().err
-    got = io.read_points(out)
+    got = io.read_points(out / "movie.csv")
     rec = got[got["recovered"]]
     assert len(rec) == 1 and rec["t"].item() == 2 and dist_um(rec[["z", "y", "x"]].iloc[0], lost) < 0.1
     assert (got.groupby("track_id").size() == 4).sum() == 6  # six whole tracks, the gap filled
-    run = json.loads((tmp_path / "points.run.json").read_text())
+    run = json.loads((out / "movie.run.json").read_text())
     assert run["recovered"] == 1 and run["settings"]["recover"] is True
-    off = tmp_path / "off.csv"
-    assert main(["predict", str(tif), *fast, "--track", "--no-recover", "--out", str(off)]) == 0
-    got = io.read_points(off)
+    # --no-recover: the gap stays; the detections of the first run are reused (recovery is not detection)
+    assert main(["predict", str(tif), *fast, "--track", "--no-recover", "--out-dir", str(out)]) == 0
+    assert "(0 computed, 4 already done)" in capsys.readouterr().err
+    got = io.read_points(out / "movie.csv")
     assert len(got) == len(pts) - 1 and "recovered" not in got.columns
-    assert "recovered" not in json.loads((tmp_path / "off.run.json").read_text())
+    assert "recovered" not in json.loads((out / "movie.run.json").read_text())
