@@ -1,11 +1,13 @@
-"""Localisation accuracy and uncertainty: the old least-squares fit vs the maximum-likelihood fit.
+"""Localisation accuracy and uncertainty: least squares vs maximum likelihood (Gaussian, measured PSF).
 
 Detection is taken out of the picture: every true spot is a detection, its start the true
 position rounded to the network's (1, 2, 2) output grid (what NMS centres look like). Both
 refinements (``RefineSettings(method="lsq", passes=2)``: least squares on raw counts, the former
 default; ``RefineSettings()``: Poisson maximum likelihood, :mod:`kt_stardist.predict.mle`) then run on the
 same volumes with the same starts, sister search off, camera gain/offset estimated from the
-image (as ``kt-stardist predict`` does without them).
+image (as ``kt-stardist predict`` does without them). ``spline`` (``RefineSettings(method=
+"spline")``): the maximum-likelihood fit with the PSF measured from each volume's own isolated
+spots (:mod:`kt_stardist.predict.psf`; the Gaussian kept when too few: column ``psf``).
 
 Sets: the Gaussian simulator's presets (``kt_stardist.simulate.simulate_volume``, plate layout,
 sisters 0.7-1.2 µm) and the same with close sisters (0.3-0.6 µm, ``close``); physical-PSF
@@ -13,13 +15,16 @@ volumes of the robustness panel (``kt_stardist.physical.simulate_condition``: re
 widefield, aberrated widefield, confocal, EMCCD).
 
 Per set and method: RMSE and median of the 3D error (nm), share of spots > 100 nm off, RMSE /
-CRLB (the Cramér–Rao bound from the maximum-likelihood fit's Fisher information on the same
-spots, rms over the spots with ``fit_ok``), std(error / sigma) per axis (the calibration of the
-reported uncertainty; ``gauss`` only, spots with ``fit_ok``), ``fit_ok`` share, the rms error
-of the inter-sister distance, and seconds per spot. Then the refinement time of a whole
-61 × 1000 × 1000 frame (median of repeats, both methods). Prints markdown tables.
+CRLB (the Cramér–Rao bound from a maximum-likelihood fit's Fisher information on the same
+spots, rms over the spots with ``fit_ok``: its own for ``gauss`` and ``spline``, the Gaussian
+fit's for ``lsq``), std(error / sigma) per axis (the calibration of the reported uncertainty;
+maximum-likelihood methods, spots with ``fit_ok``), ``fit_ok`` share, the median error per axis
+(z bias), the rms error of the inter-sister distance, and seconds per spot. Then the
+refinement time of a whole 61 × 1000 × 1000 frame (median of repeats, every method). Prints
+markdown tables.
 
     python scripts/benchmark_localisation.py [--quick] [--n 2] [--shape 32 128 128] [--repeats 3]
+        [--methods lsq gauss spline] [--sets easy mid ... reference emccd]
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ sys.path.insert(0, str(HERE.parent))
 GRID = np.array([1, 2, 2])
 PRESETS = ("easy", "mid", "hard")
 CONDITIONS = ("reference", "aberrated_widefield", "confocal_water", "emccd")
+METHODS = ("lsq", "gauss", "spline")
 
 
 def grid_starts(truth_px):
@@ -44,12 +50,15 @@ def grid_starts(truth_px):
     return np.round(truth_px / GRID) * GRID
 
 
-def gaussian_sets(n, shape, seed):
-    """(name, [(volume ZYX, truth DataFrame, voxel µm)]) of the Gaussian simulator."""
+def gaussian_sets(n, shape, seed, only=None):
+    """(name, [(volume ZYX, truth DataFrame, voxel µm)]) of the Gaussian simulator (``only``:
+    the set names to make, None: all)."""
     from kt_stardist.simulate import SimParams, simulate_volume
 
     for snr in PRESETS:
         for close in (False, True):
+            if only is not None and f"{snr}{' close' if close else ''}" not in only:
+                continue
             vols = []
             for i in range(n):
                 p = SimParams.preset(snr, sister_distance_um=(0.3, 0.6)) if close else SimParams.preset(snr)
@@ -58,10 +67,12 @@ def gaussian_sets(n, shape, seed):
             yield f"{snr}{' close' if close else ''}", vols
 
 
-def physical_sets(n, shape, seed):
+def physical_sets(n, shape, seed, only=None):
     from kt_stardist.physical import PANEL_SEED_MIN, simulate_condition
 
     for name in CONDITIONS:
+        if only is not None and name not in only:
+            continue
         vols = []
         for i in range(n):
             img, df, vs, _ = simulate_condition(name, PANEL_SEED_MIN + seed + i, shape)
@@ -70,12 +81,16 @@ def physical_sets(n, shape, seed):
 
 
 def refine(vol, starts, vs, method):
+    import warnings
+
     from kt_stardist.predict.refine import refine_and_split
     from kt_stardist.settings import RefineSettings, SplitSettings
 
     t0 = time.perf_counter()
-    settings = RefineSettings(method="lsq", passes=2) if method == "lsq" else RefineSettings()
-    pts, _, fit = refine_and_split(vol, starts, vs, settings, SplitSettings(enabled=False), return_fit=True)
+    settings = RefineSettings(method="lsq", passes=2) if method == "lsq" else RefineSettings(method=method)
+    with warnings.catch_warnings():  # the spline's fallback is counted in the table
+        warnings.simplefilter("ignore")
+        pts, _, fit = refine_and_split(vol, starts, vs, settings, SplitSettings(enabled=False), return_fit=True)
     return pts, fit, time.perf_counter() - t0
 
 
@@ -99,52 +114,61 @@ def sister_errors(df, pts, vs):
     return np.array(errs), np.array(close)
 
 
-def evaluate(sets):
+def evaluate(sets, methods=METHODS):
+    """One row per set and method (module docstring). Methods without an uncertainty of their
+    own (``lsq``) are scored against the Gaussian maximum-likelihood fit's sigma and ``fit_ok``."""
     rows = []
+    own = [m for m in methods if m != "lsq"]
+    fitted = sorted(set(own) | ({"gauss"} if "lsq" in methods else set()), key=METHODS.index)
     for name, vols in sets:
-        acc = {m: dict(err=[], ax=[], sig=[], ok=[], sis=[], sis_close=[], sec=0.0, n=0) for m in ("lsq", "gauss")}
+        acc = {m: dict(err=[], ax=[], sig=[], ok=[], sis=[], sis_close=[], sec=0.0, n=0, psf=[])
+               for m in METHODS}
         for vol, df, vs in vols:
             df = df.reset_index(drop=True)
             truth = df[["z", "y", "x"]].to_numpy(float)
             starts = grid_starts(truth)
-            sig_ref = None
-            for m in ("gauss", "lsq"):
+            for m in fitted + (["lsq"] if "lsq" in methods else []):
                 pts, fit, sec = refine(vol, starts, vs, m)
                 a = acc[m]
                 e_ax = (pts - truth) * np.asarray(vs) * 1000
                 a["err"].append(np.linalg.norm(e_ax, axis=1))
                 a["ax"].append(e_ax)
-                if m == "gauss":
-                    sig_ref = fit[["sigma_z_nm", "sigma_y_nm", "sigma_x_nm"]].to_numpy()
-                    a["ok"].append(fit["fit_ok"].to_numpy())
-                a["sig"].append(sig_ref)
+                ref = fit if m != "lsq" else acc["gauss"]["fit"]
+                a["fit"] = fit
+                a["sig"].append(ref[["sigma_z_nm", "sigma_y_nm", "sigma_x_nm"]].to_numpy())
+                a["ok"].append(ref["fit_ok"].to_numpy())
+                psf = fit.attrs.get("psf")
+                a["psf"].append(psf.n_spots if psf is not None else 0)
                 s_all, s_close = sister_errors(df, pts, vs)
                 a["sis"].append(s_all), a["sis_close"].append(s_close)
                 a["sec"] += sec
                 a["n"] += len(pts)
-        for m in ("lsq", "gauss"):
+        for m in methods:
             a = acc[m]
             err, ax, sig = np.concatenate(a["err"]), np.concatenate(a["ax"]), np.concatenate(a["sig"])
-            ok = np.concatenate(acc["gauss"]["ok"])
+            ok = np.concatenate(a["ok"])
             rms_crlb = np.sqrt(np.mean(np.sum(sig[ok] ** 2, axis=1)))
             z = ax[ok] / sig[ok]
             sis, sis_c = np.concatenate(a["sis"]), np.concatenate(a["sis_close"])
+            mine = m != "lsq"
             rows.append(dict(
                 set=name, method=m, spots=len(err),
                 rmse_nm=np.sqrt(np.mean(err ** 2)), median_nm=np.median(err),
                 over_100nm=np.mean(err > 100), rmse_over_crlb=np.sqrt(np.mean(err[ok] ** 2)) / rms_crlb,
-                crlb_nm=rms_crlb, fit_ok=np.mean(ok) if m == "gauss" else np.nan,
-                std_z=np.std(z[:, 0]) if m == "gauss" else np.nan,
-                std_y=np.std(z[:, 1]) if m == "gauss" else np.nan,
-                std_x=np.std(z[:, 2]) if m == "gauss" else np.nan,
+                crlb_nm=rms_crlb if mine else np.nan, fit_ok=np.mean(ok) if mine else np.nan,
+                std_z=np.std(z[:, 0]) if mine else np.nan,
+                std_y=np.std(z[:, 1]) if mine else np.nan,
+                std_x=np.std(z[:, 2]) if mine else np.nan,
+                bias_z_nm=np.median(ax[:, 0]),
                 sister_rms_nm=np.sqrt(np.mean(sis ** 2)) if len(sis) else np.nan,
                 close_sister_rms_nm=np.sqrt(np.mean(sis_c ** 2)) if len(sis_c) else np.nan,
+                psf=("/".join(str(n) for n in a["psf"]) if m == "spline" else "–"),
                 ms_per_spot=1000 * a["sec"] / max(a["n"], 1)))
-            print(f"  {name:22s} {m:5s} rmse {rows[-1]['rmse_nm']:.1f} nm", file=sys.stderr)
+            print(f"  {name:22s} {m:6s} rmse {rows[-1]['rmse_nm']:.1f} nm", file=sys.stderr)
     return rows
 
 
-def timing(repeats, seed):
+def timing(repeats, seed, methods=METHODS):
     """Median seconds of refining one whole 61 × 1000 × 1000 mid frame, per method."""
     from kt_stardist.defaults import FRAME_SHAPE_PX
     from kt_stardist.simulate import simulate_volume
@@ -153,7 +177,7 @@ def timing(repeats, seed):
     vol = img[..., 0]
     starts = grid_starts(df[["z", "y", "x"]].to_numpy(float))
     out = {}
-    for m in ("lsq", "gauss"):
+    for m in methods:
         out[m] = float(np.median([refine(vol, starts, (0.3, 0.13, 0.13), m)[2] for _ in range(repeats)]))
     return out, len(starts)
 
@@ -179,6 +203,9 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=3, help="timing repeats (median)")
     ap.add_argument("--no-timing", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    ap.add_argument("--sets", nargs="+", metavar="SET", help="only these sets (e.g. mid 'mid close' reference "
+                    "aberrated_widefield confocal_water emccd; default all)")
     a = ap.parse_args(argv)
     if a.quick:
         a.n, a.repeats = 1, 2
@@ -186,17 +213,20 @@ def main(argv=None):
     import pandas as pd
 
     t0 = time.perf_counter()
-    rows = evaluate(gaussian_sets(a.n, tuple(a.shape), a.seed))
-    rows += evaluate(physical_sets(a.n, tuple(a.physical_shape), a.seed))
+    methods = [m for m in METHODS if m in a.methods]
+    rows = evaluate(gaussian_sets(a.n, tuple(a.shape), a.seed, a.sets), methods)
+    rows += evaluate(physical_sets(a.n, tuple(a.physical_shape), a.seed, a.sets), methods)
     df = pd.DataFrame(rows)
-    print(f"# Localisation: least squares (lsq, old) vs maximum likelihood (gauss, new)\n\n"
+    print(f"# Localisation: least squares (lsq) vs maximum likelihood: Gaussian (gauss), measured PSF (spline)\n\n"
           f"Starts: true positions on the (1, 2, 2) grid; {a.n} volume(s) per set; errors 3D, nm; "
-          f"CRLB from the ML fit's Fisher information (rms over fit_ok spots); std(err/σ) per axis z, y, x.\n")
+          f"CRLB from each ML fit's Fisher information (rms over fit_ok spots; lsq: the Gaussian's); "
+          f"std(err/σ) per axis z, y, x; bias_z: median z error; psf: spots the PSF was measured from, "
+          f"per volume (0: too few, Gaussian kept).\n")
     print(markdown(df))
     if not a.no_timing:
-        sec, n = timing(a.repeats, a.seed + 1)
-        print(f"\nWhole frame 61 × 1000 × 1000, {n} spots, median of {a.repeats}: lsq {sec['lsq']:.2f} s, "
-              f"gauss {sec['gauss']:.2f} s (ratio gauss/lsq {sec['gauss'] / sec['lsq']:.2f})")
+        sec, n = timing(a.repeats, a.seed + 1, methods)
+        print(f"\nWhole frame 61 × 1000 × 1000, {n} spots, median of {a.repeats}: "
+              + ", ".join(f"{m} {sec[m]:.2f} s" for m in methods))
     print(f"\n({time.perf_counter() - t0:.0f} s)")
 
 
