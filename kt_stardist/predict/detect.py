@@ -127,7 +127,7 @@ def network_candidates(model, prep: Prepared, prob_floor: float, nms_threshs, se
     if prep.lazy:
         mask = screen_lazy(x, vs, settings.screen, channel=spot_channel)
     else:
-        mask = screen(x[..., spot_channel], vs, settings.screen)
+        mask = screen(x[..., spot_channel], vs, settings.screen, sparse=True)  # no full-size mask
     t_screen = time.perf_counter() - t0
     geometry = block_geometry(backend, settings.block_size_px, 2 * model.info.label_radius_um, vs)
     todo = plan_blocks(mask, *geometry)
