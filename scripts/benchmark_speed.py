@@ -19,9 +19,11 @@ beside stock StarDist in a fresh process (import, model load, then per frame ``n
 1-frame time; per extra frame = (T(N frames) - T(1 frame)) / (N - 1). Stock StarDist runs
 ``--stock-frames`` frames (default 2) and its per-movie time is extrapolated (labelled so).
 ``--compare-src DIR`` also runs ``kt-stardist`` from another source tree (e.g. an older commit
-unpacked with ``git archive``) and reports the F1 between its points and this tree's::
+checked out with ``git worktree add``) and reports the F1 between its points and this tree's, and
+the new / old ratio per stage; ``--src DIR`` runs "this tree" from a given source tree too (e.g.
+a commit, without uncommitted work in the checkout)::
 
-    python scripts/benchmark_speed.py --frames 18 [--stock-frames 2] [--compare-src /tmp/old]
+    python scripts/benchmark_speed.py --frames 18 [--stock-frames 2] [--compare-src /tmp/old] [--src /tmp/new]
 
 StarDist's own n_tiles guess for a 61 x 1000 x 1000 frame is (3, 13, 13): 507 tiles, each with
 a halo of the receptive field; an explicit ``stardist:1x4x4`` tiling is much faster (and needs
@@ -77,15 +79,16 @@ def worker(method, model_dir, vol_path, out_path):
     json.dump(dict(seconds=dt, peak_gb=peak_gb, n=len(pts), **extra), open(out_path, "w"))
 
 
-def measure(cmd, env=None):
-    """Run ``cmd`` in a child process: (seconds, peak RSS GB of the child, completed process)."""
+def measure(cmd, env=None, cwd=None):
+    """Run ``cmd`` in a child process (in folder ``cwd``: a source tree's ``python -m`` must not
+    pick up the package from the current folder): (seconds, peak RSS GB of the child)."""
     import resource
 
     code = ("import json, resource, subprocess, sys, time; t = time.perf_counter(); "
             "r = subprocess.run(sys.argv[1:]); dt = time.perf_counter() - t; "
             "print(json.dumps(dict(rc=r.returncode, seconds=dt, "
             "peak_gb=resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 ** 2)))")
-    p = subprocess.run([sys.executable, "-c", code, *cmd], env=env, capture_output=True, text=True)
+    p = subprocess.run([sys.executable, "-c", code, *cmd], env=env, cwd=cwd, capture_output=True, text=True)
     del resource
     r = json.loads(p.stdout.strip().splitlines()[-1])
     if r["rc"] != 0:
@@ -146,7 +149,7 @@ def movie_main(a):
     from kt_stardist.evaluate import match_points
 
     vox = (0.3, 0.13, 0.13)
-    tmp = tempfile.mkdtemp(prefix="kt_speed_") if a.workdir is None else a.workdir
+    tmp = os.path.abspath(tempfile.mkdtemp(prefix="kt_speed_") if a.workdir is None else a.workdir)
     os.makedirs(tmp, exist_ok=True)
     movie, one = os.path.join(tmp, f"movie_{a.frames}.tif"), os.path.join(tmp, "movie_1.tif")
     truth_csv = os.path.join(tmp, f"truth_{a.frames}.csv")
@@ -162,17 +165,26 @@ def movie_main(a):
     del first
     truth = pd.read_csv(truth_csv)
     model = ["--model", a.model] if a.model else []
-    trees = {"kt": None} if not a.compare_src else {"kt": None, "kt (compare-src)": a.compare_src}
+    trees = {"kt": a.src} if not a.compare_src else {"kt": a.src, "kt (compare-src)": a.compare_src}
     res = {}
+
+    def env_of(src):
+        if not src:
+            return None
+        return dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.abspath(src)] + (
+            [os.environ["PYTHONPATH"]] if "PYTHONPATH" in os.environ else [])))
+
+    where = {name: subprocess.run([sys.executable, "-c", "import kt_stardist; print(kt_stardist.__file__)"],
+                                  env=env_of(src), cwd=tmp, capture_output=True, text=True).stdout.strip()
+             for name, src in trees.items()}
     for rep in range(a.repeat):
         for name, src in trees.items():
             for n, path in ((1, one), (a.frames, movie)):
-                out = os.path.join(tmp, f"{name.split()[0]}{'_cmp' if src else ''}_{n}.csv")
-                env = dict(os.environ, PYTHONPATH=os.pathsep.join([src] + ([os.environ["PYTHONPATH"]]
-                                                                         if "PYTHONPATH" in os.environ else [])))                     if src else None
+                out = os.path.join(tmp, f"{name.split()[0]}{'_cmp' if '(' in name else ''}_{n}.csv")
+                env = env_of(src)
                 cmd = [sys.executable, "-m", "kt_stardist", "--quiet", "predict", path, "--out", out] + model
                 print(f"{name}: {n} frame(s) ({rep + 1}/{a.repeat}) ...", file=sys.stderr, flush=True)
-                sec, gb = measure(cmd, env)
+                sec, gb = measure(cmd, env, cwd=tmp)
                 r = res.setdefault((name, n), dict(seconds=[], peak_gb=0.0))
                 r["seconds"].append(sec)
                 r["peak_gb"] = max(r["peak_gb"], gb)
@@ -184,9 +196,9 @@ def movie_main(a):
         if a.stock_frames:
             for n in sorted({1, a.stock_frames}):
                 out = os.path.join(tmp, f"stock_{n}.npy")
-                cmd = [sys.executable, __file__, "--_stock", movie, str(n), out] + model
+                cmd = [sys.executable, os.path.abspath(__file__), "--_stock", movie, str(n), out] + model
                 print(f"stock StarDist: {n} frame(s) ({rep + 1}/{a.repeat}) ...", file=sys.stderr, flush=True)
-                sec, gb = measure(cmd)
+                sec, gb = measure(cmd, cwd=tmp)
                 r = res.setdefault(("stock", n), dict(seconds=[], peak_gb=0.0))
                 r["seconds"].append(sec)
                 r["peak_gb"] = max(r["peak_gb"], gb)
@@ -207,7 +219,8 @@ def movie_main(a):
         return pd.read_csv(csv)[["t", "z", "y", "x"]].to_numpy(float)
 
     print(f"\nmovie {a.frames} x {tuple(a.shape)} px (TZYX uint16 TIFF), real layout, model {a.model or 'shipped'}, "
-          f"{os.cpu_count()} CPUs; whole processes, medians of {a.repeat} run(s)")
+          f"{os.cpu_count()} CPUs; whole processes, medians of {a.repeat} run(s); "
+          + "; ".join(f"{k}: {os.path.dirname(os.path.dirname(v))}" for k, v in where.items()))
     print("| method | 1-frame run (s) | per extra frame (s) | whole movie (s) | peak GB | F1 vs truth |")
     print("|---|---|---|---|---|---|")
     for name in trees:
@@ -238,10 +251,11 @@ def movie_main(a):
     if stages:
         cmp = res.get(("kt (compare-src)", a.frames), {}).get("stages", {})
         print("\nper stage, median seconds per frame (run.json `seconds_per_frame`)")
-        print("| stage | this tree |" + (" compare-src |" if cmp else ""))
-        print("|---|---|" + ("---|" if cmp else ""))
+        print("| stage | this tree |" + (" compare-src | ratio |" if cmp else ""))
+        print("|---|---|" + ("---|---|" if cmp else ""))
         for k in sorted(set(stages) | set(cmp)):
-            print(f"| {k} | {stages.get(k, float('nan')):.2f} |" + (f" {cmp.get(k, float('nan')):.2f} |" if cmp else ""))
+            new, old = stages.get(k, float("nan")), cmp.get(k, float("nan"))
+            print(f"| {k} | {new:.2f} |" + (f" {old:.2f} | {new / old if old else float('nan'):.2f} |" if cmp else ""))
 
 
 def main():
@@ -257,6 +271,8 @@ def main():
     ap.add_argument("--stock-frames", type=int, default=2,
                     help="movie mode: frames stock StarDist runs (0: none; fewer than --frames: extrapolated)")
     ap.add_argument("--compare-src", default=None, help="movie mode: also run kt-stardist from this source tree")
+    ap.add_argument("--src", default=None,
+                    help="movie mode: run 'this tree' from this source tree (default: the installed kt_stardist)")
     ap.add_argument("--workdir", default=None, help="movie mode: folder for the movie and outputs (kept)")
     ap.add_argument("--_worker", nargs=3, help=argparse.SUPPRESS)
     ap.add_argument("--_stock", nargs=3, help=argparse.SUPPRESS)
