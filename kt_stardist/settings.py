@@ -20,7 +20,7 @@ from kt_stardist.defaults import SPOT_SIGMA_UM
 from kt_stardist.errors import InputError
 
 __all__ = [
-    "ScreenSettings", "RefineSettings", "SplitSettings", "AdaptiveThreshold", "DetectSettings", "PipelineSettings", "RecoverSettings", "ThresholdSearch", "SimulationMix",
+    "ScreenSettings", "RefineSettings", "REFINE_METHODS", "SplitSettings", "AdaptiveThreshold", "DetectSettings", "PipelineSettings", "RecoverSettings", "ThresholdSearch", "SimulationMix",
     "TrainSettings", "FinetuneSettings", "PretrainSettings",
     "to_dict", "from_dict", "to_json", "from_json", "read_file", "replace",
 ]

@@ -74,12 +74,18 @@ def fit(vol, starts, method, **kw):
                                 SplitSettings(enabled=False), return_fit=True)
 
 
+def measured(seed, n_z=2, min_spots=P.MIN_SPOTS):
+    """(PSF, note, spots) built from a noise-free render at the true positions and photons."""
+    vol, truth = render(seed, n_z=n_z)
+    n = len(truth)
+    psf, note = P.build_psf(vol, truth, np.full(n, PHOTONS), np.full(n, BACKGROUND), np.ones(n, bool), VOXEL_UM,
+                            (4, 5, 5), min_spots=min_spots)
+    return psf, note, n
+
+
 def test_spline_psf_reproduces_the_skewed_psf():
-    vol, truth = render(0)
-    photons = np.full(len(truth), PHOTONS)
-    psf, note = P.build_psf(vol, truth, photons, np.full(len(truth), BACKGROUND), np.ones(len(truth), bool),
-                            VOXEL_UM, (4, 5, 5))
-    assert psf is not None and psf.n_spots == len(truth), note
+    psf, note, n = measured(0)
+    assert psf is not None and psf.n_spots == n, note
     u = np.random.default_rng(1).uniform(-2.5, 2.5, (500, 3)) * np.array([1.2, 1, 1])  # inside the taper
     want = skewed(u + CORE)  # the PSF about the core's centre of mass
     got, _ = psf.evaluate(u)
@@ -99,7 +105,7 @@ def test_spline_psf_reproduces_the_skewed_psf():
 def test_spline_fit_unbiased_where_the_gaussian_is_not():
     vol, truth = render(2, n_z=1)
     starts = np.round(truth / [1, 2, 2]) * [1, 2, 2]
-    pts_g, _, fit_g = fit(vol, starts, "gauss")
+    pts_g, _, _ = fit(vol, starts, "gauss")
     pts_s, _, fit_s = fit(vol, starts, "spline")
     err_g = (pts_g - truth) * np.asarray(VOXEL_UM) * 1000
     err_s = (pts_s - truth) * np.asarray(VOXEL_UM) * 1000
@@ -138,10 +144,7 @@ def test_too_few_spots_keeps_the_gaussian_and_says_so():
 
 
 def test_psf_round_trip(tmp_path):
-    vol, truth = render(5, n_z=1)
-    n = len(truth)
-    psf, _ = P.build_psf(vol, truth, np.full(n, PHOTONS), np.full(n, BACKGROUND), np.ones(n, bool), VOXEL_UM,
-                         (4, 5, 5), min_spots=10)
+    psf, _, n = measured(5, n_z=1, min_spots=10)
     psf.save(tmp_path / "run.psf.npz")
     back = P.load_psf(tmp_path / "run.psf.npz")
     u = np.random.default_rng(0).uniform(-2, 2, (50, 3))
@@ -151,10 +154,7 @@ def test_psf_round_trip(tmp_path):
 
 
 def test_run_file_holds_each_frames_psf_or_why_not(tmp_path):
-    vol, truth = render(6, n_z=1)
-    n = len(truth)
-    psf, note = P.build_psf(vol, truth, np.full(n, PHOTONS), np.full(n, BACKGROUND), np.ones(n, bool), VOXEL_UM,
-                            (4, 5, 5), min_spots=10)
+    psf, note, n = measured(6, n_z=1, min_spots=10)
     psf.save(tmp_path / "t00002.psf.npz")
     rec = P.merge_frames([(2, tmp_path / "t00002.psf.npz", note), (0, tmp_path / "t00000.psf.npz", "3 spots")],
                          tmp_path / "points.psf.npz")

@@ -237,7 +237,7 @@ def _tapered(values, oversample, width_px=1.0):
     out = values
     for a, o in enumerate(oversample):
         n = values.shape[a]
-        k = max(int(round(width_px * o)), 1)
+        k = max(round(width_px * o), 1)
         ramp = np.ones(n)
         edge = 0.5 - 0.5 * np.cos(np.pi * (np.arange(k) + 1) / (k + 1))
         ramp[:k], ramp[n - k:] = edge, edge[::-1]
@@ -290,7 +290,7 @@ def build_psf(volume, centres_px, photons, background, ok, voxel_size_um, half_p
         return None, (f"{len(cand)} isolated well-fitted spots (fewer than {min_spots}): no PSF measured, "
                       f"Gaussian fits kept")
     cand = cand[np.argsort(-n_ph[cand], kind="stable")][:max_spots]
-    grid = [np.arange(-int(round(h * oo)), int(round(h * oo)) + 1) / oo for h, oo in zip(half, o)]
+    grid = [np.arange(-round(h * oo), round(h * oo) + 1) / oo for h, oo in zip(half, o)]
     gz, gy, gx = np.meshgrid(*grid, indexing="ij")
     offsets = np.stack([gz, gy, gx])  # (3, Z', Y', X') px
     stack, used = [], []
