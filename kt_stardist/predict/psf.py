@@ -104,14 +104,15 @@ class SplinePsf:
         values (...) and, with ``derivatives``, the gradient (..., 3) per px (None without)."""
         from scipy import ndimage
 
-        u = np.asarray(offsets_px, np.float64)
-        shp = u.shape[:-1]
-        idx = (u.reshape(-1, 3) * self.oversample + self._origin).T
-        inside = np.all(np.abs(u.reshape(-1, 3)) <= self.half_px, axis=1)
+        u = np.asarray(offsets_px, np.float64).reshape(-1, 3)
+        shp = np.shape(offsets_px)[:-1]
+        inside = np.flatnonzero(np.all(np.abs(u) <= self.half_px, axis=1))  # only these are computed
+        idx = (u[inside] * self.oversample + self._origin).T
 
         def at(c):
-            v = ndimage.map_coordinates(c, idx, order=3, prefilter=False, mode="grid-constant")
-            return np.where(inside, v, 0.0)
+            out = np.zeros(len(u))
+            out[inside] = ndimage.map_coordinates(c, idx, order=3, prefilter=False, mode="grid-constant")
+            return out
 
         val = at(self._coef[0]).reshape(shp)
         if not derivatives:
