@@ -217,7 +217,8 @@ def finish(model, prep: Prepared, cands: Candidates, prob_thresh: float, setting
     if settings.refine.method == "spline":  # the measured PSF, stored with the run (pipeline.run_frame)
         diag.update(psf=fit.attrs.get("psf"), psf_note=fit.attrs.get("psf_note"))
         if fit.attrs.get("psf") is None and fit.attrs.get("psf_note"):
-            warnings.append(f"refine spline: {fit.attrs['psf_note']}")
+            warnings.append("refine spline: too few isolated well-fitted spots to measure the PSF, Gaussian "
+                            "fits kept (run.json 'psf' says how many per frame)")
     ref = model.info.validation.get("near_ratio") if hasattr(model, "info") else None
     w = calibration_warning(n_near, len(pts), prob_thresh, ref, settings.near_band)
     if w:
