@@ -141,7 +141,7 @@ class AdaptiveThreshold:
     range_prob: tuple = (0.3, 0.8)
     half_width: float = 0.1
     step: float = 0.025
-    max_ratio: float = 0.2
+    max_ratio: float = 0.05
 
     def __post_init__(self):
         lo, hi = (float(v) for v in self.range_prob)

@@ -1,7 +1,8 @@
 """Accuracy of kt-stardist vs classical detectors on held-out simulated whole frames.
 
 Methods, side by side on the same frames: the model through ``kt_stardist.predict.detect`` (what
-``kt-stardist predict`` runs, stored thresholds, no tuning on the test frames); LoG
+``kt-stardist predict`` runs: stored thresholds, the probability threshold adapted per frame,
+no tuning on the test frames); the same with the stored threshold only (adaptation off); LoG
 (``kt_stardist.baselines.log_detect``, threshold tuned on separate simulated frames, refined by
 the same Gaussian fits); Big-FISH ``detect_spots`` (automatic threshold). Frames come from
 ``kt_stardist.train.evaluation.evaluation_cases`` (every SNR preset, random plate and real
@@ -47,7 +48,10 @@ def main(argv=None):
     from kt_stardist import baselines as B
     from kt_stardist.model import load_model
     from kt_stardist.predict import detect, zoom_factors
+    from kt_stardist.settings import AdaptiveThreshold, DetectSettings
     from kt_stardist.train.evaluation import evaluate_detector, evaluation_cases, summarize
+
+    fixed = DetectSettings(adaptive=AdaptiveThreshold(enabled=False))
 
     model = load_model(a.model)
     shape = tuple(a.shape)
@@ -57,6 +61,7 @@ def main(argv=None):
     print(f"LoG threshold {log_thr:.4f} (tuning F1 {log_f1:.3f} on {len(tune)} separate frames)", file=sys.stderr)
     methods = {
         "kt-stardist": lambda c: detect(model, c.image, c.voxel_size_um).points[["z", "y", "x"]],
+        "kt-stardist, stored threshold": lambda c: detect(model, c.image, c.voxel_size_um, fixed).points[["z", "y", "x"]],
         "LoG (tuned)": lambda c: B.log_detect(c.image[..., 0], c.voxel_size_um, threshold=log_thr)[["z", "y", "x"]],
     }
     if not a.no_bigfish:

@@ -48,7 +48,7 @@ def test_never_above_the_stored_threshold_and_disabled_or_empty():
 
 
 def test_the_gap_must_be_clean_relative_to_the_spot_count():
-    # 10 detections in every window for 70 spots: a ratio of ~0.14 passes at max_ratio 0.2, not at 0.1
+    # ~10 detections in every window for 70 spots (a ratio of ~0.14): a gap at max_ratio 0.5, none at 0.01
     p = _probs(noise_band=(0.2, 0.8, 30))
     assert adaptive_threshold(p, 0.77, replace(A, max_ratio=0.5))[1] == "gap"
     assert adaptive_threshold(p, 0.77, replace(A, max_ratio=0.01)) == (0.77, "stored")
