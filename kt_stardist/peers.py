@@ -15,8 +15,10 @@ Not simple baselines (LoG and Big-FISH live in :mod:`kt_stardist.baselines`):
   :func:`load_heatmap_model` keep a folder of ``weights.weights.h5`` + ``heatmap.json``.
 - **Spotiflow** (optional ``[peers]`` extra, PyTorch): trained from scratch in 3D
   (:func:`train_spotiflow`), no pretrained weights. Its 3D grid is isotropic, so volumes are
-  resampled along z to the lateral voxel size (0.3 → 0.13 µm, linear interpolation,
-  :func:`isotropic_zoom`) before training and prediction, and the points are mapped back.
+  prepared exactly as the heatmap peer's, by :func:`kt_stardist.predict.preprocess.prepare` with
+  an isotropic model voxel (:attr:`SpotiflowSettings.voxel_size_um`: z 0.3 → 0.13 µm, linear
+  zoom), and points go between the grids only through that ``Prepared``'s ``to_model_px`` /
+  ``to_image_px`` (the zoom's own corner-aligned convention, one place for both peers).
 
 TensorFlow/Keras and torch are imported inside functions only. Axis order z, y, x; positions in
 px (float), voxel sizes in µm.
@@ -39,7 +41,7 @@ from kt_stardist.errors import InputError
 __all__ = ["HeatmapSettings", "HeatmapModel", "heatmap_target", "dice_gaussian_loss", "heatmap_peaks",
            "build_heatmap_unet", "predict_heatmap", "heatmap_detect", "choose_heatmap_threshold",
            "train_heatmap", "calibrate_heatmap", "best_threshold", "save_heatmap_model", "load_heatmap_model", "HEATMAP_JSON", "HEATMAP_WEIGHTS",
-           "SpotiflowSettings", "spotiflow_available", "isotropic_zoom", "train_spotiflow", "spotiflow_detect"]
+           "SpotiflowSettings", "spotiflow_available", "train_spotiflow", "spotiflow_detect"]
 
 HEATMAP_JSON = "heatmap.json"
 HEATMAP_WEIGHTS = "weights.weights.h5"
@@ -189,6 +191,18 @@ def predict_heatmap(model: HeatmapModel, x, tile_px=(32, 256, 256)):
     return out[tuple(slice(0, s) for s in shape)]
 
 
+def _one_channel(volume, who) -> np.ndarray:
+    """A raw ``(Z, Y, X[, 1])`` volume as ``(Z, Y, X)``; one-line InputError naming ``who`` otherwise."""
+    vol = np.asarray(volume)
+    if vol.ndim == 4:
+        if vol.shape[-1] != 1:
+            raise InputError(f"{who} takes one channel, got shape {vol.shape}")
+        vol = vol[..., 0]
+    if vol.ndim != 3:
+        raise InputError(f"{who} needs a (Z, Y, X) volume, got shape {vol.shape}")
+    return vol
+
+
 def heatmap_detect(model: HeatmapModel, volume, voxel_size_um=None, threshold=None, refine=True,
                    return_heatmap=False):
     """Spots of a raw ``(Z, Y, X[, 1])`` volume: DataFrame ``z, y, x`` (image px), ``prob``.
@@ -200,13 +214,7 @@ def heatmap_detect(model: HeatmapModel, volume, voxel_size_um=None, threshold=No
     from kt_stardist.predict.preprocess import prepare
     from kt_stardist.predict.refine import refine_points
 
-    vol = np.asarray(volume)
-    if vol.ndim == 4:
-        if vol.shape[-1] != 1:
-            raise InputError(f"heatmap peer takes one channel, got shape {vol.shape}")
-        vol = vol[..., 0]
-    if vol.ndim != 3:
-        raise InputError(f"heatmap peer needs a (Z, Y, X) volume, got shape {vol.shape}")
+    vol = _one_channel(volume, "heatmap peer")
     vs = tuple(voxel_size_um or model.voxel_size_um)
     prep = prepare(vol, vs, model.voxel_size_um, repair=True, max_in_memory_gb=None)
     heat = predict_heatmap(model, prep.x)
@@ -391,6 +399,11 @@ class SpotiflowSettings:
     grid: int = 1
     seed: int = 0
 
+    @property
+    def voxel_size_um(self) -> tuple:
+        """The isotropic grid Spotiflow works on, (z, y, x) µm."""
+        return (float(self.iso_um),) * 3
+
 
 def spotiflow_available() -> str | None:
     """None when Spotiflow and torch are installed, else a one-line reason. Looks them up
@@ -404,31 +417,6 @@ def spotiflow_available() -> str | None:
     return None
 
 
-def isotropic_zoom(voxel_size_um, iso_um) -> tuple:
-    """Zoom factors (z, y, x) that resample a volume of ``voxel_size_um`` (µm) to isotropic
-    ``iso_um`` voxels: ``voxel / iso`` per axis (2.31, 1, 1 for 0.3 × 0.13 × 0.13 µm → 0.13 µm)."""
-    return tuple(float(v) / float(iso_um) for v in voxel_size_um)
-
-
-def _iso_volume(volume, voxel_size_um, iso_um):
-    """Normalised ``(Z, Y, X)`` volume resampled (linear) to isotropic ``iso_um`` px, and the
-    factors (z, y, x) that take positions in the volume's px to the resampled px. Normalised
-    with kt-stardist's percentile normalisation."""
-    from scipy import ndimage
-
-    from kt_stardist.normalize import normalize
-
-    v = np.asarray(volume, np.float32)
-    v = v[..., 0] if v.ndim == 4 else v
-    z = isotropic_zoom(voxel_size_um, iso_um)
-    x = normalize(v, voxel_size_um=tuple(voxel_size_um))
-    if any(abs(f - 1) > 1e-6 for f in z):
-        x = ndimage.zoom(x, z, order=1)
-    # ndimage.zoom maps the first and last voxels onto each other: position factors (out-1)/(in-1)
-    z = tuple(1.0 if n_in < 2 else (n_out - 1) / (n_in - 1) for n_in, n_out in zip(v.shape, x.shape))
-    return x.astype(np.float32), z
-
-
 def train_spotiflow(train_pairs, val_pairs, out_dir, settings: SpotiflowSettings = SpotiflowSettings(), log=None):
     """Train Spotiflow from scratch in 3D (CPU) on raw pairs (see :func:`train_heatmap`), z
     resampled to isotropic; returns (model, training seconds, probability threshold with the best
@@ -437,16 +425,8 @@ def train_spotiflow(train_pairs, val_pairs, out_dir, settings: SpotiflowSettings
     from spotiflow.model import Spotiflow, SpotiflowModelConfig, SpotiflowTrainingConfig
 
     torch.manual_seed(int(settings.seed))
-    def iso(pairs):
-        xs, ps = [], []
-        for img, pts, vs, *_ in pairs:
-            x, z = _iso_volume(img, vs, settings.iso_um)
-            xs.append(x)
-            ps.append(np.asarray(pts, np.float32).reshape(-1, 3) * np.asarray(z, np.float32))
-        return xs, ps
-
-    Xt, Pt = iso(train_pairs)
-    Xv, Pv = iso(val_pairs)
+    Xt, Pt = _prepared(train_pairs, settings.voxel_size_um)
+    Xv, Pv = _prepared(val_pairs, settings.voxel_size_um)
     cfg = SpotiflowModelConfig(is_3d=True, grid=(settings.grid,) * 3, sigma=settings.sigma_px, in_channels=1,
                                levels=settings.levels, initial_fmaps=settings.initial_fmaps,
                                n_convs_per_level=settings.n_convs_per_level)
@@ -464,7 +444,7 @@ def train_spotiflow(train_pairs, val_pairs, out_dir, settings: SpotiflowSettings
     for x in Xv:
         pts, det = model.predict(x, prob_thresh=min(settings.thresholds), device="cpu", verbose=False, normalizer=None)
         cands.append((np.asarray(pts, float).reshape(-1, 3), np.asarray(det.prob, float).reshape(-1)))
-    thr, f1, _ = best_threshold(cands, Pv, (settings.iso_um,) * 3, settings.thresholds)
+    thr, f1, _ = best_threshold(cands, Pv, settings.voxel_size_um, settings.thresholds)
     return model, seconds, thr, f1
 
 
@@ -472,6 +452,10 @@ def spotiflow_detect(model, volume, voxel_size_um=VOXEL_SIZE_UM, settings: Spoti
                      threshold=None):
     """Spotiflow's points of a raw ``(Z, Y, X[, 1])`` volume (probability ``threshold``, None: its
     own; sub-pixel flow), in the volume's own px: (N, 3) float."""
-    x, z = _iso_volume(volume, voxel_size_um, settings.iso_um)
-    pts, _ = model.predict(x, prob_thresh=threshold, device="cpu", verbose=False, normalizer=None)
-    return np.asarray(pts, float).reshape(-1, 3) / np.asarray(z, float)
+    from kt_stardist.predict.preprocess import prepare
+
+    prep = prepare(_one_channel(volume, "Spotiflow"), voxel_size_um, settings.voxel_size_um, repair=True,
+                   max_in_memory_gb=None)
+    pts, _ = model.predict(np.asarray(prep.x, np.float32)[..., 0], prob_thresh=threshold, device="cpu", verbose=False,
+                           normalizer=None)
+    return prep.to_image_px(pts)

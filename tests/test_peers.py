@@ -121,19 +121,68 @@ def test_heatmap_unet_trains_saves_and_loads(tmp_path):
     assert h.shape == x.shape[:3] and list(df.columns) == ["z", "y", "x", "prob"]
 
 
-def test_spotiflow_input_resampled_isotropic_and_points_mapped_back():
+def _centroids(x, points_px, radius_px):
+    """Background-subtracted intensity centroid of ``x`` (Z, Y, X) in a box of ``radius_px``
+    (z, y, x) around each rounded point: where the image puts each spot, sub-voxel px."""
+    out = []
+    for p in np.asarray(points_px, float).reshape(-1, 3):
+        c = np.round(p).astype(int)
+        sl = tuple(slice(max(a - r, 0), a + r + 1) for a, r in zip(c, radius_px))
+        w = np.clip(x[sl] - np.median(x), 0, None)
+        g = np.indices(w.shape).reshape(3, -1) + np.array([s.start for s in sl])[:, None]
+        out.append((g * w.ravel()).sum(1) / w.sum())
+    return np.array(out)
+
+
+def _spots(shape=(20, 40, 48)):
+    """A raw (Z, Y, X) volume with 3 spots at known sub-voxel positions (0.3 × 0.13 × 0.13 µm)."""
     from kt_stardist.simulate import render_spots
 
-    assert peers.isotropic_zoom(VOX, 0.13) == pytest.approx((0.3 / 0.13, 1.0, 1.0))
-    truth = np.array([[9.0, 20.0, 24.0]])
-    raw = render_spots((20, 40, 48), truth, 500.0, np.array([0.25, 0.11, 0.11]) / np.array(VOX)) + 10.0
+    truth = np.array([[4.3, 10.6, 12.2], [9.0, 20.0, 24.0], [15.7, 30.4, 35.55]])
+    raw = render_spots(shape, truth, 500.0, np.array([0.25, 0.11, 0.11]) / np.array(VOX)) + 10.0
+    return raw, truth
+
+
+def test_spotiflow_grid_points_sit_on_the_resampled_spots():
+    """Truth mapped onto Spotiflow's isotropic grid lands where the resampled image puts the spot
+    (training targets), and the spot found there maps back onto the truth (predictions): one
+    zoom convention for images and points, at any z (no offset, no z scale error)."""
+    from kt_stardist.predict.preprocess import prepare
+
+    s = peers.SpotiflowSettings()
+    assert s.voxel_size_um == (0.13, 0.13, 0.13)
+    raw, truth = _spots()
+    prep = prepare(raw, VOX, s.voxel_size_um, repair=False, max_in_memory_gb=None)
+    x = np.asarray(prep.x)[..., 0]
+    assert x.shape == (round(20 * 0.3 / 0.13), 40, 48)  # z resampled to 0.13 µm, y-x kept
+    iso_truth = prep.to_model_px(truth)
+    # z is stretched by ~2.3 (more for the lower spots), y-x unchanged
+    assert np.all(np.diff(iso_truth[:, 0] / truth[:, 0]) == pytest.approx(0, abs=1e-9))
+    assert iso_truth[:, 0] / truth[:, 0] == pytest.approx(0.3 / 0.13, rel=0.03)
+    found = _centroids(x, iso_truth, (5, 3, 3))
+    np.testing.assert_allclose(found, iso_truth, atol=0.12)  # iso px; an offset of half a voxel fails
+    np.testing.assert_allclose(prep.to_image_px(found), truth, atol=0.06)
+    np.testing.assert_allclose(prep.to_image_px(iso_truth), truth, atol=1e-9)  # exact round trip
+
+    # the training path (_prepared) gives the same grid and points
+    X, P = peers._prepared([(raw[..., None], truth, VOX, "easy")], s.voxel_size_um)
+    np.testing.assert_allclose(P[0], iso_truth, atol=1e-9)
+    assert X[0].shape == x.shape
+
+
+def test_spotiflow_detect_maps_its_points_back_to_the_volume_px():
+    raw, truth = _spots()
     seen = {}
 
-    class Brightest:  # stands in for a trained Spotiflow model: the brightest voxel, in its px
+    class Centroids:  # stands in for a trained Spotiflow: sub-voxel spot centres on its grid
         def predict(self, x, **kw):
-            seen["shape"] = x.shape
-            return np.array([np.unravel_index(np.argmax(x), x.shape)], float), None
+            seen["shape"], seen["kw"] = x.shape, kw
+            near = np.array([[10.0, 10, 12], [21, 20, 24], [36, 30, 36]])  # iso px, rounded guesses
+            return _centroids(x, near, (5, 3, 3)), None
 
-    pts = peers.spotiflow_detect(Brightest(), raw[..., None], VOX)
-    assert seen["shape"] == (round(20 * 0.3 / 0.13), 40, 48)  # z resampled to 0.13 µm, y-x kept
-    np.testing.assert_allclose(pts[0], truth[0], atol=0.5)  # back in the volume's own px
+    pts = peers.spotiflow_detect(Centroids(), raw[..., None], VOX, threshold=0.4)
+    assert seen["shape"] == (46, 40, 48) and seen["kw"]["prob_thresh"] == 0.4
+    assert seen["kw"]["normalizer"] is None  # normalised once, by prepare
+    np.testing.assert_allclose(pts, truth, atol=0.06)  # back in the volume's own px, sub-voxel
+    with pytest.raises(peers.InputError, match="one channel"):
+        peers.spotiflow_detect(Centroids(), np.zeros((20, 40, 48, 2)), VOX)
