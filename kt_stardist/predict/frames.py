@@ -40,12 +40,11 @@ def frame_input(image, t, model, channel=None, max_in_memory_gb=4.0):
     when it is larger than ``max_in_memory_gb`` (nothing read)."""
     data = image.data
     if exceeds_memory(data.shape[1:4], model.n_channel_in, max_in_memory_gb):
-        import dask.array as da
-
         from kt_stardist import outofcore as O
+        from kt_stardist.io.images import dask_view
 
-        if not O.is_lazy(data):
-            data = da.from_array(data, chunks=(1,) + tuple(O.CHUNK_PX) + (-1,), asarray=True)
+        if not O.is_lazy(data):  # wrapped, not copied (dask's from_array copies arrays and memmaps)
+            data = dask_view(data, (1,) + tuple(O.CHUNK_PX) + (-1,))
         return stack_frames(data, t, model.layout, channel)
 
     class _Frames:  # reads frame by frame (Image.frame computes lazy frames here)
