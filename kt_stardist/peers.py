@@ -436,7 +436,8 @@ def train_spotiflow(train_pairs, val_pairs, out_dir, settings: SpotiflowSettings
                                    lr=float(settings.lr), optimize_threshold=True)
     t0 = time.perf_counter()
     model.fit(Xt, Pt, Xv, Pv, save_dir=str(out_dir), train_config=tcfg, device="cpu", logger="tensorboard",
-              deterministic=False, augment_train=True, num_workers=0)
+              deterministic=False, augment_train=True, num_workers=0,
+              normalizer=None)  # normalised once, by prepare, as at prediction (its default re-normalises)
     seconds = time.perf_counter() - t0
     # the probability threshold by point F1 on the validation volumes, as for the heatmap peer
     # (Spotiflow's own optimised threshold left no spot on held-out frames after a short training)

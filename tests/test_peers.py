@@ -186,3 +186,47 @@ def test_spotiflow_detect_maps_its_points_back_to_the_volume_px():
     np.testing.assert_allclose(pts, truth, atol=0.06)  # back in the volume's own px, sub-voxel
     with pytest.raises(peers.InputError, match="one channel"):
         peers.spotiflow_detect(Centroids(), np.zeros((20, 40, 48, 2)), VOX)
+
+
+def test_spotiflow_trains_on_what_it_predicts_on(monkeypatch, tmp_path):
+    """Spotiflow's fit must see the volumes exactly as spotiflow_detect gives them to predict:
+    its default re-normalises training images (1-99.8 percentiles of the whole volume), which
+    made the spots of easy frames 5-7x brighter in training than at prediction (few detections)."""
+    import types
+
+    raw, truth = _spots()
+    seen = {}
+
+    class FakeSpotiflow:  # records what Spotiflow would be trained on; finds nothing
+        def __init__(self, cfg):
+            seen["cfg"] = cfg
+
+        def fit(self, Xt, Pt, Xv, Pv, **kw):
+            seen.update(Xt=Xt, Pt=Pt, kw=kw)
+
+        def predict(self, x, **kw):
+            seen.setdefault("predict_kw", kw)
+            return np.zeros((0, 3)), types.SimpleNamespace(prob=np.zeros(0))
+
+    fake = types.ModuleType("spotiflow.model")
+    fake.Spotiflow = FakeSpotiflow
+    fake.SpotiflowModelConfig = fake.SpotiflowTrainingConfig = lambda **kw: kw
+    monkeypatch.setitem(sys.modules, "spotiflow.model", fake)
+    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(manual_seed=lambda s: None))
+    pair = (raw[..., None], truth, VOX, "easy")
+    s = peers.SpotiflowSettings(thresholds=(0.3, 0.5))
+    peers.train_spotiflow([pair], [pair], tmp_path, s)
+    assert seen["kw"].get("normalizer", "auto") is None  # no second normalisation in training
+    assert seen["predict_kw"]["normalizer"] is None
+
+    class Echo(FakeSpotiflow):  # what predict is given
+        def __init__(self):
+            pass
+
+        def predict(self, x, **kw):
+            seen["x_predict"] = x
+            return np.zeros((0, 3)), None
+
+    peers.spotiflow_detect(Echo(), raw, VOX, s)
+    np.testing.assert_array_equal(seen["Xt"][0], seen["x_predict"])  # same intensities in both
+    np.testing.assert_allclose(seen["Pt"][0], peers._prepared([pair], s.voxel_size_um)[1][0])
