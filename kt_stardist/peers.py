@@ -418,8 +418,11 @@ def spotiflow_available() -> str | None:
 
 
 def train_spotiflow(train_pairs, val_pairs, out_dir, settings: SpotiflowSettings = SpotiflowSettings(), log=None):
-    """Train Spotiflow from scratch in 3D (CPU) on raw pairs (see :func:`train_heatmap`), z
-    resampled to isotropic; returns (model, training seconds, probability threshold with the best
+    """Train Spotiflow from scratch in 3D (CPU) on raw pairs (see :func:`train_heatmap`), prepared
+    as :func:`spotiflow_detect` prepares a frame (z resampled to isotropic, normalised once: its own
+    re-normalisation is off, in training as at prediction). Spotiflow's 3D target puts each
+    point's heatmap peak on its floor voxel and leaves the sub-voxel part, in [0, 1) px per axis,
+    to the stereographic flow; returns (model, training seconds, probability threshold with the best
     point F1 on ``val_pairs``, that F1). Weights stay under ``out_dir``."""
     import torch
     from spotiflow.model import Spotiflow, SpotiflowModelConfig, SpotiflowTrainingConfig

@@ -10,8 +10,8 @@ Methods, on the same frames, one markdown table:
   patch (24×64×64), batch (2) and ``--steps``; peaks by ``peak_local_max`` above a threshold
   chosen on separate validation simulations; scored with the project's refinement and without.
 - **Spotiflow** (``pip install '.[peers]'``): from scratch in 3D, z resampled to 0.13 µm
-  (isotropic), the same number of patches seen (steps × batch); skipped with a one-line note when
-  not installed.
+  (isotropic) and normalised by kt-stardist's ``prepare`` (in training and prediction alike), the
+  same number of patches seen (steps × batch); skipped with a one-line note when not installed.
 - **Big-FISH** ``detect_spots`` (automatic threshold); **LoG** with its threshold tuned on the
   training-seed volumes (``baselines.tune_log_threshold``), then fixed.
 
