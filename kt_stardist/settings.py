@@ -131,9 +131,10 @@ class AdaptiveThreshold:
     with few or no detections between them and the background's. Windows ``± half_width`` wide,
     centred every ``step`` in ``range_prob`` (lo, hi), count the volume's detections (after NMS);
     when the emptiest holds at most ``max_ratio`` × the detections at or above the stored
-    threshold (a clean gap), the threshold is the centre of the highest emptiest window, never
-    above the stored one; otherwise the stored threshold stays (a noisy image, where detections
-    just below it are as often false as true). ``enabled=False``, or an explicit
+    threshold (a clean gap), the threshold is the upper edge of the highest emptiest window
+    (the few detections inside the gap stay out, the spots above it come in), never above the
+    stored one; otherwise the stored threshold stays (a noisy image, where detections just
+    below it are as often false as true). ``enabled=False``, or an explicit
     ``prob_thresh``: the stored / given threshold only.
     """
 
@@ -141,7 +142,7 @@ class AdaptiveThreshold:
     range_prob: tuple = (0.3, 0.8)
     half_width: float = 0.1
     step: float = 0.025
-    max_ratio: float = 0.05
+    max_ratio: float = 0.1
 
     def __post_init__(self):
         lo, hi = (float(v) for v in self.range_prob)

@@ -32,6 +32,14 @@ def test_clean_gap_lowers_the_threshold_to_keep_less_confident_spots():
     assert np.sum(p >= t) == 70
 
 
+def test_the_threshold_sits_at_the_top_of_the_gap_so_its_few_detections_stay_out():
+    # 3 stray detections at 0.45 inside the gap (70 spots above 0.62): still a clean gap
+    p = np.concatenate([_probs(), np.full(3, 0.45)])
+    t, how = adaptive_threshold(p, 0.77, A)
+    assert how == "gap" and 0.45 < t <= 0.62
+    assert np.sum(p >= t) == 70
+
+
 def test_noisy_image_keeps_the_stored_threshold():
     # detections all along 0.3-0.8 (noise the network is unsure of): no clean gap
     p = _probs(noise_band=(0.3, 0.8, 150))

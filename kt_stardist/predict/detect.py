@@ -107,8 +107,8 @@ def adaptive_threshold(prob, stored: float, adaptive) -> tuple:
     n_above = max(int(len(p) - np.searchsorted(p, stored, side="left")), 1)
     if counts.min() > adaptive.max_ratio * n_above:
         return float(stored), "stored"
-    gap = float(centres[np.flatnonzero(counts == counts.min())[-1]])
-    return (round(gap, 4), "gap") if gap < stored else (float(stored), "stored")
+    top = float(centres[np.flatnonzero(counts == counts.min())[-1]]) + adaptive.half_width  # the gap's upper edge
+    return (round(top, 4), "gap") if top < stored else (float(stored), "stored")
 
 
 def network_candidates(model, prep: Prepared, prob_floor: float, nms_threshs, settings: DetectSettings,
