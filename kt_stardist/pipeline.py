@@ -274,6 +274,10 @@ def run(inputs, *, out=None, out_dir=None, model_dir=None, settings: PipelineSet
     hold a lock on it (a hidden ``.lock`` file beside it) and so wait for each other.
     """
     check_outputs(out, out_dir, len([str(p) for p in inputs]), labels_out, inputs)
+    if model_dir is not None:  # a shipped model's name (--model temporal) becomes its folder
+        from kt_stardist.model import model_folder
+
+        model_dir = str(model_folder(model_dir))
     lock = Path(out).parent / f".{Path(out).name}.lock" if out is not None else Path(out_dir) / ".lock"
     with _exclusive(lock):  # concurrent runs into the same output wait for each other
         return _run(inputs, out=out, out_dir=out_dir, model_dir=model_dir, settings=settings, axes=axes,

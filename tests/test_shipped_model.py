@@ -79,3 +79,41 @@ def test_zero_and_saturated_planes_are_ignored(model):
     assert m.f1 >= clean.f1 - 0.03, (m.f1, clean.f1)
     assert m.n_pred <= clean.n_pred + 3  # no flood of detections on the bad planes
     assert any("plane" in w for w in det.warnings)
+
+
+def test_shipped_temporal_model_by_name_on_a_movie(tmp_path):
+    """``predict --model temporal`` loads the shipped 3-channel model by name, stacks frames
+    t-1, t, t+1 (the ends repeat a neighbour) and finds the spots of a dim simulated movie; the
+    run record names the model; a folder of that name would win over the shipped one."""
+    import json
+
+    import pandas as pd
+
+    from kt_stardist import simulate
+    from kt_stardist.cli import main
+    from kt_stardist.io import write_image
+    from kt_stardist.model import SHIPPED_MODELS, load_model, model_folder
+
+    assert load_model("temporal").n_channel_in == 3
+    assert model_folder("temporal") == SHIPPED_MODELS["temporal"]
+    (tmp_path / "temporal").mkdir()
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        assert model_folder("temporal").resolve() == (tmp_path / "temporal").resolve()
+    finally:
+        os.chdir(cwd)
+    movie, truth = simulate.simulate_timelapse(3, (24, 96, 96), seed=5, snr="mid")
+    path = tmp_path / "movie.tif"
+    write_image(path, movie, axes="TZYXC", voxel_size_um=VOX)
+    out = tmp_path / "points.csv"
+    assert main(["predict", str(path), "--model", "temporal", "--out", str(out)]) == 0
+    rec = json.loads((tmp_path / "points.run.json").read_text())
+    assert rec["model"]["name"] == "kt-temporal"
+    got = pd.read_csv(out)
+    for t in range(3):  # every frame, the first and last too
+        m = match_points(truth[truth.t == t][["z", "y", "x"]].to_numpy(float),
+                         got[got.t == t][["z", "y", "x"]].to_numpy(float), VOX, 0.5)
+        assert m.f1 >= 0.9, (t, m.tp, m.fp, m.fn)

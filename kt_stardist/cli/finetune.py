@@ -105,9 +105,9 @@ def run(args) -> int:
     if not args.images and args.simulate <= 0:
         raise InputError("no training data: give --images with --points and/or --simulate N")
     from kt_stardist import io, train
-    from kt_stardist.model import DEFAULT_MODEL_DIR
+    from kt_stardist.model import model_folder
 
-    src = DEFAULT_MODEL_DIR if args.from_model == "default" else args.from_model
+    src = model_folder(args.from_model) if args.from_model is not None else None
     vs = io.check_voxel_size(args.voxel_size) if args.voxel_size else None
     model, rep = train.finetune(args.out, settings_from_args(args), from_model=src, images=args.images,
                                 points=args.points, axes=args.axes, voxel_size_um=vs, resume=args.resume,

@@ -30,6 +30,7 @@ from kt_stardist.model.info import ModelInfo, Normalization, Thresholds, read_in
 
 __all__ = [
     "KtModel", "ModelInfo", "Normalization", "Thresholds", "PRETRAINED_DIR", "DEFAULT_MODEL_DIR",
+    "SHIPPED_MODELS", "model_folder",
     "load_model", "build_model", "check_model_folder", "transfer_weights", "weighted_layers", "save_weights",
     "write_json", "MAX_RAYS",
 ]
@@ -37,6 +38,9 @@ __all__ = [
 #: the shipped default model (package data)
 PRETRAINED_DIR = Path(__file__).resolve().parents[1] / "pretrained"
 DEFAULT_MODEL_DIR = PRETRAINED_DIR / "kt-default"
+#: shipped models by name (``--model NAME``): ``default`` (EGFP, 1 channel) and ``temporal``
+#: (EGFP of frames t-1, t, t+1: better recall on very dim time-lapses, see the README)
+SHIPPED_MODELS = {"default": DEFAULT_MODEL_DIR, "temporal": PRETRAINED_DIR / "kt-temporal"}
 
 #: weights files looked for, in order (Keras 3's own format ends in .weights.h5)
 WEIGHT_FILES = ("weights_best.h5", "weights_best.weights.h5", "weights_last.h5", "weights_last.weights.h5")
@@ -186,8 +190,19 @@ def check_model_folder(folder, weights: str | None = None) -> Path:
     return folder
 
 
+def model_folder(path=None) -> Path:
+    """The folder of a model given as a folder or as the name of a shipped model
+    (:data:`SHIPPED_MODELS`; an existing folder of that name wins); None: the default."""
+    if path is None:
+        return DEFAULT_MODEL_DIR
+    if not Path(path).is_dir() and str(path) in SHIPPED_MODELS:
+        return SHIPPED_MODELS[str(path)]
+    return Path(path)
+
+
 def load_model(path=None, weights: str | None = None) -> KtModel:
-    """Load a model folder (None: the shipped default ``kt_stardist/pretrained/kt-default``).
+    """Load a model folder or shipped model by name (:func:`model_folder`; None: the shipped
+    default ``kt_stardist/pretrained/kt-default``).
 
     The folder is checked first (:func:`check_model_folder`: config, weights and model.json must
     agree). ``weights``: a weights file inside the folder (default: StarDist's choice,
@@ -199,7 +214,7 @@ def load_model(path=None, weights: str | None = None) -> KtModel:
         path = DEFAULT_MODEL_DIR
         if not (path / "config.json").is_file():
             raise InputError(f"{path}: the shipped default model is missing (scripts/train_default_model.py makes it)")
-    folder = check_model_folder(path, weights).resolve()
+    folder = check_model_folder(model_folder(path), weights).resolve()
     info = read_info(folder)
     try:
         sd = load_stardist(folder, weights)
