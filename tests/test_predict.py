@@ -59,7 +59,7 @@ class SpotBackend:
         v = ndimage.gaussian_filter(np.asarray(x)[..., c].astype(np.float32), 0.5)
         v = ndimage.maximum_filter(v, (1, 2, 2), origin=(0, -1, -1))  # max over each grid cell
         v = np.clip(v, 0, None)[:, ::2, ::2]
-        prob = v / (v + 0.2)  # monotonic, no ties
+        prob = v * v / (v * v + 0.04)  # monotonic, no ties; faint noise stays below 0.2
         inds = prob > prob_thresh
         pts = np.stack(np.nonzero(inds), 1) * np.array([1, 2, 2])
         r = np.sqrt(np.sum((self.rays.vertices / np.array([2.5, 3.8, 3.8])) ** 2, axis=1))
