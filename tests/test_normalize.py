@@ -75,7 +75,6 @@ def test_prepared_frame_is_normalised_on_read_as_normalize_and_as_out_of_core():
     type and counted them), and a zero plane reads 0."""
     import dask.array as da
 
-    from kt_stardist import outofcore as O
     from kt_stardist.predict.preprocess import prepare
 
     vox = (0.3, 0.13, 0.13)
