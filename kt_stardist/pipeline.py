@@ -149,10 +149,10 @@ def run_json_path(csv_path) -> Path:
 
 
 def _model_record(model_dir):
-    from kt_stardist.model import DEFAULT_MODEL_DIR
+    from kt_stardist.model import DEFAULT_MODEL_DIR, model_folder
     from kt_stardist.model.info import read_info, read_thresholds
 
-    folder = Path(model_dir) if model_dir is not None else DEFAULT_MODEL_DIR
+    folder = model_folder(model_dir)
     info, th = read_info(folder), read_thresholds(folder)
     return dict(folder=str(folder.resolve()), name=info.name, channels=info.channels,
                 voxel_size_um=list(info.voxel_size_um), thresholds=dict(prob=th.prob, nms=th.nms),
@@ -191,9 +191,9 @@ def _fingerprint(path, model_dir, settings, axes, voxel_size_um, labels) -> dict
     recovery: they follow the merge) and reading options. Parts made under another fingerprint
     are discarded."""
     from kt_stardist.distributed import file_stat, source_of
-    from kt_stardist.model import DEFAULT_MODEL_DIR
+    from kt_stardist.model import model_folder
 
-    folder = Path(model_dir) if model_dir is not None else DEFAULT_MODEL_DIR
+    folder = model_folder(model_dir)
     src, inner = source_of(path)
     return dict(input=str(src.resolve()), input_stat=file_stat(src), dataset=inner,
                 model=str(folder.resolve()), weights=[file_stat(folder / w) for w in ("weights_best.h5", "thresholds.json")],
@@ -253,9 +253,8 @@ def _image_warnings(metas, model_info, th_prob, settings):
                 out.append(key)
     near = sum(m.get("n_near", 0) for m in metas)
     above = sum(m.get("n_detections", 0) for m in metas)
-    used = [m["prob_thresh"] for m in metas if m.get("prob_thresh") is not None]
-    prob = settings.detect.prob_thresh if settings.detect.prob_thresh is not None else th_prob
-    prob = float(np.median(used)) if used else prob
+    used = [m["prob_thresh"] for m in metas if m.get("prob_thresh") is not None]  # per frame (adaptive)
+    prob = float(np.median(used)) if used else (settings.detect.prob_thresh or th_prob)
     w = calibration_warning(near, above, prob, model_info.validation.get("near_ratio"), settings.detect.near_band)
     return out + ([w] if w else [])
 

@@ -33,7 +33,7 @@ from kt_stardist.predict.screen import screen, screen_lazy
 from kt_stardist.settings import DetectSettings
 
 __all__ = ["Candidates", "Detection", "detect", "network_candidates", "finish", "thresholds_of",
-           "adaptive_threshold", "calibration_warning", "points_frame"]
+           "adaptive_threshold", "candidate_floor", "calibration_warning", "points_frame"]
 
 
 @dataclass
@@ -109,6 +109,14 @@ def adaptive_threshold(prob, stored: float, adaptive) -> tuple:
         return float(stored), "stored"
     top = float(centres[np.flatnonzero(counts == counts.min())[-1]]) + adaptive.half_width  # the gap's upper edge
     return (round(top, 4), "gap") if top < stored else (float(stored), "stored")
+
+
+def candidate_floor(prob_thresh: float, settings: DetectSettings, adapt: bool = True) -> float:
+    """The lowest probability the network's detections are kept at for a run at ``prob_thresh``:
+    the band just below it that the calibration warning watches (``near_band``) and, with
+    ``adapt`` and ``settings.adaptive`` on, everything :func:`adaptive_threshold` looks at."""
+    floor = max(float(prob_thresh) - settings.near_band, 0.01)
+    return min(floor, settings.adaptive.floor) if adapt and settings.adaptive.enabled else floor
 
 
 def network_candidates(model, prep: Prepared, prob_floor: float, nms_threshs, settings: DetectSettings,
@@ -256,10 +264,8 @@ def detect(model, volume, voxel_size_um=None, settings: DetectSettings | None = 
     adapt = settings.adaptive.enabled and settings.prob_thresh is None
     prep = prepare(volume, voxel_size_um, model.voxel_size_um, model.info.normalize, settings.repair_defects,
                    settings.max_in_memory_gb)
-    floor = max(prob - settings.near_band, 0.01)
-    if adapt:
-        floor = min(floor, settings.adaptive.floor)
-    cands = network_candidates(model, prep, floor, (nms,), settings, spot_channel, show_progress)[nms]
+    cands = network_candidates(model, prep, candidate_floor(prob, settings, adapt), (nms,), settings, spot_channel,
+                               show_progress)[nms]
     how = "given" if settings.prob_thresh is not None else "stored"
     if adapt:
         prob, how = adaptive_threshold(cands.prob, prob, settings.adaptive)

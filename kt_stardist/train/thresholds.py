@@ -60,14 +60,12 @@ def choose_thresholds(model, validation, search: ThresholdSearch = ThresholdSear
     import pandas as pd
 
     from kt_stardist.evaluate import match_points, scores
-    from kt_stardist.predict import adaptive_threshold, finish, network_candidates, prepare
+    from kt_stardist.predict import adaptive_threshold, candidate_floor, finish, network_candidates, prepare
 
     st = search.detect
     spot = model.layout.spot_channel
     lo, hi = search.prob_range
-    floor = max(lo - st.near_band, 0.01)
-    if st.adaptive.enabled:
-        floor = min(floor, st.adaptive.floor)
+    floor = candidate_floor(lo, st)
     preps, cands = [], []
     for img, _, vs in validation:
         prep = prepare(img, vs, model.voxel_size_um, model.info.normalize, st.repair_defects, st.max_in_memory_gb)
