@@ -71,6 +71,9 @@ class RefineSettings:
     ``max_shift_um``). ``width_spread``: from the second pass on, each spot's Gaussian sigma has a
     prior: the image's PSF (the median sigma of its brighter good fits) with this relative sd
     (0: widths free); dim spots then take the image's PSF width instead of fitting noise.
+    ``rescue_spread``: a failed fit is refitted with its group from the detections, every width
+    held at the image's PSF (a prior of this relative sd) before it falls back to the centroid
+    (0: no refit).
     """
 
     method: str = "gauss"
@@ -86,6 +89,7 @@ class RefineSettings:
     read_noise_adu: float | None = None
     max_deviance: float = 3.0
     width_spread: float = 0.15
+    rescue_spread: float = 0.02
     psf_min_spots: int = 15
     psf_passes: int = 2
 

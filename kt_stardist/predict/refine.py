@@ -419,10 +419,14 @@ class _MleFitter(_Fitter):
                 fixed += spot_photons(coords, *self.spots[j], spots=self.spot_model)
         return fixed
 
-    def fit_groups(self, groups, own_cell=False, with_fixed=False, fresh=False):
+    def fit_groups(self, groups, own_cell=False, with_fixed=False, fresh=False, width=None, restart=False,
+                   only=None):
         """Fit every group (list of detection indices) of one pass, batched by group size, and
         take each member's fit where it passes the checks (:meth:`take`). Each spot's PSF sigma
-        starts from its earlier fit, or (``fresh``) from the settings'."""
+        starts from its earlier fit, or (``fresh``) from the settings'; ``width``: (sigma (3,)
+        px, relative sd): every spot's sigma starts there and has that prior instead; ``restart``:
+        the centres start from the detections, not from the current positions; ``only``: the
+        detections whose fits are taken (None: all; the others are only part of the model)."""
         from kt_stardist.predict.mle import fit_spots
 
         by_k = {}
@@ -444,19 +448,22 @@ class _MleFitter(_Fitter):
                 coords[b, :n], data[b, :n], w[b, :n], fixed[b, :n] = c, np.nan_to_num(d), ww, f
                 coords[b, n:] = c[0]
             idx = np.array([gs[j] for j in usable], dtype=np.intp)  # (B, K)
-            starts = self.out[idx]
+            starts = (self.pts if restart else self.out)[idx]
             lo, hi = self.pts[idx] - self.max_shift, self.pts[idx] + self.max_shift
             starts = np.clip(starts, lo, hi)
             earlier = np.array([[self.spots[i] is not None and not fresh for i in g] for g in idx])
             s_start = np.array([[self.spots[i][2] if e else self.sigma0 for i, e in zip(g, eg)]
                                 for g, eg in zip(idx, earlier)])
             prior = (self.psf, self.settings.width_spread) if self.psf is not None else None
+            if width is not None:
+                s_start, prior = np.broadcast_to(width[0], s_start.shape), width
             fit = fit_spots(data, coords, w, starts, lo, hi, self.sigma0, self.bounds, fixed, sigma_start=s_start,
                             warmup=0 if earlier.all() else 5, sigma_prior=prior, spots=self.spot_model)
             for b in range(B):
                 for k, i in enumerate(idx[b]):
-                    results[int(i)] = (fit, b, k, lo[b, k], hi[b, k])
-        self.take(results, [i for g in groups for i in g])
+                    if only is None or int(i) in only:
+                        results[int(i)] = (fit, b, k, lo[b, k], hi[b, k])
+        self.take(results, [i for g in groups for i in g if only is None or i in only])
 
     def take(self, results, members=()):
         """Accept each detection's fit if converged, plausible (Poisson deviance per degree of
@@ -582,6 +589,28 @@ class _MleFitter(_Fitter):
                     batch = [g2 for g in batch for g2 in ([[i] for i in g if i in self.was_pulled]
                                                           + [[i for i in g if i not in self.was_pulled]]) if g2]
                 self.fit_groups(batch, own_cell=p == 0, with_fixed=True)
+        self.rescue(groups)
+
+    def rescue(self, groups):
+        """Refit the groups of the detections whose fit failed (``fit_ok`` False: a dim spot's
+        free width wandered off, or close sisters merged into one wide spot) jointly from their
+        detections, every spot's width held at the image's PSF (prior of relative sd
+        ``rescue_spread``: 3 parameters fewer per spot); a fit that passes the checks replaces
+        the centroid. The good fits of their groups are kept, but refitted once, alone, with the
+        rescued spots held fixed (a sister that had taken in both spots' light lets go). Off
+        with ``rescue_spread`` 0 or another spot model than the Gaussian."""
+        spread = self.settings.rescue_spread
+        failed = set(int(i) for i in np.flatnonzero(~self.ok))
+        if spread <= 0 or not failed or self.spot_model is not None:
+            return
+        psf = self.psf if self.psf is not None else self.image_psf()
+        psf = self.sigma0 if psf is None else psf
+        redo = [g for g in groups if failed.intersection(g)]
+        self.fit_groups(redo, with_fixed=True, width=(np.asarray(psf, np.float64), spread), restart=True, only=failed)
+        partners = [[j] for g in redo if any(self.ok[i] for i in failed.intersection(g))
+                    for j in g if j not in failed]
+        if partners:
+            self.fit_groups(partners, with_fixed=True)
 
     def measure_psf(self, passes, max_group, box_px=2):
         """The ``spline`` method, after the Gaussian passes: the image's PSF is measured from its
