@@ -17,9 +17,13 @@ cells). :func:`refine_points` moves each one to the centre of the spot in the im
   (:func:`kt_stardist.predict.mle.fit_spots`: all fits of a batch with the same number of
   spots in one Levenberg–Marquardt), for ``passes`` passes. Every fit is checked
   (``fit_ok``): converged, Poisson deviance plausible, inside ``max_shift_um`` of its
-  detection (not at the bound), not pulled onto a neighbour; a failed fit falls back to the
-  centroid (then the start). Each point gets the Cramér–Rao standard deviation of its position
-  (``sigma_z_nm`` ...), its photons and background (``return_fit``, :data:`FIT_COLUMNS`).
+  detection (not at the bound), not pulled onto a neighbour; a failed fit is refitted with its
+  group from the detections, the widths held at the image's PSF (``rescue_spread``), and only
+  if that fails too falls back to the centroid (then the start). Each point gets the
+  Cramér–Rao standard deviation of its position (``sigma_z_nm`` ...; scaled by the square root
+  of the fit's Poisson deviance per degree of freedom where that exceeds 1, as quasi-likelihood
+  does: what the model misses, a neighbour's or the background's structure, widens it), its
+  photons and background (``return_fit``, :data:`FIT_COLUMNS`).
   :func:`refine_and_split` then looks inside every detection for a close sister that the
   detector merged with it (sisters 0.3–0.6 µm apart are one blob to the network): one vs two
   Gaussians (least squares, :func:`gauss_fit`) on a wider window, neighbours subtracted, kept by
@@ -493,7 +497,7 @@ class _MleFitter(_Fitter):
             self.ok[i] = ok
             self.photons[i] = f.photons[b, k] if usable else np.nan
             self.background[i] = f.background[b, k] - self.camera.shift if usable else np.nan
-            self.crlb_px[i] = f.crlb[b, k] if ok else np.nan
+            self.crlb_px[i] = f.crlb[b, k] * np.sqrt(max(1.0, f.deviance[b] / f.dof[b])) if ok else np.nan
             if ok:
                 self.out[i] = c
             else:
@@ -701,7 +705,8 @@ def refine_and_split(volume, points_px, voxel_size_um=VOXEL_SIZE_UM, settings: R
         ``max_deviance``, it stays inside ``max_shift_um`` of the detection and was not pulled
         onto a neighbour; False: the position fell back to the centroid or the start, and for
         methods other than ``gauss``), ``sigma_z_nm, sigma_y_nm, sigma_x_nm`` (Cramér–Rao
-        standard deviation of the position, nm; NaN where not ``fit_ok``), ``photons`` (the
+        standard deviation of the position, × sqrt(deviance / dof) where that exceeds 1, nm; NaN
+        where not ``fit_ok``), ``photons`` (the
         spot's total photons) and ``background`` (photons per voxel under the spot), NaN where
         no fit converged.
     """
