@@ -6,6 +6,12 @@ works in µm (px × voxel size), so ``max_disp_um`` is a physical displacement b
 Linking is laptrack's LAP tracker (Jaqaman et al. 2008): frame-to-frame assignment with a squared
 Euclidean cost cut at ``max_disp_um²``, then gap closing of segment ends to segment starts up to
 ``gap`` missing frames later (same cutoff); no splitting or merging.
+
+Before linking, the motion all kinetochores share (the plate drifting and oscillating: up to
+~0.35 µm per frame, a third of a sister distance) is taken out (:func:`frame_shifts`): each
+frame is shifted by the median displacement of an optimal assignment to the frame before, so
+the costs compare each kinetochore's own motion (~0.1 µm per frame) and a neighbour or a sister
+~0.8 µm away is no longer a near-equal choice. ``max_disp_um`` then bounds that own motion.
 """
 
 from __future__ import annotations
@@ -18,22 +24,81 @@ from kt_stardist.errors import InputError
 from kt_stardist.pairs import points_um, vote_track_partners
 from kt_stardist.validate import check_points_table, check_voxel_size
 
-#: default maximum displacement of a kinetochore between two linked detections, µm
-MAX_DISP_UM = 1.0
+#: default maximum displacement of a kinetochore between two linked detections, µm (its own
+#: motion: the common motion of the frame taken out; chosen on simulated design movies, seeds
+#: 20000+: link precision at hard 0.982 here, 0.957 at 1.0 µm)
+MAX_DISP_UM = 0.8
 
 #: default number of missing frames a track may jump
 GAP_FRAMES = 1
 
+#: time as a length for linking (µm per frame): keeps every link's cost above 0
+TIME_UM = 1e-3
 
-def track_points(df, voxel_size_um=VOXEL_SIZE_UM, max_disp_um=MAX_DISP_UM, gap=GAP_FRAMES) -> pd.DataFrame:
+#: least number of assigned points to measure the common motion between two frames (else none)
+MIN_SHIFT_POINTS = 3
+
+
+def frame_shifts(df, voxel_size_um=VOXEL_SIZE_UM, max_disp_um=MAX_DISP_UM, iterations=3) -> np.ndarray:
+    """The motion all points of a time-lapse share: the common position of each frame, µm.
+
+    Between consecutive frames the points are assigned one to one (minimum total squared
+    distance, ``scipy.optimize.linear_sum_assignment``; pairs farther than ``max_disp_um`` after
+    the shift are left out) and the shift is the median of the assigned displacements;
+    ``iterations`` rounds, each assigning with the previous shift taken out. With fewer than
+    :data:`MIN_SHIFT_POINTS` assignments (or an empty frame) the shift is 0.
+
+    Parameters
+    ----------
+    df : points table with ``t`` (whole frames) and ``z, y, x`` (px)
+    voxel_size_um : (z, y, x) µm
+    max_disp_um : largest own displacement (µm) of an assigned point, after the shift
+
+    Returns
+    -------
+    (T, 3) float array, µm (z, y, x): the cumulative shift of frames ``t.min() .. t.max()``
+    relative to the first (row 0 is zero). Subtracting row ``t - t.min()`` from the points of
+    frame ``t`` removes the common motion.
+    """
+    from scipy.optimize import linear_sum_assignment
+    from scipy.spatial.distance import cdist
+
+    vox = np.asarray(check_voxel_size(voxel_size_um, "voxel_size_um"), dtype=float)
+    if len(df) == 0:
+        return np.zeros((0, 3))
+    t = df["t"].to_numpy().astype(np.int64)
+    p = points_um(df, vox)
+    t0 = int(t.min())
+    shifts = np.zeros((int(t.max()) - t0 + 1, 3))
+    cut2 = float(max_disp_um) ** 2
+    for f in range(1, len(shifts)):
+        a, b = p[t == t0 + f - 1], p[t == t0 + f]
+        s = np.zeros(3)
+        for k in range(iterations if len(a) and len(b) else 0):
+            cut = cut2 * (4.0 if k == 0 else 1.0)
+            cost = cdist(a + s, b, "sqeuclidean")
+            rows, cols = linear_sum_assignment(np.where(cost > cut, cut * 1e3, cost))
+            ok = cost[rows, cols] <= cut
+            if ok.sum() < MIN_SHIFT_POINTS:
+                break
+            s = np.median(b[cols[ok]] - a[rows[ok]], axis=0)
+        shifts[f] = shifts[f - 1] + s
+    return shifts
+
+
+def track_points(df, voxel_size_um=VOXEL_SIZE_UM, max_disp_um=MAX_DISP_UM, gap=GAP_FRAMES,
+                 common_motion=True) -> pd.DataFrame:
     """Link points over frames.
 
     Parameters
     ----------
     df : points table with ``t`` (int frame) and ``z, y, x`` (px)
     voxel_size_um : (z, y, x) µm
-    max_disp_um : largest displacement (µm) between two linked detections (also across a gap)
+    max_disp_um : largest displacement (µm) between two linked detections (also across a gap);
+        with ``common_motion``, of a point's own motion, the frame's common motion taken out
     gap : how many missing frames a track may jump (0: no gap closing)
+    common_motion : take out the motion all points share before linking (:func:`frame_shifts`);
+        False links the positions as they are
 
     Returns
     -------
@@ -61,8 +126,13 @@ def track_points(df, voxel_size_um=VOXEL_SIZE_UM, max_disp_um=MAX_DISP_UM, gap=G
 
     p = points_um(df, vox)
     t0, t1 = int(t.min()), int(t.max())
+    if common_motion:
+        p = p - frame_shifts(df, vox, max_disp_um)[t - t0]
+    # time as a 4th coordinate, TIME_UM per frame: no link costs exactly 0 (laptrack's sparse
+    # cost matrices would drop it), a gap of k frames costs (k + 1)² × TIME_UM² more
+    p = np.hstack([p, (t - t0)[:, None] * TIME_UM])
     rows_of = [np.flatnonzero(t == f) for f in range(t0, t1 + 1)]
-    coords = [p[r] if len(r) else np.zeros((0, 3)) for r in rows_of]
+    coords = [p[r] if len(r) else np.zeros((0, 4)) for r in rows_of]
     lt = LapTrack(
         metric="sqeuclidean",
         cutoff=float(max_disp_um) ** 2,
@@ -93,7 +163,8 @@ def track_points(df, voxel_size_um=VOXEL_SIZE_UM, max_disp_um=MAX_DISP_UM, gap=G
             parent[max(ra, rb)] = min(ra, rb)
     roots = np.array([find(i) for i in range(len(df))])
     # number tracks by their first point (t, z, y, x)
-    order = np.lexsort((p[:, 2], p[:, 1], p[:, 0], t))
+    raw = points_um(df, vox)
+    order = np.lexsort((raw[:, 2], raw[:, 1], raw[:, 0], t))
     ids = {}
     for i in order:
         ids.setdefault(roots[i], len(ids))

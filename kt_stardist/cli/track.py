@@ -18,13 +18,14 @@ def add_arguments(parser):
     from kt_stardist.defaults import FRAME_SHAPE_PX
     from kt_stardist.settings import RecoverSettings
 
-    GAP_FRAMES, MAX_DISP_UM = 1, 1.0  # tracks.GAP_FRAMES, tracks.MAX_DISP_UM (not imported: --help stays fast)
+    GAP_FRAMES, MAX_DISP_UM = 1, 0.8  # tracks.GAP_FRAMES, tracks.MAX_DISP_UM (not imported: --help stays fast)
     rec = RecoverSettings()
     parser.add_argument("points", metavar="POINTS", help="points CSV with t, z, y, x (px)")
     parser.add_argument("--voxel-size", nargs=3, type=float, metavar=("Z", "Y", "X"),
                         help="voxel size in µm (default: the image's with --image, else 0.3 0.13 0.13)")
     parser.add_argument("--max-disp-um", type=float, default=MAX_DISP_UM,
-                        help="largest displacement between linked detections, µm (default %(default)s)")
+                        help="largest displacement of a kinetochore between linked detections, the "
+                             "motion all points share taken out, µm (default %(default)s)")
     parser.add_argument("--gap", type=int, default=None,
                         help=f"missing frames a track may jump, 0 for none (default {GAP_FRAMES}; "
                              f"{rec.max_gap_frames} with recovery)")
