@@ -98,8 +98,8 @@ def test_missing_spotiflow_is_skipped_with_one_line(monkeypatch):
     import subprocess
 
     monkeypatch.setattr(subprocess, "run", must_not_train)
-    pred, info, minutes = _script().spotiflow_method(["--quick"], 2, 2, "unused")
-    assert pred is None and minutes is None and info == reason
+    pred, info, minutes, thr = _script().spotiflow_method(["--quick"], 2, 2, "unused")
+    assert pred is None and minutes is None and thr is None and info == reason
 
 
 @pytest.mark.slow
@@ -230,3 +230,80 @@ def test_spotiflow_trains_on_what_it_predicts_on(monkeypatch, tmp_path):
     peers.spotiflow_detect(Echo(), raw, VOX, s)
     np.testing.assert_array_equal(seen["Xt"][0], seen["x_predict"])  # same intensities in both
     np.testing.assert_allclose(seen["Pt"][0], peers._prepared([pair], s.voxel_size_um)[1][0])
+
+
+def _per_case(rows):
+    import pandas as pd
+
+    cols = ["group", "layout", "seed", "tp", "fp", "fn", "sq_um2", "close_hit", "close_n", "seconds"]
+    return pd.DataFrame([dict(zip(cols, r)) for r in rows])
+
+
+def test_summary_rows_per_set_aggregates_close_pairs_and_memory():
+    m = _script()
+    per_case = _per_case([("easy", "plate", 1, 8, 2, 0, 8 * 0.05 ** 2, 3, 4, 1.0),
+                          ("easy", "real", 2, 6, 0, 4, 6 * 0.05 ** 2, 0, 0, 3.0),
+                          ("emccd", "physical", 3, 5, 5, 5, 5 * 0.1 ** 2, 0, 0, 2.0)])
+    t = m.summary(per_case, "X", 4.5, m.aggregate_set).set_index("set")
+    assert list(t.index) == ["easy", "emccd", "all presets", "all robustness"]
+    assert t.at["easy", "precision"] == pytest.approx(14 / 16) and t.at["easy", "recall"] == pytest.approx(14 / 18)
+    assert t.at["easy", "rmse_nm"] == pytest.approx(50.0) and t.at["emccd", "rmse_nm"] == pytest.approx(100.0)
+    assert t.at["easy", "close_recall"] == pytest.approx(0.75)
+    assert np.isnan(t.at["emccd", "close_recall"])  # no close pair there: no recall, not 0
+    assert t.at["all presets", "seconds"] == pytest.approx(2.0) and t.at["all robustness", "f1"] == pytest.approx(0.5)
+    assert (t.method == "X").all() and (t.train_min == 4.5).all() and t.peak_gb.isna().all()
+    # the whole frame: its peak memory is carried into its row
+    w = m.summary(per_case.iloc[:1].assign(peak_gb=3.25), "X", 1.0).set_index("set")
+    assert list(w.index) == ["easy"] and w.at["easy", "peak_gb"] == 3.25
+
+
+def test_compact_picks_each_set_of_each_method():
+    import pandas as pd
+
+    m = _script()
+    rows = []
+    for name, f in (("A", 0.9), ("B", 0.5)):
+        rows += [dict(set="all presets", method=name, f1=f, rmse_nm=50 / f, close_recall=f / 2, seconds=1.0,
+                      peak_gb=np.nan, train_min=3.0),
+                 dict(set="all robustness", method=name, f1=f - 0.1, rmse_nm=70.0, close_recall=np.nan, seconds=2.0,
+                      peak_gb=np.nan, train_min=3.0),
+                 dict(set=f"{m.FRAME_SET} 61×1000×1000", method=name, f1=f - 0.2, rmse_nm=60.0, close_recall=0.1,
+                      seconds=100 * f, peak_gb=2 * f, train_min=3.0)]
+    c = m.compact(pd.DataFrame(rows)).set_index("method")
+    assert c.loc["B", "F1 presets"] == 0.5 and c.loc["B", "RMSE nm presets"] == 100.0
+    assert c.loc["A", "close-pair recall"] == 0.45 and c.loc["A", "F1 robustness"] == pytest.approx(0.8)
+    assert c.loc["A", "s / whole frame"] == 90.0 and c.loc["B", "peak GB"] == 1.0
+    assert c.loc["B", "F1 whole frame"] == pytest.approx(0.3)
+
+
+def test_peak_memory_counts_what_the_process_touched():
+    import subprocess
+
+    code = ("import importlib.util, sys, numpy as np; "
+            f"spec = importlib.util.spec_from_file_location('bp', {str(ROOT / 'scripts' / 'benchmark_peers.py')!r}); "
+            "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); "
+            "a = m.peak_memory_gb(); x = np.ones(600 * 2 ** 20 // 8); b = m.peak_memory_gb(); print(a, b)")
+    a, b = map(float, subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                     check=True).stdout.split())
+    # 600 MiB touched on top of the import's resident set: the peak is over 0.6 GB, and not above the
+    # earlier peak + 0.6 GB (GB, not KiB or MiB)
+    assert 0.02 < a < 2 and 600 / 1024 + 0.02 < b < a + 600 / 1024 + 0.05
+
+
+def test_whole_frame_child_runs_a_method_and_reports_time_and_memory(tmp_path):
+    """The whole-frame path: a fresh process loads the method (LoG with the run's threshold) and
+    the frame, and its points, seconds and peak memory come back; a failure is one line."""
+    import json
+
+    m = _script()
+    raw, truth = _spots()
+    np.save(tmp_path / "frame.npy", raw.astype(np.float32))
+    (tmp_path / "spec.json").write_text(json.dumps(dict(voxel_size_um=list(VOX), log_threshold=0.05)))
+    r = m.run_frame_child(m.LOG, tmp_path / "spec.json", tmp_path / "frame.npy", tmp_path / "log.npz")
+    assert isinstance(r, dict), r
+    pts = r["points"][np.lexsort(r["points"].T[::-1])]
+    np.testing.assert_allclose(pts, truth, atol=0.5)
+    assert r["seconds"] > 0 and 0.02 < r["loaded_gb"] <= r["peak_gb"] < 8
+    bad = m.run_frame_child("no such method", tmp_path / "spec.json", tmp_path / "frame.npy", tmp_path / "x.npz")
+    assert isinstance(bad, str) and "failed" in bad and "unknown method" in bad and "\n" not in bad
+    assert not (tmp_path / "x.npz").exists()
