@@ -103,19 +103,15 @@ def spotiflow_method(argv, steps, batch, out_dir):
     run fails (its weights stay in ``out_dir/spotiflow``). Spotiflow runs in
     a child process (``--spotiflow-worker``) that simulates the same data from the same seeds:
     torch and TensorFlow crashed (segfault) when loaded in one process."""
-    import subprocess
-
     from kt_stardist import peers
 
     reason = peers.spotiflow_available()
     if reason:
         return None, reason, None, None
     out = Path(out_dir) / "spotiflow" / "predictions.npz"
-    cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--spotiflow-worker", str(out)]
-    r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    if r.returncode != 0 or not out.is_file():
-        last = (r.stderr.strip().splitlines() or ["no message"])[-1][:160]
-        return None, f"its run failed (exit {r.returncode}: {last})", None, None
+    failed = run_child([*argv, "--spotiflow-worker", str(out)], out)
+    if failed:
+        return None, f"its run failed ({failed})", None, None
     with np.load(out, allow_pickle=False) as z:
         keys = [str(k) for k in z["keys"]]
         pred = {k: z[f"pred_{i}"] for i, k in enumerate(keys)}
@@ -124,6 +120,19 @@ def spotiflow_method(argv, steps, batch, out_dir):
         thr = float(z["threshold"])
     log(f"Spotiflow: trained {minutes:.1f} min ({steps} steps x batch {batch} worth of crops)")
     return pred, secs, minutes, thr
+
+
+def run_child(args, out_path) -> str | None:
+    """Run this script with ``args`` in a fresh process; None when it exited 0 and wrote
+    ``out_path``, else a one-line reason (exit status and its last line of stderr)."""
+    import subprocess
+
+    cmd = [sys.executable, str(Path(__file__).resolve()), *args]
+    r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if r.returncode != 0 or not Path(out_path).is_file():
+        last = (r.stderr.strip().splitlines() or ["no message"])[-1][:160]
+        return f"exit {r.returncode}: {last}"
+    return None
 
 
 def case_key(c) -> str:
@@ -245,14 +254,9 @@ def frame_worker(name, spec_path, frame_path, out_path):
 def run_frame_child(name, spec_path, frame_path, out_path):
     """Run :func:`frame_worker` for ``name`` in a fresh process: dict (points, seconds, loaded_gb,
     peak_gb), or a one-line reason (str) when it failed."""
-    import subprocess
-
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--frame-worker", name, str(spec_path), str(frame_path),
-           str(out_path)]
-    r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    if r.returncode != 0 or not Path(out_path).is_file():
-        last = (r.stderr.strip().splitlines() or ["no message"])[-1][:160]
-        return f"its whole-frame run failed (exit {r.returncode}: {last})"
+    failed = run_child(["--frame-worker", name, str(spec_path), str(frame_path), str(out_path)], out_path)
+    if failed:
+        return f"its whole-frame run failed ({failed})"
     with np.load(out_path) as z:
         return {k: (z[k] if k == "points" else float(z[k])) for k in ("points", "seconds", "loaded_gb", "peak_gb")}
 
