@@ -28,7 +28,7 @@ from kt_stardist.errors import InputError
 from kt_stardist.settings import RecoverSettings
 from kt_stardist.validate import check_points_table, check_voxel_size
 
-__all__ = ["background_lr", "gap_positions", "lr_threshold", "null_dof", "recover_points", "spot_lr"]
+__all__ = ["background_lr", "end_positions", "gap_positions", "lr_threshold", "null_dof", "recover_points", "spot_lr"]
 
 #: degrees of freedom of the likelihood-ratio statistic: amplitude and centre (z, y, x)
 LR_DOF = 4
@@ -55,6 +55,58 @@ def gap_positions(df, max_gap_frames=2) -> pd.DataFrame:
         dt = t[i + 1] - t[i]
         for k in range(1, dt):
             rows.append((t[i] + k, tr[i], *(p[i] + (p[i + 1] - p[i]) * k / dt)))
+    return pd.DataFrame(rows, columns=["t", "track_id", "z", "y", "x"]).astype(
+        {"t": np.int64, "track_id": np.int64, "z": float, "y": float, "x": float})
+
+
+def end_positions(df, n_frames, max_frames=2, shifts_um=None, voxel_size_um=VOXEL_SIZE_UM,
+                  min_points=2) -> pd.DataFrame:
+    """Frames just before a track's first point and after its last, and where it should be.
+
+    A track that starts at frame ``a > 0`` (ends at ``b < n_frames - 1``) may have been missed
+    there: frames ``a - 1 .. a - max_frames`` (``b + 1 .. b + max_frames``) inside the movie give
+    one row each. The position is carried from the track's first (last) point: by its sister
+    track's offset where the sister is in both frames (``pair_track_id``: the point keeps its
+    place beside its sister, which follows the pair's own motion too), else by the common
+    motion ``shifts_um`` ((T, 3) µm, row ``t - t_min``, :func:`kt_stardist.tracks.frame_shifts`;
+    None: none). Only tracks of at least ``min_points`` points are carried.
+
+    Returns ``t``, ``track_id``, ``z, y, x`` (px) as :func:`gap_positions`.
+    """
+    if "track_id" not in df.columns or "t" not in df.columns:
+        raise InputError("points: recovery needs t and track_id columns (link the points first)")
+    vs = np.asarray(voxel_size_um, np.float64)
+    d = df[df["track_id"] >= 0]
+    t_all = d["t"].to_numpy().astype(np.int64)
+    p_all = d[["z", "y", "x"]].to_numpy(np.float64)
+    tr_all = d["track_id"].to_numpy()
+    t_min = int(df["t"].min()) if len(df) else 0
+    partner = {}
+    if "pair_track_id" in d.columns:
+        for k, g in d[d["pair_track_id"] >= 0].groupby("pair_track_id"):
+            ids = sorted(set(g["track_id"].tolist()))
+            if len(ids) == 2:
+                partner[ids[0]], partner[ids[1]] = ids[1], ids[0]
+    where = {(int(tr), int(t)): p for tr, t, p in zip(tr_all, t_all, p_all)}
+    rows = []
+    for tr in np.unique(tr_all):
+        ts = np.sort(t_all[tr_all == tr])
+        if len(ts) < min_points:
+            continue
+        for edge, step in ((int(ts[0]), -1), (int(ts[-1]), 1)):
+            p0 = where[(int(tr), edge)]
+            for k in range(1, int(max_frames) + 1):
+                t = edge + step * k
+                if not 0 <= t < n_frames:
+                    break
+                sis = partner.get(int(tr))
+                if (sis, t) in where and (sis, edge) in where:
+                    pos = where[(sis, t)] + p0 - where[(sis, edge)]
+                elif shifts_um is not None and 0 <= t - t_min < len(shifts_um) and edge - t_min < len(shifts_um):
+                    pos = p0 + (shifts_um[t - t_min] - shifts_um[edge - t_min]) / vs
+                else:
+                    pos = p0
+                rows.append((t, int(tr), *pos))
     return pd.DataFrame(rows, columns=["t", "track_id", "z", "y", "x"]).astype(
         {"t": np.int64, "track_id": np.int64, "z": float, "y": float, "x": float})
 
@@ -211,7 +263,7 @@ def _fill(new, df):
 
 
 def recover_points(df, movie, voxel_size_um=VOXEL_SIZE_UM, settings: RecoverSettings | None = None,
-                   progress=None) -> pd.DataFrame:
+                   progress=None, positions=None) -> pd.DataFrame:
     """Add the spots of tracks missing for 1 .. ``max_gap_frames`` frames (module docstring).
 
     Parameters
@@ -223,6 +275,9 @@ def recover_points(df, movie, voxel_size_um=VOXEL_SIZE_UM, settings: RecoverSett
     voxel_size_um : (z, y, x) µm.
     settings : :class:`kt_stardist.settings.RecoverSettings` (None: defaults).
     progress : optional callable ``progress(done, total)``.
+    positions : where to search (``t``, ``track_id``, ``z, y, x`` px, one row per frame and
+        track); None: the gaps of the tracks (:func:`gap_positions`). A track found in a frame
+        is not searched there again.
 
     Returns
     -------
@@ -238,7 +293,7 @@ def recover_points(df, movie, voxel_size_um=VOXEL_SIZE_UM, settings: RecoverSett
         raise InputError(f"image: expected a time-lapse (T, Z, Y, X) for recovery, got shape "
                          f"{tuple(getattr(movie, 'shape', ()))}")
     check_points_table(df, n_frames=int(movie.shape[0]))
-    gaps = gap_positions(df, settings.max_gap_frames)
+    gaps = gap_positions(df, settings.max_gap_frames) if positions is None else positions
     out = df.copy()
     out["recovered"] = False
     out["recovery_lr"] = np.nan
@@ -250,6 +305,7 @@ def recover_points(df, movie, voxel_size_um=VOXEL_SIZE_UM, settings: RecoverSett
     t_all = df["t"].to_numpy().astype(np.int64)
     pts_all = df[["z", "y", "x"]].to_numpy(np.float64)
     found, done = [], 0
+    seen = set(zip(t_all.tolist(), df["track_id"].to_numpy().tolist()))  # (t, track) already there
     for t, cand in gaps.groupby("t", sort=True):
         vol = np.asarray(movie[int(t)], np.float64)
         if gain is None or zero is None:  # once per movie: the camera is the same in every frame
@@ -265,7 +321,7 @@ def recover_points(df, movie, voxel_size_um=VOXEL_SIZE_UM, settings: RecoverSett
         for _, row in cand.iterrows():
             done += 1
             pos = row[["z", "y", "x"]].to_numpy(np.float64)
-            if np.any(pos < -0.5) or np.any(pos > shape - 0.5):
+            if np.any(pos < -0.5) or np.any(pos > shape - 0.5) or (int(t), int(row["track_id"])) in seen:
                 continue
             here = np.asarray(placed).reshape(-1, 3)
             tree = cKDTree(here * vs) if len(here) else None
@@ -281,6 +337,7 @@ def recover_points(df, movie, voxel_size_um=VOXEL_SIZE_UM, settings: RecoverSett
             if lr >= threshold and amp > 0 and inside and clear:
                 found.append((int(t), int(row["track_id"]), *centre, lr))
                 placed.append(centre)
+                seen.add((int(t), int(row["track_id"])))
             if progress is not None:
                 progress(done, len(gaps))
     if not found:

@@ -227,22 +227,29 @@ def pair_recovered(df) -> pd.DataFrame:
 
 
 def link_and_recover(df, voxel_size_um=VOXEL_SIZE_UM, movie=None, settings=None, max_disp_um=MAX_DISP_UM,
-                     gap=None) -> pd.DataFrame:
+                     gap=None, ends=True) -> pd.DataFrame:
     """Tracks of a time-lapse's points, as ``kt-stardist track`` and ``predict --track`` make them:
-    :func:`track_points`, then (``movie`` given) track-aided recovery of spots missed for 1-2
-    frames (:func:`kt_stardist.recover.recover_points`), then (``pair_id`` column) sister tracks
-    (:func:`link_pair_tracks`, recovered points paired by :func:`pair_recovered`).
+    :func:`track_points`, (``pair_id`` column) sister tracks (:func:`link_pair_tracks`), then
+    (``movie`` given) track-aided recovery (:func:`kt_stardist.recover.recover_points`) of spots
+    missed for 1-2 frames inside a track (:func:`kt_stardist.recover.gap_positions`) and, with
+    ``ends``, in the 1-2 frames before a track's first point and after its last
+    (:func:`kt_stardist.recover.end_positions`: carried by the sister track or the common
+    motion, :func:`frame_shifts`); then the points are linked again with the recovered ones (a
+    track cut by more missed frames than ``gap`` is joined where recovery filled the hole),
+    sister tracks found again and recovered points paired (:func:`pair_recovered`).
 
     Parameters
     ----------
     df : points table (``t``, ``z, y, x`` px; ``pair_id``, ``sister`` when paired)
     voxel_size_um : (z, y, x) µm
     movie : None (no recovery) or array-like (T, Z, Y, X): camera counts of the spot channel the
-        points come from (numpy or lazy; only frames with gaps are read)
+        points come from (numpy or lazy; only frames searched are read)
     settings : :class:`kt_stardist.settings.RecoverSettings` (None: defaults)
-    max_disp_um : largest displacement (µm) between linked detections
+    max_disp_um : largest own displacement (µm) between linked detections (:func:`track_points`)
     gap : missing frames a track may jump (None: :data:`GAP_FRAMES`, or ``max_gap_frames`` of
         the settings with recovery, which then searches gaps of at most ``gap`` frames, at least 1)
+    ends : with recovery, also search before each track's first and after its last point (as
+        many frames as gaps)
 
     Returns
     -------
@@ -255,15 +262,23 @@ def link_and_recover(df, voxel_size_um=VOXEL_SIZE_UM, movie=None, settings=None,
     if gap is None:
         gap = settings.max_gap_frames if movie is not None else GAP_FRAMES
     out = track_points(df, voxel_size_um=voxel_size_um, max_disp_um=max_disp_um, gap=gap)
+    paired = "pair_id" in out.columns
+    if paired:
+        out = link_pair_tracks(out)
     if movie is not None:
-        from kt_stardist.recover import recover_points
+        from kt_stardist.recover import end_positions, gap_positions, recover_points
 
         settings = replace(settings, max_gap_frames=max(min(int(gap), settings.max_gap_frames), 1))
-        out = recover_points(out, movie, voxel_size_um, settings)
-    if "pair_id" in out.columns:
-        out = link_pair_tracks(out)
-        if movie is not None:
-            out = pair_recovered(out)
+        where = gap_positions(out, settings.max_gap_frames)
+        if ends and len(out):
+            shifts = frame_shifts(out, voxel_size_um, max_disp_um)
+            where = pd.concat([where, end_positions(out, int(movie.shape[0]), settings.max_gap_frames,
+                                                    shifts, voxel_size_um)], ignore_index=True)
+        out = recover_points(out, movie, voxel_size_um, settings, positions=where)
+        if out["recovered"].any():
+            out = track_points(out, voxel_size_um=voxel_size_um, max_disp_um=max_disp_um, gap=gap)
+        if paired:
+            out = pair_recovered(link_pair_tracks(out))
     return out
 
 

@@ -230,3 +230,74 @@ def test_cli_predict_track_recovers_a_missed_spot(tmp_path, monkeypatch, capsys)
     got = io.read_points(out / "movie.csv")
     assert len(got) == len(pts) - 1 and "recovered" not in got.columns
     assert "recovered" not in json.loads((out / "movie.run.json").read_text())
+
+
+def test_end_positions_carried_by_sister_or_common_motion():
+    from kt_stardist.recover import end_positions
+
+    pts = truth()
+    det = linked(detections(pts, {(0, 3), (1, 3)}))  # track 3 starts at t2; the movie at t0
+    start = det.loc[det["t"] == 2].iloc[[3]]  # (z, y, x) of true track 3 at t2
+    tid = int(det["track_id"][(det["t"] == 2) & np.isclose(det["x"], start["x"].iloc[0])
+                              & np.isclose(det["z"], start["z"].iloc[0])].iloc[0])
+    want = pts.query("track_id == 3 and t in (0, 1)").sort_values("t")[["z", "y", "x"]].to_numpy()
+
+    def before(table, shifts):
+        e = end_positions(table, 6, 2, shifts, VOX)
+        return e[e["track_id"] == tid].sort_values("t")
+
+    # no sister, no common motion: the first point repeated
+    e = before(det, None)
+    assert list(e["t"]) == [0, 1]
+    assert np.allclose(e[["z", "y", "x"]], np.repeat(start[["z", "y", "x"]].to_numpy(), 2, 0))
+    # the common motion (0.77 px = 0.1 µm per frame in y) carries it to the true places
+    shifts = np.array([[0, 0.77 * VOX[1] * t, 0] for t in range(6)])
+    assert np.allclose(before(det, shifts)[["z", "y", "x"]], want, atol=1e-6)
+    # the sister track (pair_track_id) carries it there even with a wrong common motion
+    sister = int(det["track_id"][(det["t"] == 2) & np.isclose(det["x"], 14.0) & np.isclose(det["y"], 31.54)].iloc[0])
+    paired = det.assign(pair_track_id=np.where(det["track_id"].isin([tid, sister]), 0, -1))
+    assert np.allclose(before(paired, np.zeros((6, 3)))[["z", "y", "x"]], want, atol=1e-6)
+    # tracks at the movie's edges or shorter than min_points give nothing there
+    assert end_positions(det, 6, 2, None, VOX, min_points=5)["track_id"].eq(tid).sum() == 0
+    assert not (end_positions(det, 6, 2, None, VOX)["t"] > 5).any()
+
+
+def test_link_and_recover_fills_ends_and_joins_a_cut_track():
+    """Sister 3 missed in the first frame, sister 1 in the last, spot 4 for 3 frames (longer
+    than gap closing's 2): recovered at the ends of tracks, then linked again into one track
+    per spot; without ``ends`` nothing is recovered and spot 4's track stays cut."""
+    from kt_stardist.pairs import assign_pairs
+    from kt_stardist.tracks import link_and_recover
+
+    pts = truth(8)
+    missing = {(0, 3), (7, 1), (2, 4), (3, 4), (4, 4)}
+    det = assign_pairs(detections(pts, missing), VOX)
+    img = movie(pts)
+
+    def true_track(out):
+        # the true track of each output point (nearest true point of its frame, within 0.15 µm)
+        k = []
+        for _, r in out.iterrows():
+            cand = pts[pts["t"] == r["t"]]
+            d = np.linalg.norm((cand[["z", "y", "x"]].to_numpy() - r[["z", "y", "x"]].to_numpy(float)) * VOX, axis=1)
+            k.append(int(cand["track_id"].iloc[np.argmin(d)]) if d.min() < 0.15 else -1)
+        return np.array(k)
+
+    out = link_and_recover(det, VOX, img)
+    k = true_track(out)
+    rec = out["recovered"].to_numpy()
+    assert sorted(zip(out["t"][rec], k[rec])) == sorted(missing)
+    assert len(out) == len(pts) and (k >= 0).all()
+    # one track per true spot, one true spot per track
+    assert all(len(set(out["track_id"][k == j])) == 1 for j in range(6))
+    assert out["track_id"].nunique() == 6
+    # the recovered sisters are paired with their sister, in its pair track
+    for t, j in ((0, 3), (7, 1)):
+        row = out[(out["t"] == t) & (k == j)].iloc[0]
+        mate = out[(out["t"] == t) & (k == j ^ 1)].iloc[0]
+        assert row["pair_id"] == mate["pair_id"] >= 0 and row["pair_track_id"] == mate["pair_track_id"] >= 0
+
+    gaps_only = link_and_recover(det, VOX, img, ends=False)
+    k0 = true_track(gaps_only)
+    assert not gaps_only["recovered"].any()  # no hole inside a track is 1-2 frames long
+    assert len(set(gaps_only["track_id"][k0 == 4])) == 2
