@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kt_stardist.defaults import MATCH_CUTOFF_UM, VOXEL_SIZE_UM  # noqa: E402
 from kt_stardist.pairs import assign_pairs, pair_recovery, pairs_table  # noqa: E402
-from kt_stardist.tracks import link_recovery, track_points  # noqa: E402
+from kt_stardist.tracks import MAX_DISP_UM, link_recovery, track_points  # noqa: E402
 
 REAL = Path(__file__).resolve().parents[1] / "kt_stardist" / "data" / "real_kinetochores_t00_t04.csv"
 
@@ -95,7 +95,7 @@ def main(argv=None):
     ap.add_argument("--shape", type=int, nargs=3, default=[48, 128, 128], metavar=("Z", "Y", "X"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--voxel-size", type=float, nargs=3, default=list(VOXEL_SIZE_UM))
-    ap.add_argument("--max-disp-um", type=float, default=1.0)
+    ap.add_argument("--max-disp-um", type=float, default=MAX_DISP_UM)
     ap.add_argument("--gap", type=int, default=1)
     ap.add_argument("--pred", help="detections CSV (t, z, y, x px) to score against --gt")
     ap.add_argument("--gt", help="ground truth CSV (t, z, y, x, pair_id, track_id) for --pred")
