@@ -36,6 +36,11 @@ __all__ = ["PMIN", "PMAX", "robust_stats", "plane_defects", "bad_planes", "signa
 #: default percentiles (as StarDist's examples)
 PMIN, PMAX = 1.0, 99.8
 
+#: at least this many bright voxels set ``high`` (:func:`bright_threshold`), found down to
+#: :data:`K_MIN_BRIGHT` robust sd above the smoothed background
+MIN_BRIGHT = 100
+K_MIN_BRIGHT = 4.0
+
 #: robust sd of a normal distribution per MAD
 SD_PER_MAD = 1.4826
 
@@ -312,10 +317,13 @@ def normalize(image, pmin=PMIN, pmax=PMAX, voxel_size_um=VOXEL_SIZE_UM, region=N
     ``low`` is the ``pmin`` percentile of the signal region (background level); ``high`` is the
     ``pmax`` percentile of the *bright* voxels of that region (above centre + ``k_mad`` robust
     sd, :func:`robust_stats`, after light smoothing; for zero-clipped data at least the raw
-    noise seen through the smoothing, :func:`bright_sd`). Taking ``high`` among bright voxels only
+    noise seen through the smoothing, :func:`bright_sd`; when fewer than :data:`MIN_BRIGHT` voxels
+    are that bright, the :data:`MIN_BRIGHT` brightest, down to :data:`K_MIN_BRIGHT` sd:
+    :func:`bright_threshold`). Taking ``high`` among bright voxels only
     makes it independent of how much empty space surrounds the spots, so a crop and the whole
     frame it came from are normalised alike. Channels without bright voxels fall back to the
-    ``pmax`` percentile of the region's voxels above ``low``, then to its maximum.
+    ``pmax`` percentile of the region's voxels above ``low``, then to its maximum (a volume of
+    pure noise, with nothing :data:`K_MIN_BRIGHT` sd above its background).
 
     Planes that are all zero or saturated (:func:`plane_defects`) are left out of the statistics
     and set to 0 in the output; voxels at an integer type's maximum are left out of the
@@ -405,15 +413,33 @@ def intensity_range(volume, pmin=PMIN, pmax=PMAX, k_mad=8.0, bad_z=None):
     s_good = smooth if good.all() else smooth[good]
     centre, sd = robust_stats(s_good)
     sd = bright_sd(sd, _Values(kept.ravel()))
-    sel = s_good > centre + k_mad * max(sd, 1e-12)
-    if kept is not vals:
-        sel &= vals < sat
+    ok = (vals < sat) if kept is not vals else None
+    cand = s_good if ok is None else s_good[ok]
+    top = np.partition(cand.ravel(), cand.size - MIN_BRIGHT)[cand.size - MIN_BRIGHT] if cand.size >= MIN_BRIGHT else None
+    sel = s_good > bright_threshold(centre, sd, k_mad, top)
+    if ok is not None:
+        sel &= ok
     bright = vals[sel]
     if bright.size < 20:  # too few bright voxels: all of them, or when clipped the non-zero ones
         clipped = _Values(kept.ravel()).extremes()[1] >= CLIPPED_FRACTION * kept.size
         bright = kept[kept > lo] if clipped else kept
     hi = float(np.percentile(bright if bright.size else kept, pmax))
     return lo, _sane_high(lo, hi, lambda: float(vals.max()))
+
+
+def bright_threshold(centre, sd, k_mad, top):
+    """The smoothed intensity above which a voxel is *bright* (:func:`intensity_range`):
+    ``centre + k_mad * sd``, lowered when fewer than :data:`MIN_BRIGHT` voxels lie above it to
+    ``top`` (the :data:`MIN_BRIGHT`-th largest smoothed value; None: fewer voxels than that), but
+    never below ``centre + K_MIN_BRIGHT * sd``. Without the lowering, ``high`` jumps between the
+    few brightest voxels and the percentile of the whole region as a volume's spots cross
+    ``k_mad`` sd: spots of one microscope came out at 0.4 or at 1.9 of ``high`` on two
+    volumes alike."""
+    sd = max(sd, 1e-12)
+    thr = centre + k_mad * sd
+    if top is None or top >= thr:
+        return thr
+    return max(float(top), centre + K_MIN_BRIGHT * sd)
 
 
 def bright_sd(sd_smooth, raw):

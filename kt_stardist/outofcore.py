@@ -379,7 +379,8 @@ def intensity_range(volume, region, channel, pmin=PMIN, pmax=PMAX, k_mad=8.0, ch
 
     centre, sd = robust_stats(lambda: (s for _, s in pairs()))
     sd = N.bright_sd(sd, _Streamed(kept))
-    thr = centre + k_mad * max(sd, 1e-12)
+    thr = N.bright_threshold(centre, sd, k_mad, _top(((s[r < sat] if exclude else s) for r, s in pairs()),
+                                                       N.MIN_BRIGHT))
 
     def bright():
         for r, s in pairs():
@@ -396,6 +397,16 @@ def intensity_range(volume, region, channel, pmin=PMIN, pmax=PMAX, k_mad=8.0, ch
         hi = percentile(above, pmax)
         hi = percentile(kept, pmax) if hi is None else hi
     return lo, N._sane_high(lo, float(hi), vmax)
+
+
+def _top(values, k):
+    """The ``k``-th largest of the values of an iterable of arrays (None: fewer than ``k``), as
+    ``np.partition`` of them all would give."""
+    top = np.zeros(0, np.float32)
+    for v in values:
+        v = np.concatenate([top, np.asarray(v, np.float32).ravel()])
+        top = v if v.size <= k else np.partition(v, v.size - k)[v.size - k:]
+    return float(top.min()) if top.size >= k else None
 
 
 class _Sub:

@@ -90,3 +90,55 @@ def test_prepared_frame_is_normalised_on_read_as_normalize_and_as_out_of_core():
     ooc = prepare(da.from_array(vol, chunks=(5, 40, 40)), vox, vox, repair=False, max_in_memory_gb=0)
     assert ooc.lazy and np.array_equal(ooc.x[:, :, :], full)
     assert not np.array_equal(normalize(vol.astype(np.float32), voxel_size_um=vox), full[..., 0])
+
+
+def _dim_spots_on_haze(seed=3, amp=80.0, haze_sd=8.0):
+    """Sparse spots on a haze whose large-scale structure inflates the smoothed volume's robust sd,
+    so that the spots' smoothed peaks stay below 8 of its sd (as in thin stacks and some widefield
+    volumes): (volume (12, 96, 96) float32, spot centres px)."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    shape = (12, 96, 96)
+    haze = ndimage.gaussian_filter(rng.normal(0, 1, shape), (2, 8, 8))
+    vol = 100 + haze_sd * haze / haze.std() + rng.normal(0, 6, shape)
+    zz, yy, xx = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    centres = rng.uniform([3, 10, 10], [9, 86, 86], (12, 3))
+    for c in centres:
+        vol += amp * np.exp(-((zz - c[0]) ** 2 / 2 / 1.5**2 + (yy - c[1]) ** 2 / 2 / 1.3**2 + (xx - c[2]) ** 2 / 2 / 1.3**2))
+    return vol.astype(np.float32), centres
+
+
+def test_high_follows_dim_spots_instead_of_falling_back_to_the_whole_region(monkeypatch):
+    """``high`` is read among the brightest voxels even when fewer than MIN_BRIGHT of them pass
+    8 sd (issue 16: thin stacks came out at 4x the normal contrast); with the former rule
+    (MIN_BRIGHT 1: fall back to the region's percentile) ``high`` sat below the spots' peaks."""
+    import dask.array as da
+    from scipy import ndimage
+
+    from kt_stardist import normalize as N
+    from kt_stardist import outofcore as O
+
+    vol, centres = _dim_spots_on_haze()
+    region = tuple(slice(0, n) for n in vol.shape)
+    sm = ndimage.gaussian_filter(vol, 1.0)
+    c, sd = N.robust_stats(sm)
+    assert np.sum(sm > c + 8 * sd) < N.MIN_BRIGHT  # the case this is about
+    peaks = ndimage.maximum_filter(vol, 3)[tuple(np.round(centres).astype(int).T)]
+    lo, hi = N.intensity_range(vol)
+    assert 0.9 * np.median(peaks) < hi <= vol.max()
+    # the out-of-core statistics give the same numbers
+    lazy = da.from_array(vol[..., None], chunks=(5, 40, 40, 1))
+    assert O.intensity_range(lazy, region, 0, chunk_px=(5, 40, 40)) == (lo, hi)
+    monkeypatch.setattr(N, "MIN_BRIGHT", 1)
+    lo1, hi1 = N.intensity_range(vol)
+    assert lo1 == lo and hi1 < 0.9 * np.median(peaks)
+
+
+def test_bright_threshold_is_lowered_to_the_brightest_voxels_but_not_into_the_noise():
+    from kt_stardist.normalize import K_MIN_BRIGHT, bright_threshold
+
+    assert bright_threshold(10.0, 2.0, 8.0, None) == 26.0
+    assert bright_threshold(10.0, 2.0, 8.0, 30.0) == 26.0  # enough voxels above 8 sd: unchanged
+    assert bright_threshold(10.0, 2.0, 8.0, 20.0) == 20.0
+    assert bright_threshold(10.0, 2.0, 8.0, 11.0) == 10.0 + K_MIN_BRIGHT * 2.0
