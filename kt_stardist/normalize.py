@@ -31,7 +31,7 @@ from kt_stardist.errors import InputError
 
 __all__ = ["PMIN", "PMAX", "robust_stats", "plane_defects", "bad_planes", "signal_region", "region_from_binned",
            "bin_mean", "normalize", "normalization_info", "intensity_range", "apply_range", "saturation_level",
-           "NormalizationInfo"]
+           "NormalizationInfo", "MIN_BRIGHT", "K_MIN_BRIGHT", "bright_threshold"]
 
 #: default percentiles (as StarDist's examples)
 PMIN, PMAX = 1.0, 99.8
