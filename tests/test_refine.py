@@ -191,3 +191,25 @@ def test_a_failed_fit_is_rescued_with_the_image_psf_width():
         assert f.ok[1] and f.ok[0]
         assert np.linalg.norm((f.out[1] - true[1]) * VOX) < 0.06 and np.linalg.norm((f.out[0] - true[0]) * VOX) < 0.06
         assert np.allclose(f.spots[1][2], f.psf, rtol=0.1)  # its width held at the image's PSF
+
+
+def test_fit_table_keeps_the_bound_alone_and_concatenates():
+    """The reported sigma is the Cramér–Rao bound (kept alone in ``attrs["crlb_nm"]``) widened
+    by the systematic floor; fit tables of different frames concatenate (pandas compares attrs)."""
+    import pandas as pd
+
+    from kt_stardist.predict.refine import SIGMA_FLOOR_NM
+
+    rng = np.random.default_rng(9)
+    shape = (9, 31, 31)
+    true = np.array([[4.2, 8.3, 7.8], [4.6, 22.1, 21.4]])
+    vol = (rng.poisson(render_spots(shape, true, 300.0, SIGMA_PX) + 15.0) * GAIN + OFFSET).astype(np.float32)
+    start = np.round(true / [1, 2, 2]) * [1, 2, 2]
+    _, _, two = refine_and_split(vol, start, VOX, KNOWN, NO_SPLIT, return_fit=True)
+    _, _, one = refine_and_split(vol, start[:1], VOX, KNOWN, NO_SPLIT, return_fit=True)
+    crlb = np.asarray(two.attrs["crlb_nm"])
+    sig = two[["sigma_z_nm", "sigma_y_nm", "sigma_x_nm"]].to_numpy()
+    assert crlb.shape == (2, 3) and np.all(two.fit_ok)
+    assert np.all(sig >= np.sqrt(crlb ** 2 + np.square(SIGMA_FLOOR_NM)) - 1e-9)  # bright: the floor shows
+    assert np.all(sig[:, 1:] < 3 * crlb[:, 1:] + 5)  # but stays of the bound's order
+    assert len(pd.concat([two, one])) == 3

@@ -642,12 +642,13 @@ class _MleFitter(_Fitter):
 
     def table(self):
         """The :data:`FIT_COLUMNS` of every point (DataFrame): ``sigma_*_nm`` the reported
-        uncertainty (:func:`reported_sigma_nm`); ``attrs``: ``crlb_nm`` ((N, 3) the Cramér–Rao
-        bound alone, nm), ``psf`` (the measured :class:`kt_stardist.predict.psf.SplinePsf` or
+        uncertainty (:func:`reported_sigma_nm`); ``attrs``: ``crlb_nm`` (N lists z, y, x: the
+        Cramér–Rao bound alone, nm), ``psf`` (the measured :class:`kt_stardist.predict.psf.SplinePsf` or
         None) and ``psf_note``."""
         crlb_nm = self.crlb_px * self.vs * 1000.0
         tab = _fit_table(self.ok, reported_sigma_nm(crlb_nm, self.overdispersion), self.photons, self.background)
-        tab.attrs.update(crlb_nm=crlb_nm, psf=self.measured, psf_note=self.psf_note)
+        # a list, not an array: pandas compares attrs when it concatenates tables
+        tab.attrs.update(crlb_nm=crlb_nm.tolist(), psf=self.measured, psf_note=self.psf_note)
         return tab
 
 
