@@ -292,3 +292,23 @@ def test_common_motion_prevents_sister_switch():
     assert moving["track_id"].nunique() == 8
     assert link_recovery(fixed)["precision"] < 1.0  # positions as they are: identities switch
 
+
+
+def test_cli_track_then_pairs_use_tracks(tmp_path):
+    """kt-stardist track, then pairs --use-tracks: on a plate moving 0.5 µm per frame with a
+    sister missed, each true pair keeps one pair_id over the whole movie."""
+    from kt_stardist import io
+    from kt_stardist.cli import main
+
+    df = oscillating_plate()
+    src, tracks, pairs = tmp_path / "points.csv", tmp_path / "tracks.csv", tmp_path / "pairs.csv"
+    df.to_csv(src, index=False)
+    assert main(["track", str(src), "--gap", "2", "--out", str(tracks)]) == 0
+    assert main(["pairs", str(tracks), "--use-tracks", "--out", str(pairs)]) == 0
+    got = io.read_points(pairs)
+    assert link_recovery(got)["recovered"] == 1.0
+    gt_pair = got["gt_track_id"] % 4  # tracks k and k + 4 are sisters
+    alone = (got["t"] == 2) & (got["gt_track_id"] == 4)  # its sister 0 is missing there
+    assert (got["pair_id"][~alone] >= 0).all() and (got["pair_id"][alone] == -1).all()
+    kept = got[~alone]
+    assert (kept.groupby(gt_pair[~alone])["pair_id"].nunique() == 1).all() and kept["pair_id"].nunique() == 4
