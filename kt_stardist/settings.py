@@ -175,6 +175,9 @@ class DetectSettings:
     block by block (None: never). ``repair_defects``: replace camera-defect columns (hot/dead
     pixels, hot in every z plane) before anything else. ``near_band``: width of the probability
     band just below the threshold that is watched for images unlike the validation data.
+    ``min_separation_um``: after refinement, a point closer than this (µm) to a more probable
+    one is the same spot found twice and is dropped (0: keep all); the sister search never
+    places two spots closer than ``split.sep_um[0]``.
     """
 
     prob_thresh: float | None = None
@@ -183,6 +186,7 @@ class DetectSettings:
     max_in_memory_gb: float | None = 4.0
     repair_defects: bool = True
     near_band: float = 0.15
+    min_separation_um: float = 0.25
     adaptive: AdaptiveThreshold = field(default_factory=AdaptiveThreshold)
     screen: ScreenSettings = field(default_factory=ScreenSettings)
     refine: RefineSettings = field(default_factory=RefineSettings)
@@ -195,6 +199,8 @@ class DetectSettings:
                 raise InputError(f"{name.replace('_', '-')} must be in (0, 1), got {v}")
         if self.max_in_memory_gb is not None and self.max_in_memory_gb < 0:
             raise InputError(f"max_in_memory_gb must be at least 0, got {self.max_in_memory_gb}")
+        if not 0 <= float(self.min_separation_um) < 1:
+            raise InputError(f"min_separation_um must be in [0, 1) µm, got {self.min_separation_um}")
 
 
 @dataclass(frozen=True)

@@ -185,6 +185,26 @@ def points_frame(points_px, prob, voxel_size_um, split=None, fit=None) -> pd.Dat
     return df.sort_values(["z", "y", "x"], kind="stable").reset_index(drop=True)
 
 
+def duplicates(points_px, prob, voxel_size_um, min_separation_um) -> np.ndarray:
+    """(N,) bool: the points that lie closer than ``min_separation_um`` (µm) to a more probable
+    kept point (the same spot found twice; ties: the earlier point stays). ``points_px``
+    (N, 3) z, y, x px; ``prob`` (N,)."""
+    from scipy.spatial import cKDTree
+
+    pts = np.asarray(points_px, np.float64).reshape(-1, 3) * np.asarray(voxel_size_um, np.float64)
+    drop = np.zeros(len(pts), bool)
+    if len(pts) < 2 or min_separation_um <= 0:
+        return drop
+    tree = cKDTree(pts)
+    for i in np.argsort(-np.asarray(prob, np.float64), kind="stable"):
+        if drop[i]:
+            continue
+        for j in tree.query_ball_point(pts[i], float(min_separation_um) - 1e-12):
+            if j != i:
+                drop[j] = True
+    return drop
+
+
 def calibration_warning(n_near: int, n_above: int, prob_thresh: float, reference, near_band: float,
                         where: str = "") -> str | None:
     """A one-line warning when far more network detections sit just below the probability
@@ -215,10 +235,17 @@ def finish(model, prep: Prepared, cands: Candidates, prob_thresh: float, setting
     refined, parent, fit = refine_and_split(raw_spot, pts, prep.image_voxel_um, settings.refine, settings.split,
                                             return_fit=True)
     split = np.arange(len(refined)) >= len(pts)
-    df = points_frame(refined, np.asarray(prob, np.float64)[parent], prep.image_voxel_um, split, fit)
+    p_all = np.asarray(prob, np.float64)[parent]
+    dup = duplicates(refined, p_all, prep.image_voxel_um, settings.min_separation_um)
+    if dup.any():
+        keep = ~dup
+        attrs = dict(fit.attrs)  # the measured PSF (spline refinement) travels in attrs
+        refined, p_all, split, fit = refined[keep], p_all[keep], split[keep], fit[keep].reset_index(drop=True)
+        fit.attrs = attrs
+    df = points_frame(refined, p_all, prep.image_voxel_um, split, fit)
     t_refine = time.perf_counter() - t0
     diag = dict(n_blocks=cands.n_blocks, n_voxels_read=cands.n_voxels_read, n_voxels=cands.n_voxels,
-                n_detections=int(len(pts)), n_split=int(split.sum()), n_near=n_near,
+                n_detections=int(len(pts)), n_split=int(split.sum()), n_duplicates=int(dup.sum()), n_near=n_near,
                 prob_thresh=float(prob_thresh), threshold_by=threshold_by,
                 seconds={**prep.seconds, **cands.seconds, "refine": t_refine})
     warnings = list(prep.notes)
