@@ -21,9 +21,9 @@ training seed); close-pair recall = recall of spots whose nearest neighbour is 0
 ``--no-robustness``); one whole frame (``--frame-shape``, default 61 × 1000 × 1000 px, real
 layout, mid SNR; ``--no-whole-frame``) on which every method runs in a fresh child process
 (``--frame-worker``) that loads its model and the frame, predicts once, and reports the
-prediction's seconds and the process's peak resident memory (``ru_maxrss``: the whole process,
-Python, TensorFlow or torch, model, input frame and all; the memory before the prediction is noted
-too). Seconds are per volume on this machine (2 shared CPU cores unless said otherwise).
+prediction's seconds and the process's peak resident memory (``VmHWM``, see
+:func:`peak_memory_gb`: the whole process, Python, TensorFlow or torch, model, input frame and all;
+the peak before the prediction is noted too). Seconds are per volume on this machine (2 shared CPU cores unless said otherwise).
 
     python scripts/benchmark_peers.py --quick     # smoke test of every path (~6 min on 2 idle cores)
     python scripts/benchmark_peers.py             # README numbers (CI-sized, see the README for the time)
@@ -223,7 +223,17 @@ def run_method(name, obj, image, voxel_size_um):
 
 
 def peak_memory_gb() -> float:
-    """Peak resident memory of this process so far, GB (``ru_maxrss``, KiB on Linux)."""
+    """Peak resident memory of this process so far, GB: ``VmHWM`` of ``/proc/self/status`` (Linux),
+    the high-water mark of this process's own memory since it started (exec). Not ``ru_maxrss``:
+    Linux carries the parent's resident size over fork + exec into a child's ``ru_maxrss``, so a
+    child of a 3.5 GB benchmark reported 3.5 GB before it had loaded anything. ``ru_maxrss`` where
+    there is no /proc."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return float(line.split()[1]) / 1024 ** 2  # kB
+    except OSError:
+        pass
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
@@ -232,7 +242,7 @@ def peak_memory_gb() -> float:
 def frame_worker(name, spec_path, frame_path, out_path):
     """Child process: load method ``name`` (``spec_path``: JSON, see :func:`load_method`) and the
     ZYX frame (``frame_path``, .npy), predict once; write an npz (atomically) of the points, the
-    prediction's seconds, the memory after loading (``loaded_gb``) and the peak (``peak_gb``)."""
+    prediction's seconds, the peak memory after loading (``loaded_gb``) and the peak (``peak_gb``)."""
     import json
 
     from kt_stardist.io import atomic_path
@@ -324,7 +334,7 @@ def whole_frame(shape, names, spec, train_min, out_dir):
             per_case = evaluate_detector(lambda c, p=r["points"]: p, [case]).assign(
                 seconds=r["seconds"], peak_gb=r["peak_gb"])
             rows.append(summary(per_case, name, train_min.get(name, np.nan)))
-            notes.append(f"{name}, whole frame: {r['loaded_gb']:.2f} GB resident after loading the model and the frame, "
+            notes.append(f"{name}, whole frame: peak {r['loaded_gb']:.2f} GB after loading the model and the frame, "
                          f"before predicting")
     finally:
         frame_path.unlink(missing_ok=True)
