@@ -456,7 +456,8 @@ def main(argv=None):
     sets = list(dict.fromkeys(c.group for c in cases)) + ["all presets", "all robustness"]
     held_out_min = (time.perf_counter() - t_start) / 60
     if a.whole_frame:  # the held-out sets' tables first: a whole frame may run for long
-        print(f"\nHeld-out sets ({held_out_min:.1f} min so far):\n\n{markdown(compact(table))}\n", flush=True)
+        print(f"\nHeld-out sets ({held_out_min:.1f} min so far):\n\n{markdown(compact(table))}\n\n"
+              f"{markdown(table[COLUMNS])}\n", flush=True)
         del cases, train, val
         wf, wf_notes = whole_frame(a.frame_shape, list(objs), spec, train_min, out_dir)
         notes += wf_notes
