@@ -374,6 +374,7 @@ def main(argv=None):
     from kt_stardist import baselines as B
     from kt_stardist import peers
     from kt_stardist.defaults import VOXEL_SIZE_UM
+    from kt_stardist.io import atomic_write
     from kt_stardist.model import load_model
     from kt_stardist.train.data import simulated_pairs
     from kt_stardist.train.evaluation import evaluate_detector, evaluation_cases, robustness_cases
@@ -480,6 +481,10 @@ def main(argv=None):
     print(markdown(table))
     for n in notes:
         print(f"\n- {n}")
+    csv = out_dir / "peers.csv"
+    with atomic_write(csv, "w") as f:
+        table.to_csv(f, index=False)
+    print(f"\nsaved {csv}")
     if a.png:
         plot(table, list(objs), a.png)
     return 0
@@ -488,6 +493,7 @@ def main(argv=None):
 def plot(table, methods, path):
     """F1 and RMSE per set (one line per method), and the whole frame's seconds against peak memory."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -496,18 +502,19 @@ def plot(table, methods, path):
 
     fig, ax = plt.subplots(1, 3, figsize=(16, 4.5), gridspec_kw=dict(width_ratios=(2, 2, 1)))
     sets = [s for s in dict.fromkeys(table.set) if not str(s).startswith(FRAME_SET)]
-    for name in methods:
+    for i, name in enumerate(methods):  # one colour per method in every panel
         s = table[table.method == name].set_index("set").reindex(sets)
-        ax[0].plot(range(len(sets)), s.f1, "o-", label=name)
-        ax[1].plot(range(len(sets)), s.rmse_nm, "o-", label=name)
+        ax[0].plot(range(len(sets)), s.f1, "o-", color=f"C{i}", label=name)
+        ax[1].plot(range(len(sets)), s.rmse_nm, "o-", color=f"C{i}", label=name)
         fr = table[(table.method == name) & table.set.astype(str).str.startswith(FRAME_SET)]
         if len(fr):
-            ax[2].plot(fr.seconds, fr.peak_gb, "o", label=name)
+            ax[2].plot(fr.seconds, fr.peak_gb, "o", color=f"C{i}", label=name)
     for a_ in ax[:2]:
         a_.set_xticks(range(len(sets)), sets, rotation=60, ha="right", fontsize=7)
     ax[0].set(ylabel="F1 (0.5 µm)", ylim=(0, 1.02))
     ax[1].set(ylabel="RMSE (nm)")
-    ax[2].set(xlabel="seconds per whole frame", ylabel="peak memory (GB)", xscale="log")
+    ax[2].set(xlabel="seconds per whole frame", ylabel="peak memory (GB)", xscale="log", ylim=(0, None))
+    ax[2].xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax[0].legend(fontsize=7)
     fig.tight_layout()
     with atomic_path(path) as tmp:
