@@ -1,7 +1,7 @@
 """Speed and memory of ``kt_stardist.predict.detect`` vs StarDist's own tiled ``predict_instances`` on a
 whole frame (default 61 × 1000 × 1000 px, real kinetochore layout), same model, same normalisation.
 
-Each method runs in its own subprocess; peak memory is that process's max RSS (whole process:
+Each method runs in its own subprocess; peak memory is that process's own high-water mark (VmHWM; whole process:
 TensorFlow, the input volume and everything). Detections are compared with
 ``evaluate.match_points`` (F1 between the two point sets, and each against the truth).
 
@@ -49,7 +49,7 @@ sys.path.insert(0, str(HERE))
 
 
 def worker(method, model_dir, vol_path, out_path):
-    import resource
+    from benchmark_peers import peak_memory_gb  # this process's own high-water mark (not ru_maxrss)
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from kt_stardist import predict as P
@@ -74,7 +74,7 @@ def worker(method, model_dir, vol_path, out_path):
         pts = np.asarray(polys["points"], float)
         extra = dict(n_tiles=str(tuple(int(n) for n in n_tiles)))
     dt = time.perf_counter() - t0
-    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
+    peak_gb = peak_memory_gb()
     np.save(out_path + ".npy", pts)
     json.dump(dict(seconds=dt, peak_gb=peak_gb, n=len(pts), **extra), open(out_path, "w"))
 
