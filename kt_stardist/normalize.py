@@ -415,7 +415,8 @@ def intensity_range(volume, pmin=PMIN, pmax=PMAX, k_mad=8.0, bad_z=None):
     sd = bright_sd(sd, _Values(kept.ravel()))
     ok = (vals < sat) if kept is not vals else None
     cand = s_good if ok is None else s_good[ok]
-    top = np.partition(cand.ravel(), cand.size - MIN_BRIGHT)[cand.size - MIN_BRIGHT] if cand.size >= MIN_BRIGHT else None
+    k = cand.size - MIN_BRIGHT  # the MIN_BRIGHT-th largest smoothed value (None: fewer voxels)
+    top = np.partition(cand.ravel(), k)[k] if k >= 0 else None
     sel = s_good > bright_threshold(centre, sd, k_mad, top)
     if ok is not None:
         sel &= ok
