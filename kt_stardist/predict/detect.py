@@ -239,7 +239,9 @@ def finish(model, prep: Prepared, cands: Candidates, prob_thresh: float, setting
     dup = duplicates(refined, p_all, prep.image_voxel_um, settings.min_separation_um)
     if dup.any():
         keep = ~dup
-        attrs = dict(fit.attrs)  # the measured PSF (spline refinement) travels in attrs
+        attrs = dict(fit.attrs)  # the measured PSF (spline refinement), the bounds per row
+        if "crlb_nm" in attrs:
+            attrs["crlb_nm"] = [c for c, k in zip(attrs["crlb_nm"], keep) if k]
         refined, p_all, split, fit = refined[keep], p_all[keep], split[keep], fit[keep].reset_index(drop=True)
         fit.attrs = attrs
     df = points_frame(refined, p_all, prep.image_voxel_um, split, fit)
