@@ -324,3 +324,27 @@ def test_finetune_zero_epochs_recalibrates_thresholds_and_keeps_the_weights(user
     w_cal, w_pre = _weights_by_index(cal), _weights_by_index(pre)
     assert len(w_cal) == len(w_pre) and all(_equal(a, b) for a, b in zip(w_cal, w_pre))
     assert cal.info.training["steps"] == 0
+
+
+def test_finetune_cli_takes_its_simulated_volumes_from_a_settings_file(monkeypatch, tmp_path, capsys):
+    """``finetune --settings train_settings.json`` repeats a simulated-data run without
+    ``--simulate``; with no simulated volumes anywhere and no images it is refused."""
+    from kt_stardist import train
+    from kt_stardist.cli import main
+    from kt_stardist.settings import FinetuneSettings, SimulationMix, to_json
+
+    seen = []
+
+    def fake_finetune(out, settings, **kw):  # records what the CLI would train on
+        seen.append(settings)
+        raise InputError("stop here")
+
+    monkeypatch.setattr(train, "finetune", fake_finetune)
+    sim = tmp_path / "sim.json"
+    sim.write_text(to_json(FinetuneSettings(simulation=SimulationMix(n=7))))
+    assert main(["finetune", "--out", str(tmp_path / "m"), "--settings", str(sim), "--no-tensorboard"]) != 0
+    assert "stop here" in capsys.readouterr().err and seen[0].simulation.n == 7
+    none = tmp_path / "none.json"
+    none.write_text(to_json(FinetuneSettings(simulation=SimulationMix(n=0))))
+    assert main(["finetune", "--out", str(tmp_path / "m"), "--settings", str(none), "--no-tensorboard"]) != 0
+    assert "no training data" in capsys.readouterr().err and len(seen) == 1

@@ -102,14 +102,15 @@ def run(args) -> int:
 
     if len(args.images) != len(args.points):
         raise InputError(f"--images/--points: {len(args.images)} images but {len(args.points)} point files")
-    if not args.images and args.simulate <= 0:
+    settings = settings_from_args(args)  # --simulate may come from a --settings file
+    if not args.images and settings.simulation.n <= 0:
         raise InputError("no training data: give --images with --points and/or --simulate N")
     from kt_stardist import io, train
     from kt_stardist.model import model_folder
 
     src = model_folder(args.from_model) if args.from_model is not None else None
     vs = io.check_voxel_size(args.voxel_size) if args.voxel_size else None
-    model, rep = train.finetune(args.out, settings_from_args(args), from_model=src, images=args.images,
+    model, rep = train.finetune(args.out, settings, from_model=src, images=args.images,
                                 points=args.points, axes=args.axes, voxel_size_um=vs, resume=args.resume,
                                 tensorboard=not args.no_tensorboard)
     th = rep["thresholds"]
