@@ -296,8 +296,11 @@ def test_mismatch_errors_name_model_and_image():
     img = SimpleNamespace(data=np.zeros((1, 4, 8, 8, 1), np.float32), path="a.tif")
     with pytest.raises(InputError, match=r"a.tif: image has 1 channel\(s\), model spotmodel takes 2"):
         P.check_image_for_model(img, model)
-    with pytest.raises(InputError, match="temporal.*single 3D volume"):
-        P.check_image_for_model(img, SpotModel(n_channel_in=3))
+    # a temporal model given one frame: a note, and the frame repeated as its own neighbours
+    one = P.check_image_for_model(img, SpotModel(n_channel_in=3))
+    assert len(one) == 1 and "a.tif" in one[0] and "temporal" in one[0] and "repeated" in one[0]
+    assert P.check_image_for_model(SimpleNamespace(data=np.zeros((2, 4, 8, 8, 1)), path="m.tif"),
+                                   SpotModel(n_channel_in=3)) == []
     with pytest.raises(InputError, match="--channel 3 out of range"):
         P.check_image_for_model(SimpleNamespace(data=np.zeros((1, 4, 8, 8, 2)), path="b.tif"), SpotModel(), channel=3)
     with pytest.raises(InputError, match="takes 2 channel"):
@@ -536,6 +539,23 @@ def test_detect_frame_lazy_hdf5_out_of_core(tmp_path):
         ooc = P.detect_frame(model, image, t, DetectSettings(max_in_memory_gb=0)).points
         assert len(mem) == len(truth) and (mem.t == t).all()
         pd.testing.assert_frame_equal(ooc, mem, rtol=0, atol=1e-6)
+
+
+def test_temporal_model_on_one_frame_repeats_it_with_a_note(tmp_path, monkeypatch):
+    """A one-frame image and a temporal model: the frame is its own t-1 and t+1 (the same input
+    as the frame stacked three times), a note says so, in the run's warnings too."""
+    from kt_stardist import io
+
+    model = SpotModel(n_channel_in=3)
+    vol, truth, _ = _ooc_volume(model)
+    io.write_image(tmp_path / "one.tif", vol[..., 0], axes="ZYX", voxel_size_um=VOX)
+    image = io.read_image(tmp_path / "one.tif")
+    det = P.detect_frame(model, image, 0)
+    assert len(det.points) == len(truth) and any("repeated as its own neighbours" in w for w in det.warnings)
+    three = P.detect(model, np.concatenate([vol[..., :1]] * 3, axis=-1), VOX).points
+    pd.testing.assert_frame_equal(det.points.drop(columns="t"), three)
+    assert _cli(monkeypatch, [str(tmp_path / "one.tif"), "--out", str(tmp_path / "p.csv")], model) == 0
+    assert any("one frame" in w for w in json.loads((tmp_path / "p.run.json").read_text())["warnings"])
 
 
 def test_cli_max_memory_gb_gives_the_same_csv(tmp_path, monkeypatch):

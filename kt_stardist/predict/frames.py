@@ -21,18 +21,24 @@ from kt_stardist.settings import DetectSettings
 __all__ = ["check_image_for_model", "frame_input", "detect_frame", "detect_image", "iter_detect_image", "label_image"]
 
 
-def check_image_for_model(image, model, channel=None) -> None:
-    """One-line :class:`InputError` when an image's channels or frames do not fit a model."""
+def check_image_for_model(image, model, channel=None) -> list:
+    """One-line :class:`InputError` when an image's channels do not fit a model; returns notes
+    (one-line warnings) where the model can still run: a temporal model given one frame sees it
+    repeated as its own neighbours (:func:`kt_stardist.channels.frame_indices`, as at a movie's
+    ends)."""
     name = getattr(image, "path", None) or "image"
     T, C = image.data.shape[0], image.data.shape[-1]
     lay = model.layout
+    notes = []
     if lay.temporal and T < 2:
-        raise InputError(f"{name}: model {model.name} is temporal (takes frames t-1, t, t+1) "
-                         f"but the image is a single 3D volume; give a time-lapse (T > 1)")
+        notes.append(f"{name}: model {model.name} is temporal (frames t-1, t, t+1) but the image has one frame: "
+                     f"it is repeated as its own neighbours (no temporal context; for single volumes the "
+                     f"1-channel default model is as good)")
     if lay.n_fluor > 1 and C != lay.n_fluor:
         raise InputError(f"{name}: image has {C} channel(s), model {model.name} takes {lay.n_fluor} per frame")
     if lay.n_fluor == 1 and channel is not None and not 0 <= int(channel) < C:
         raise InputError(f"{name}: --channel {channel} out of range, the image has {C} channel(s)")
+    return notes
 
 
 def frame_input(image, t, model, channel=None, max_in_memory_gb=4.0):
@@ -62,7 +68,7 @@ def detect_frame(model, image, t: int, settings: DetectSettings | None = None, c
     the points get a ``t`` column. ``voxel_size_um`` overrides the image's (without either: the
     model's)."""
     settings = settings or DetectSettings()
-    check_image_for_model(image, model, channel)
+    notes = check_image_for_model(image, model, channel)
     vs = voxel_size_um if voxel_size_um is not None else getattr(image, "voxel_size_um", None)
     x = frame_input(image, t, model, channel, settings.max_in_memory_gb)
     if isinstance(x, np.ndarray):  # a frame read into memory: NaN/Inf or constant → this frame fails, named
@@ -72,7 +78,7 @@ def detect_frame(model, image, t: int, settings: DetectSettings | None = None, c
         check_volume(x, f"{where} frame {t}" if image.data.shape[0] > 1 else str(where))
     det = detect(model, x, vs, settings, spot_channel=model.layout.spot_channel, show_progress=show_progress)
     det.points.insert(0, "t", int(t))
-    det.warnings = [f"frame {t}: {w}" if image.data.shape[0] > 1 else w for w in det.warnings]
+    det.warnings = notes + [f"frame {t}: {w}" if image.data.shape[0] > 1 else w for w in det.warnings]
     return det
 
 
