@@ -20,7 +20,7 @@ from kt_stardist.defaults import SPOT_SIGMA_UM
 from kt_stardist.errors import InputError
 
 __all__ = [
-    "ScreenSettings", "RefineSettings", "REFINE_METHODS", "SplitSettings", "AdaptiveThreshold", "DetectSettings", "PipelineSettings", "RecoverSettings", "ThresholdSearch", "SimulationMix",
+    "ScreenSettings", "RefineSettings", "REFINE_METHODS", "SplitSettings", "AdaptiveThreshold", "ConfirmBand", "DetectSettings", "PipelineSettings", "RecoverSettings", "ThresholdSearch", "SimulationMix",
     "TrainSettings", "FinetuneSettings", "PretrainSettings",
     "to_dict", "from_dict", "to_json", "from_json", "read_file", "replace",
 ]
@@ -164,12 +164,38 @@ class AdaptiveThreshold:
 
 
 @dataclass(frozen=True)
+class ConfirmBand:
+    """Detections below the probability threshold that the image itself confirms.
+
+    On images unlike its training data the network grows unsure of real spots (their
+    probabilities fall below the stored threshold) while staying sure of what is background;
+    the noise blobs it half-believes on familiar images, in turn, are dim and poorly localised.
+    So a network detection with ``floor_prob <= prob <`` the frame's threshold is kept when its
+    maximum-likelihood fit (:mod:`kt_stardist.predict.refine`) passed every check (``fit_ok``)
+    and places it to within ``max_sigma_nm`` laterally (the larger of ``sigma_y_nm`` and
+    ``sigma_x_nm``, its Cramér–Rao uncertainty): a compact spot clearly above its background.
+    Chosen on simulated design volumes (Gaussian presets and the physical conditions, seeds no
+    benchmark uses). ``enabled=False``, or an explicit ``prob_thresh``: the threshold only.
+    """
+
+    enabled: bool = True
+    floor_prob: float = 0.4
+    max_sigma_nm: float = 25.0
+
+    def __post_init__(self):
+        if not 0 < float(self.floor_prob) < 1 or not float(self.max_sigma_nm) > 0:
+            raise InputError(f"confirm band: floor_prob in (0, 1) and max_sigma_nm > 0, got {self.floor_prob}, "
+                             f"{self.max_sigma_nm}")
+
+
+@dataclass(frozen=True)
 class DetectSettings:
     """Everything one detection run uses, with the model's own facts (voxel size, channel
     layout, normalisation) kept in the model.
 
     ``prob_thresh`` / ``nms_thresh``: None = the model's stored thresholds (the probability
-    threshold then adapted to each volume by ``adaptive``, :class:`AdaptiveThreshold`).
+    threshold then adapted to each volume by ``adaptive``, :class:`AdaptiveThreshold`, and
+    detections below it kept where the image confirms them, ``confirm``, :class:`ConfirmBand`).
     ``block_size_px`` (z, y, x): largest block sent to the network at once (at the model's voxel
     size). ``max_in_memory_gb``: a frame larger than this as float32 (GB) is read and predicted
     block by block (None: never). ``repair_defects``: replace camera-defect columns (hot/dead
@@ -188,6 +214,7 @@ class DetectSettings:
     near_band: float = 0.15
     min_separation_um: float = 0.25
     adaptive: AdaptiveThreshold = field(default_factory=AdaptiveThreshold)
+    confirm: ConfirmBand = field(default_factory=ConfirmBand)
     screen: ScreenSettings = field(default_factory=ScreenSettings)
     refine: RefineSettings = field(default_factory=RefineSettings)
     split: SplitSettings = field(default_factory=SplitSettings)

@@ -4,8 +4,9 @@
 
     raw volume ─ prepare (defect repair, rescale, normalise) ─ screen ─ blocks around candidates
       ─ network (predict_sparse, b=0) ─ NMS per block, each detection kept by the block owning
-      its centre ─ points ≥ prob threshold ─ back to image px ─ refine (raw intensities)
-      ─ sister search ─▶ points table
+      its centre ─ points ≥ prob threshold (and those down to the confirm band's floor)
+      ─ back to image px ─ refine (raw intensities) ─ sister search ─ the band's points kept
+      only where their fits confirm them ─ duplicates dropped ─▶ points table
 
 :func:`detect` is what ``kt-stardist predict``, the demo, the napari widget, the threshold search
 and model evaluation all run. It is split in three steps so that the threshold search can run
@@ -30,10 +31,10 @@ from kt_stardist.predict.blocks import block_geometry, owns, plan_blocks
 from kt_stardist.predict.preprocess import Prepared, prepare
 from kt_stardist.predict.refine import refine_and_split
 from kt_stardist.predict.screen import screen, screen_lazy
-from kt_stardist.settings import DetectSettings
+from kt_stardist.settings import DetectSettings, replace
 
 __all__ = ["Candidates", "Detection", "detect", "network_candidates", "finish", "thresholds_of",
-           "adaptive_threshold", "candidate_floor", "calibration_warning", "points_frame"]
+           "adaptive_threshold", "candidate_floor", "confirmed", "calibration_warning", "points_frame"]
 
 
 @dataclass
@@ -113,9 +114,12 @@ def adaptive_threshold(prob, stored: float, adaptive) -> tuple:
 
 def candidate_floor(prob_thresh: float, settings: DetectSettings, adapt: bool = True) -> float:
     """The lowest probability the network's detections are kept at for a run at ``prob_thresh``:
-    the band just below it that the calibration warning watches (``near_band``) and, with
-    ``adapt`` and ``settings.adaptive`` on, everything :func:`adaptive_threshold` looks at."""
+    the band just below it that the calibration warning watches (``near_band``), the confirm
+    band (``settings.confirm``, :func:`confirmed`) and, with ``adapt`` and ``settings.adaptive``
+    on, everything :func:`adaptive_threshold` looks at."""
     floor = max(float(prob_thresh) - settings.near_band, 0.01)
+    if settings.confirm.enabled:
+        floor = min(floor, settings.confirm.floor_prob)
     return min(floor, settings.adaptive.floor) if adapt and settings.adaptive.enabled else floor
 
 
@@ -205,6 +209,20 @@ def duplicates(points_px, prob, voxel_size_um, min_separation_um) -> np.ndarray:
     return drop
 
 
+def confirmed(prob, fit, prob_thresh: float, band) -> np.ndarray:
+    """(N,) bool: the points kept, those at or above ``prob_thresh`` and those of the confirm
+    band (``band``: :class:`kt_stardist.settings.ConfirmBand`, its docstring gives the rule)
+    whose fit confirms them; ``prob`` (N,), ``fit`` the refinement's table
+    (:data:`kt_stardist.predict.refine.FIT_COLUMNS`, one row per point)."""
+    prob = np.asarray(prob, np.float64)
+    keep = prob >= prob_thresh
+    if not band.enabled or len(prob) == 0:
+        return keep
+    sigma = np.maximum(fit["sigma_y_nm"].to_numpy(np.float64), fit["sigma_x_nm"].to_numpy(np.float64))
+    ok = fit["fit_ok"].to_numpy(bool) & (sigma <= band.max_sigma_nm)  # NaN sigma: not confirmed
+    return keep | ((prob >= band.floor_prob) & ok)
+
+
 def calibration_warning(n_near: int, n_above: int, prob_thresh: float, reference, near_band: float,
                         where: str = "") -> str | None:
     """A one-line warning when far more network detections sit just below the probability
@@ -223,12 +241,17 @@ def calibration_warning(n_near: int, n_above: int, prob_thresh: float, reference
 
 
 def finish(model, prep: Prepared, cands: Candidates, prob_thresh: float, settings: DetectSettings,
-           spot_channel: int = 0, threshold_by: str = "given") -> Detection:
+           spot_channel: int = 0, threshold_by: str = "given", confirm: bool = True) -> Detection:
     """Points of the candidates at or above ``prob_thresh``: mapped to image px, refined on the
-    repaired raw spot channel, close sisters searched (``settings.refine`` / ``settings.split``).
-    ``threshold_by``: how ``prob_thresh`` was chosen (recorded in the diagnostics)."""
+    repaired raw spot channel, close sisters searched (``settings.refine`` / ``settings.split``);
+    with ``confirm`` and ``settings.confirm`` on, the candidates of the confirm band below
+    ``prob_thresh`` are refined with them and kept where their fits confirm them
+    (:func:`confirmed`). ``threshold_by``: how ``prob_thresh`` was chosen (recorded in the
+    diagnostics)."""
     t0 = time.perf_counter()
-    pts_m, prob, dist = cands.above(prob_thresh)
+    band = settings.confirm if confirm else replace(settings.confirm, enabled=False)
+    lowest = min(prob_thresh, band.floor_prob) if band.enabled else prob_thresh
+    pts_m, prob, dist = cands.above(lowest)
     n_near = int(np.sum((cands.prob < prob_thresh) & (cands.prob >= prob_thresh - settings.near_band)))
     pts = prep.to_image_px(pts_m)
     raw_spot = prep.raw[..., spot_channel]
@@ -236,9 +259,13 @@ def finish(model, prep: Prepared, cands: Candidates, prob_thresh: float, setting
                                             return_fit=True)
     split = np.arange(len(refined)) >= len(pts)
     p_all = np.asarray(prob, np.float64)[parent]
-    dup = duplicates(refined, p_all, prep.image_voxel_um, settings.min_separation_um)
-    if dup.any():
-        keep = ~dup
+    n_above = int(np.sum(np.asarray(prob) >= prob_thresh))
+    kept = confirmed(p_all, fit, prob_thresh, band)  # the band's points only where their fits confirm them
+    n_confirmed = int(np.sum(kept & (p_all < prob_thresh) & ~split))
+    dup, idx = np.zeros(len(refined), bool), np.flatnonzero(kept)
+    dup[idx] = duplicates(refined[idx], p_all[idx], prep.image_voxel_um, settings.min_separation_um)
+    if dup.any() or not kept.all():
+        keep = kept & ~dup
         attrs = dict(fit.attrs)  # the measured PSF (spline refinement), the bounds per row
         if "crlb_nm" in attrs:
             attrs["crlb_nm"] = [c for c, k in zip(attrs["crlb_nm"], keep) if k]
@@ -247,7 +274,8 @@ def finish(model, prep: Prepared, cands: Candidates, prob_thresh: float, setting
     df = points_frame(refined, p_all, prep.image_voxel_um, split, fit)
     t_refine = time.perf_counter() - t0
     diag = dict(n_blocks=cands.n_blocks, n_voxels_read=cands.n_voxels_read, n_voxels=cands.n_voxels,
-                n_detections=int(len(pts)), n_split=int(split.sum()), n_duplicates=int(dup.sum()), n_near=n_near,
+                n_detections=n_above, n_confirmed=n_confirmed, n_split=int(split.sum()),
+                n_duplicates=int(dup.sum()), n_near=n_near,
                 prob_thresh=float(prob_thresh), threshold_by=threshold_by,
                 seconds={**prep.seconds, **cands.seconds, "refine": t_refine})
     warnings = list(prep.notes)
@@ -257,10 +285,12 @@ def finish(model, prep: Prepared, cands: Candidates, prob_thresh: float, setting
             warnings.append("refine spline: too few isolated well-fitted spots to measure the PSF, Gaussian "
                             "fits kept (run.json 'psf' says how many per frame)")
     ref = model.info.validation.get("near_ratio") if hasattr(model, "info") else None
-    w = calibration_warning(n_near, len(pts), prob_thresh, ref, settings.near_band)
+    w = calibration_warning(n_near, n_above, prob_thresh, ref, settings.near_band)
     if w:
         warnings.append(w)
-    return Detection(df, (pts_m, prob, dist), prep, float(prob_thresh), cands.nms_thresh, n_near, diag, warnings)
+    inst = kept[:len(pts)]  # the network's instances kept (label images); split points come after them
+    return Detection(df, (pts_m[inst], prob[inst], dist[inst]), prep, float(prob_thresh), cands.nms_thresh, n_near,
+                     diag, warnings)
 
 
 def detect(model, volume, voxel_size_um=None, settings: DetectSettings | None = None, spot_channel: int = 0,
@@ -298,4 +328,5 @@ def detect(model, volume, voxel_size_um=None, settings: DetectSettings | None = 
     how = "given" if settings.prob_thresh is not None else "stored"
     if adapt:
         prob, how = adaptive_threshold(cands.prob, prob, settings.adaptive)
-    return finish(model, prep, cands, prob, settings, spot_channel, threshold_by=how)
+    return finish(model, prep, cands, prob, settings, spot_channel, threshold_by=how,
+                  confirm=settings.prob_thresh is None)

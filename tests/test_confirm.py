@@ -1,0 +1,65 @@
+"""The confirm band (``DetectSettings.confirm``): network detections below the probability
+threshold are kept only where the image confirms them (fit passed its checks, lateral
+uncertainty at most ``max_sigma_nm``)."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kt_stardist.errors import InputError
+from kt_stardist.predict.detect import Candidates, confirmed, finish
+from kt_stardist.settings import ConfirmBand, DetectSettings, replace
+
+VOX = (0.3, 0.13, 0.13)
+
+
+def _fit(ok, sy, sx):
+    return pd.DataFrame({"fit_ok": ok, "sigma_y_nm": sy, "sigma_x_nm": sx})
+
+
+def test_confirmed_keeps_points_above_the_threshold_and_confirmed_band_points():
+    prob = np.array([0.9, 0.5, 0.5, 0.5, 0.5, 0.3])
+    fit = _fit([True, True, False, True, True, True], [30.0, 12, 12, 40, np.nan, 5], [30.0, 20, 12, 10, 5, 5])
+    band = ConfirmBand(floor_prob=0.4, max_sigma_nm=25)
+    # above: kept whatever its fit; band: fit ok and max(sy, sx) <= 25; failed fit, wide y, NaN
+    # sigma, below the floor: not kept
+    assert confirmed(prob, fit, 0.7, band).tolist() == [True, True, False, False, False, False]
+    assert confirmed(prob, fit, 0.7, replace(band, max_sigma_nm=15)).tolist() == [True] + [False] * 5
+    assert confirmed(prob, fit, 0.7, replace(band, enabled=False)).tolist() == [True] + [False] * 5
+    assert confirmed(prob, fit, 0.45, replace(band, enabled=False)).tolist() == [True] * 5 + [False]
+    assert confirmed(np.zeros(0), _fit([], [], []), 0.7, band).shape == (0,)
+
+
+def test_confirm_band_settings_are_validated():
+    with pytest.raises(InputError, match="confirm band"):
+        ConfirmBand(floor_prob=1.2)
+    with pytest.raises(InputError, match="confirm band"):
+        ConfirmBand(max_sigma_nm=0)
+
+
+def test_finish_keeps_a_compact_spot_below_the_threshold_but_not_a_noise_candidate():
+    """Three network candidates: a bright spot above the threshold, a fainter compact spot in the
+    band, and a place with noise only, in the band. The band's spot is kept (and counted), the
+    noise candidate is not; with the band off only the first stays."""
+    from test_predict import SpotModel, spots
+
+    from kt_stardist.predict.preprocess import prepare
+
+    truth = np.array([[9.2, 20.3, 20.6], [10.1, 40.4, 60.7]])
+    vol = spots((20, 80, 80), truth, amp=np.float32(300.0), bg=100.0, noise=3.0, seed=2)
+    vol[9:11, 60:64, 20:24] += np.float32(6.0)  # a faint smear where the third candidate sits
+    vol = np.random.default_rng(3).poisson(np.clip(vol, 0, None)).astype(np.float32)
+    model = SpotModel()
+    prep = prepare(vol, VOX, VOX, model.info.normalize, True, None)
+    pts = np.array([[9, 20, 20], [10, 40, 60], [10, 62, 22]], float)
+    cands = Candidates(points=pts, prob=np.array([0.9, 0.5, 0.5], np.float32),
+                       dist=np.ones((3, len(model.backend.rays)), np.float32), nms_thresh=0.3, prob_floor=0.2)
+    on = finish(model, prep, cands, 0.7, DetectSettings())
+    got = on.points[["z", "y", "x"]].to_numpy()
+    assert len(got) == 2 and on.diagnostics["n_confirmed"] == 1 and on.diagnostics["n_detections"] == 1
+    assert np.all(np.linalg.norm((got[:, None] - truth[None]) * VOX, axis=2).min(0) < 0.05)
+    assert len(on.instances[0]) == 2  # label images hold the confirmed instance too
+    off = finish(model, prep, cands, 0.7, DetectSettings(confirm=ConfirmBand(enabled=False)))
+    assert len(off.points) == 1 and off.diagnostics["n_confirmed"] == 0
+    # not asked for: an explicit threshold is the threshold only
+    assert len(finish(model, prep, cands, 0.7, DetectSettings(), confirm=False).points) == 1
