@@ -63,3 +63,20 @@ def test_finish_keeps_a_compact_spot_below_the_threshold_but_not_a_noise_candida
     assert len(off.points) == 1 and off.diagnostics["n_confirmed"] == 0
     # not asked for: an explicit threshold is the threshold only
     assert len(finish(model, prep, cands, 0.7, DetectSettings(), confirm=False).points) == 1
+
+
+@pytest.mark.parametrize("flag, confirm, adaptive", [([], True, True), (["--no-confirm"], False, True),
+                                                     (["--stored-threshold"], False, False)])
+def test_cli_confirm_flags_reach_the_run_settings(tmp_path, monkeypatch, flag, confirm, adaptive):
+    import json
+
+    from test_predict import TRUTH, SpotModel, _cli, spots
+
+    from kt_stardist import io
+
+    io.write_image(tmp_path / "a.tif", spots((10, 64, 64), TRUTH, noise=3), axes="ZYX", voxel_size_um=VOX)
+    assert _cli(monkeypatch, [str(tmp_path / "a.tif"), "--out", str(tmp_path / "p.csv"), *flag], SpotModel()) == 0
+    run = json.loads((tmp_path / "p.run.json").read_text())
+    assert run["settings"]["detect"]["confirm"]["enabled"] is confirm
+    assert run["settings"]["detect"]["adaptive"]["enabled"] is adaptive
+    assert run["confirmed"] == 0  # every spot is above the threshold here

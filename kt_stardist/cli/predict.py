@@ -37,7 +37,11 @@ def add_arguments(p):
                    help="probability threshold (default: the model's, lowered per frame into a clean gap "
                         "between background and spots when there is one)")
     p.add_argument("--stored-threshold", action="store_true",
-                   help="use the model's stored probability threshold as it is (no per-frame adaptation)")
+                   help="use the model's stored probability threshold as it is (no per-frame adaptation, "
+                        "no confirm band)")
+    p.add_argument("--no-confirm", action="store_true",
+                   help="keep no detection below the probability threshold (default: those down to 0.4 "
+                        "whose fit places them to within 25 nm laterally are kept)")
     p.add_argument("--nms-thresh", type=float, metavar="T", help="NMS overlap threshold (default: model's)")
     p.add_argument("--refine", choices=list(REFINE_METHODS),
                    help=f"sub-voxel refinement (default {r.method}; spline: fit the PSF measured from the "
@@ -77,6 +81,8 @@ def settings_from_args(args):
         changes["nms_thresh"] = args.nms_thresh
     if args.stored_threshold:
         changes["adaptive__enabled"] = False
+    if args.stored_threshold or args.no_confirm:
+        changes["confirm__enabled"] = False
     if args.refine is not None:
         changes["refine__method"] = args.refine
     if args.no_split:
