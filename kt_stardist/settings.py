@@ -22,7 +22,7 @@ from kt_stardist.errors import InputError
 __all__ = [
     "ScreenSettings", "RefineSettings", "REFINE_METHODS", "SplitSettings", "AdaptiveThreshold", "ConfirmBand", "DetectSettings", "PipelineSettings", "RecoverSettings", "ThresholdSearch", "SimulationMix",
     "TrainSettings", "FinetuneSettings", "PretrainSettings",
-    "to_dict", "from_dict", "to_json", "from_json", "read_file", "replace",
+    "to_dict", "from_dict", "to_json", "from_json", "read_file", "replace", "stored_threshold_only",
 ]
 
 
@@ -362,6 +362,13 @@ def read_file(cls, path, within=(), drop=(), name="--settings"):
     if isinstance(d, dict):
         d = {k: v for k, v in d.items() if k not in drop}
     return from_dict(cls, d, f"{name} {p}")
+
+
+def stored_threshold_only(settings: "DetectSettings | None" = None) -> "DetectSettings":
+    """``settings`` (None: the defaults) with the model's stored probability threshold as it is:
+    no per-frame adaptation (``adaptive``), no confirm band (``confirm``); what
+    ``predict --stored-threshold`` runs."""
+    return replace(settings or DetectSettings(), adaptive__enabled=False, confirm__enabled=False)
 
 
 def replace(settings, **changes):

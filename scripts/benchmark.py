@@ -2,7 +2,8 @@
 
 Methods, side by side on the same frames: the model through ``kt_stardist.predict.detect`` (what
 ``kt-stardist predict`` runs: stored thresholds, the probability threshold adapted per frame,
-no tuning on the test frames); the same with the stored threshold only (adaptation off); LoG
+no tuning on the test frames); the same with the stored threshold only (no adaptation, no
+confirm band: ``predict --stored-threshold``); LoG
 (``kt_stardist.baselines.log_detect``, threshold tuned on separate simulated frames, refined by
 the same Gaussian fits); Big-FISH ``detect_spots`` (automatic threshold). Frames come from
 ``kt_stardist.train.evaluation.evaluation_cases`` (every SNR preset, random plate and real
@@ -48,10 +49,10 @@ def main(argv=None):
     from kt_stardist import baselines as B
     from kt_stardist.model import load_model
     from kt_stardist.predict import detect, zoom_factors
-    from kt_stardist.settings import AdaptiveThreshold, DetectSettings
+    from kt_stardist.settings import stored_threshold_only
     from kt_stardist.train.evaluation import evaluate_detector, evaluation_cases, summarize
 
-    fixed = DetectSettings(adaptive=AdaptiveThreshold(enabled=False))
+    fixed = stored_threshold_only()
 
     model = load_model(a.model)
     shape = tuple(a.shape)

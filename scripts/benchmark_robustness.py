@@ -8,9 +8,10 @@ Each case is scored four ways, side by side, by the project's evaluator (0.5 µm
 
 - **untuned**: ``kt_stardist.predict.detect`` with its default settings (what ``kt-stardist
   predict`` does: the model's stored thresholds, the probability threshold lowered per volume
-  into a clean gap, :class:`kt_stardist.settings.AdaptiveThreshold`);
-- **stored threshold**: the same with the model's stored probability threshold only (adaptation
-  off: the baseline of the adaptive threshold);
+  into a clean gap, :class:`kt_stardist.settings.AdaptiveThreshold`, and detections below it
+  kept where their fits confirm them, :class:`kt_stardist.settings.ConfirmBand`);
+- **stored threshold**: the same with the model's stored probability threshold only (no
+  adaptation, no confirm band: ``predict --stored-threshold``, the baseline of both);
 - **best threshold**: the fixed probability threshold (0.30–0.95 in steps of 0.05, and the stored
   one; the model's NMS threshold; no adaptation) with the best F1 *on that case*, chosen through the same detection
   path (``kt_stardist.train.choose_thresholds``, not saved): the calibration gap;
@@ -64,7 +65,7 @@ def main(argv=None):
     from kt_stardist.evaluate import match_points
     from kt_stardist.model import load_model
     from kt_stardist.predict import detect
-    from kt_stardist.settings import AdaptiveThreshold, DetectSettings, ThresholdSearch
+    from kt_stardist.settings import DetectSettings, ThresholdSearch, stored_threshold_only
     from kt_stardist.train import choose_thresholds
     from kt_stardist.train.evaluation import robustness_cases
 
@@ -79,7 +80,7 @@ def main(argv=None):
     # (fixed thresholds: adaptation off, so this is the best single threshold for the case)
     search = ThresholdSearch(prob_range=(0.3, 0.95), prob_step=0.05, fine_step=0.05,
                              nms_threshs=(model.thresholds.nms,),
-                             detect=DetectSettings(adaptive=AdaptiveThreshold(enabled=False)))
+                             detect=stored_threshold_only())
     rows = []
 
     def add(case, method, pts, seconds, **extra):
@@ -97,8 +98,7 @@ def main(argv=None):
         add(c, "untuned", det.points[["z", "y", "x"]], time.perf_counter() - t1, warned=int(bool(det.warnings)),
             prob=det.prob_thresh)
         t1 = time.perf_counter()
-        det_s = detect(model, c.image, c.voxel_size_um, DetectSettings(adaptive=AdaptiveThreshold(enabled=False)),
-                       spot_channel=spot)
+        det_s = detect(model, c.image, c.voxel_size_um, stored_threshold_only(), spot_channel=spot)
         add(c, "stored threshold", det_s.points[["z", "y", "x"]], time.perf_counter() - t1, prob=det_s.prob_thresh)
         t1 = time.perf_counter()
         best = choose_thresholds(model, [(c.image, c.truth, c.voxel_size_um)], search, save=False)

@@ -71,7 +71,7 @@ def add_arguments(p):
 def settings_from_args(args):
     """The :class:`kt_stardist.settings.PipelineSettings` of the command line (``--settings`` file,
     then the flags)."""
-    from kt_stardist.settings import DetectSettings, PipelineSettings, read_file, replace
+    from kt_stardist.settings import DetectSettings, PipelineSettings, read_file, replace, stored_threshold_only
 
     det = read_file(DetectSettings, args.settings, within=("settings", "detect")) if args.settings else DetectSettings()
     changes = {}
@@ -79,9 +79,7 @@ def settings_from_args(args):
         changes["prob_thresh"] = args.prob_thresh
     if args.nms_thresh is not None:
         changes["nms_thresh"] = args.nms_thresh
-    if args.stored_threshold:
-        changes["adaptive__enabled"] = False
-    if args.stored_threshold or args.no_confirm:
+    if args.no_confirm:
         changes["confirm__enabled"] = False
     if args.refine is not None:
         changes["refine__method"] = args.refine
@@ -92,6 +90,8 @@ def settings_from_args(args):
     if args.max_memory_gb is not None:
         changes["max_in_memory_gb"] = args.max_memory_gb
     det = replace(det, **changes) if changes else det
+    if args.stored_threshold:
+        det = stored_threshold_only(det)
     return PipelineSettings(detect=det, channel=args.channel, pairs=args.pairs, tracks=args.track,
                             recover=not args.no_recover)
 
