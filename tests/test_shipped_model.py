@@ -117,3 +117,33 @@ def test_shipped_temporal_model_by_name_on_a_movie(tmp_path):
         m = match_points(truth[truth.t == t][["z", "y", "x"]].to_numpy(float),
                          got[got.t == t][["z", "y", "x"]].to_numpy(float), VOX, 0.5)
         assert m.f1 >= 0.9, (t, m.tp, m.fp, m.fn)
+
+
+@pytest.mark.parametrize("name, n_in", [("2ch", 2), ("6ch", 6)])
+def test_shipped_two_channel_models_by_name_on_an_egfp_mcherry_movie(tmp_path, name, n_in):
+    """``predict --model 2ch`` / ``6ch`` load the shipped EGFP + mCherry models by name, take both
+    channels of a simulated 2-channel movie (6ch: of frames t-1, t, t+1) and find its spots; a
+    1-channel movie is refused with one line naming both."""
+    import json
+
+    import pandas as pd
+
+    from kt_stardist import simulate
+    from kt_stardist.cli import main
+    from kt_stardist.io import write_image
+    from kt_stardist.model import load_model
+
+    assert load_model(name).n_channel_in == n_in
+    movie, truth = simulate.simulate_timelapse(3, (24, 96, 96), seed=6, snr="mid", channels=2)
+    path = tmp_path / "movie.tif"
+    write_image(path, movie, axes="TZYXC", voxel_size_um=VOX)
+    out = tmp_path / "points.csv"
+    assert main(["predict", str(path), "--model", name, "--out", str(out)]) == 0
+    assert json.loads((tmp_path / "points.run.json").read_text())["model"]["name"] == f"kt-{name}"
+    got = pd.read_csv(out)
+    m = match_points(truth[truth.t == 1][["z", "y", "x"]].to_numpy(float),
+                     got[got.t == 1][["z", "y", "x"]].to_numpy(float), VOX, 0.5)
+    assert m.f1 >= 0.9, (m.tp, m.fp, m.fn)
+    one = tmp_path / "one.tif"
+    write_image(one, movie[..., :1], axes="TZYXC", voxel_size_um=VOX)
+    assert main(["predict", str(one), "--model", name, "--out", str(tmp_path / "x.csv")]) != 0
