@@ -112,13 +112,13 @@ def adaptive_threshold(prob, stored: float, adaptive) -> tuple:
     return (round(top, 4), "gap") if top < stored else (float(stored), "stored")
 
 
-def candidate_floor(prob_thresh: float, settings: DetectSettings, adapt: bool = True) -> float:
+def candidate_floor(prob_thresh: float, settings: DetectSettings, adapt: bool = True, confirm: bool = True) -> float:
     """The lowest probability the network's detections are kept at for a run at ``prob_thresh``:
-    the band just below it that the calibration warning watches (``near_band``), the confirm
-    band (``settings.confirm``, :func:`confirmed`) and, with ``adapt`` and ``settings.adaptive``
-    on, everything :func:`adaptive_threshold` looks at."""
+    the band just below it that the calibration warning watches (``near_band``), with
+    ``confirm`` and ``settings.confirm`` on the confirm band (:func:`confirmed`) and, with
+    ``adapt`` and ``settings.adaptive`` on, everything :func:`adaptive_threshold` looks at."""
     floor = max(float(prob_thresh) - settings.near_band, 0.01)
-    if settings.confirm.enabled:
+    if confirm and settings.confirm.enabled:
         floor = min(floor, settings.confirm.floor_prob)
     return min(floor, settings.adaptive.floor) if adapt and settings.adaptive.enabled else floor
 
@@ -323,10 +323,11 @@ def detect(model, volume, voxel_size_um=None, settings: DetectSettings | None = 
     adapt = settings.adaptive.enabled and settings.prob_thresh is None
     prep = prepare(volume, voxel_size_um, model.voxel_size_um, model.info.normalize, settings.repair_defects,
                    settings.max_in_memory_gb)
-    cands = network_candidates(model, prep, candidate_floor(prob, settings, adapt), (nms,), settings, spot_channel,
+    model_thresholds = settings.prob_thresh is None  # the adaptive threshold and the confirm band apply
+    floor = candidate_floor(prob, settings, adapt, confirm=model_thresholds)
+    cands = network_candidates(model, prep, floor, (nms,), settings, spot_channel,
                                show_progress)[nms]
     how = "given" if settings.prob_thresh is not None else "stored"
     if adapt:
         prob, how = adaptive_threshold(cands.prob, prob, settings.adaptive)
-    return finish(model, prep, cands, prob, settings, spot_channel, threshold_by=how,
-                  confirm=settings.prob_thresh is None)
+    return finish(model, prep, cands, prob, settings, spot_channel, threshold_by=how, confirm=model_thresholds)
