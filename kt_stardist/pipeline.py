@@ -120,9 +120,8 @@ def run_frame(task, model_dir=None, axes=None, voxel_size_um=None, settings=None
     seconds = dict(d["seconds"], frame=time.perf_counter() - t0)  # frame: read, detect, labels, all
     meta = dict(t=task.t, warnings=det.warnings, n_near=det.n_near, n_detections=d["n_detections"],
                 n_split=d["n_split"], n_duplicates=d.get("n_duplicates", 0), n_confirmed=d.get("n_confirmed", 0),
-                n_blocks=d["n_blocks"],
-                prob_thresh=det.prob_thresh,
-                threshold_by=d.get("threshold_by"), seconds=seconds,
+                n_blocks=d["n_blocks"], prob_thresh=det.prob_thresh, threshold_by=d.get("threshold_by"),
+                seconds=seconds,
                 defects=[len(x) for x in (det.prepared.defects or [])])
     if d.get("psf_note"):  # refine spline: the frame's measured PSF (merged per image by run)
         meta["psf_note"] = d["psf_note"]

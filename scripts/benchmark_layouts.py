@@ -6,7 +6,7 @@ plate drift, rotation and oscillation, pair oscillation, sister breathing, rando
 bleaching, blinking; two channels, the second mCherry chromatin or spindle, when any model takes
 it; seeds disjoint from training), scored at the middle frame by the project's
 evaluator (0.5 µm) through ``kt_stardist.predict.detect`` (what ``predict`` runs, each model at its
-stored thresholds, adaptive threshold on). Besides the SNR presets, ``fast`` is the mid preset
+stored thresholds, adaptive threshold and confirm band on). Besides the SNR presets, ``fast`` is the mid preset
 with motion 3× larger than the defaults (plate oscillation 1.2 µm, pair oscillation 0.6 µm,
 drift 0.24 µm and random walk 0.12 µm per frame), where stacking frames can hurt.
 

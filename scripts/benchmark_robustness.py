@@ -13,8 +13,8 @@ Each case is scored four ways, side by side, by the project's evaluator (0.5 µm
 - **stored threshold**: the same with the model's stored probability threshold only (no
   adaptation, no confirm band: ``predict --stored-threshold``, the baseline of both);
 - **best threshold**: the fixed probability threshold (0.30–0.95 in steps of 0.05, and the stored
-  one; the model's NMS threshold; no adaptation) with the best F1 *on that case*, chosen through the same detection
-  path (``kt_stardist.train.choose_thresholds``, not saved): the calibration gap;
+  one; the model's NMS threshold; no adaptation, no confirm band) with the best F1 *on that case*,
+  chosen through the same detection path (``kt_stardist.train.choose_thresholds``, not saved): the calibration gap;
 - **LoG (tuned on the case)**: ``kt_stardist.baselines.log_detect`` with the threshold that is
   best on that very case (an oracle the model does not get), refined by the same Gaussian fits;
 - **Big-FISH**: ``detect_spots`` with its automatic threshold.
@@ -77,7 +77,7 @@ def main(argv=None):
           f"(thresholds prob {model.thresholds.prob:.2f}, nms {model.thresholds.nms:.2f})", file=sys.stderr)
 
     # the calibration gap: every probability threshold in steps of 0.05 at the model's NMS threshold
-    # (fixed thresholds: adaptation off, so this is the best single threshold for the case)
+    # (fixed thresholds: adaptation and confirm band off, so this is the best single threshold for the case)
     search = ThresholdSearch(prob_range=(0.3, 0.95), prob_step=0.05, fine_step=0.05,
                              nms_threshs=(model.thresholds.nms,),
                              detect=stored_threshold_only())
