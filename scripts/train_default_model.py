@@ -27,6 +27,7 @@ cases as ``scripts/benchmark.py``) and copied into the package.
     python scripts/train_default_model.py --resume ...            # continue an interrupted stage
     python scripts/train_default_model.py --evaluate-only         # re-evaluate the shipped model
     python scripts/train_default_model.py --calibrate-only --frame-val 4 0   # record its calibration (4 Gaussian frames)
+    python scripts/train_default_model.py --thresholds-only       # choose its thresholds again through today's path
     python scripts/train_default_model.py --stages physical --skip-training --frame-val 0 0   # ship a trained stage
 """
 
@@ -178,6 +179,9 @@ def main(argv=None):
     ap.add_argument("--calibrate-only", action="store_true",
                     help="record the --out model's validation scores and near-threshold share at its stored "
                          "thresholds in its model.json (on the --frame-val volumes), then stop")
+    ap.add_argument("--thresholds-only", action="store_true",
+                    help="choose the --out model's thresholds again on the --frame-val volumes through today's "
+                         "prediction path (thresholds.json, thresholds_search_frames.csv, model.json), then stop")
     a = ap.parse_args(argv)
 
     from kt_stardist import train
@@ -189,6 +193,9 @@ def main(argv=None):
     src = Path(a.out)
     if a.calibrate_only:
         calibrate(src, *a.frame_val, a.seed)
+        return 0
+    if a.thresholds_only:
+        frame_thresholds(src, *a.frame_val, a.seed)
         return 0
     if a.skip_training:
         src = work / a.stages[-1]
