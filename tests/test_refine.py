@@ -213,3 +213,39 @@ def test_fit_table_keeps_the_bound_alone_and_concatenates():
     assert np.all(sig >= np.sqrt(crlb ** 2 + np.square(SIGMA_FLOOR_NM)) - 1e-9)  # bright: the floor shows
     assert np.all(sig[:, 1:] < 3 * crlb[:, 1:] + 5)  # but stays of the bound's order
     assert len(pd.concat([two, one])) == 3
+
+
+def test_batched_least_squares_equals_the_per_window_fit():
+    """The sister search's batched fit (:func:`gauss_fit_batch`) gives :func:`gauss_fit`'s result
+    window by window: windows of different size (a volume edge) in one batch, one and two spots
+    (close sisters), a bound that holds (the width's)."""
+    from kt_stardist.predict.refine import _coords, _window, gauss_fit, gauss_fit_batch
+    from kt_stardist.simulate import simulate_volume
+
+    img, df = simulate_volume((24, 96, 96), seed=11, snr="mid", layout="real")
+    vol = img[..., 0].astype(np.float64)
+    pts = df[["z", "y", "x"]].to_numpy(float)
+    half, s0, shift = np.array([2, 4, 4]), np.array([0.83, 0.85, 0.85]), np.array([1.5, 2.3, 2.3])
+    rng = np.random.default_rng(1)
+    jobs = []
+    for p in pts:
+        sl = _window(vol.shape, p, half)
+        jobs.append((vol[sl].ravel(), _coords(sl), (np.round(p) + rng.uniform(-0.5, 0.5, 3))[None], s0, shift))
+    sizes = {len(j[0]) for j in jobs}
+    assert len(sizes) > 1  # edge windows are smaller: padding is exercised
+    for got, (v, c, st, s, m) in zip(gauss_fit_batch(jobs), jobs):
+        want = gauss_fit(v, c, st, s, m)
+        assert abs(got.rss - want.rss) <= 1e-6 * want.rss
+        assert np.allclose(got.centres, want.centres, atol=1e-2) and np.allclose(got.sigma, want.sigma, atol=1e-2)
+    # two spots 0.4 µm apart, started on them: the same two-spot fit
+    sisters = np.array([[12.0, 48.0, 46.5], [12.0, 48.0, 49.5]])
+    rng = np.random.default_rng(2)
+    lam = 20 + 80 * sum(np.exp(-0.5 * np.sum(((np.indices(vol.shape).reshape(3, -1).T - q) / s0) ** 2, 1))
+                        for q in sisters).reshape(vol.shape)
+    two = rng.poisson(lam).astype(np.float64)
+    sl = _window(two.shape, sisters.mean(0), half)
+    job = (two[sl].ravel(), _coords(sl), sisters + rng.uniform(-0.4, 0.4, (2, 3)), s0, np.maximum(half, shift))
+    got, want = gauss_fit_batch([job])[0], gauss_fit(*job)
+    assert abs(got.rss - want.rss) <= 1e-6 * want.rss
+    assert np.allclose(got.centres, want.centres, atol=1e-2)
+    assert np.abs(np.sort(got.centres[:, 2]) - sisters[:, 2]).max() < 0.5

@@ -27,7 +27,8 @@ cells). :func:`refine_points` moves each one to the centre of the spot in the im
   background (``return_fit``, :data:`FIT_COLUMNS`).
   :func:`refine_and_split` then looks inside every detection for a close sister that the
   detector merged with it (sisters 0.3–0.6 µm apart are one blob to the network): one vs two
-  Gaussians (least squares, :func:`gauss_fit`) on a wider window, neighbours subtracted, kept by
+  Gaussians (least squares, :func:`gauss_fit_batch`: all detections of a frame in one
+  vectorised fit, then the two-spot fits in another) on a wider window, neighbours subtracted, kept by
   an F-test (``alpha``) when two spots explain clearly more (``min_gain``), lie 0.25–0.8 µm
   apart, have comparable amplitudes and the second is not a neighbour's leftover light; the two
   spots are then fitted jointly by maximum likelihood;
@@ -169,6 +170,107 @@ def gauss_fit(vals, coords, starts, sigma0, max_shift, sigma_bounds=(0.5, 2.0)):
     q = r.x
     return GaussFit(np.stack([q[4 * k:4 * k + 3] for k in range(K)]), q[3:4 * K:4].copy(), q[4 * K:nb].copy(),
                     float(2 * r.cost * scale ** 2), len(vals))
+
+
+def gauss_fit_batch(jobs, sigma_bounds=(0.5, 2.0), max_iter=60, ftol=1e-8, xtol=1e-8):
+    """:func:`gauss_fit` of many windows at once: one Levenberg–Marquardt over the batch
+    (bounds by projection, a parameter at its bound held while the descent pushes it out), the
+    same model, start, bounds and result, so the sister search of a frame costs one vectorised
+    fit per pass instead of one ``least_squares`` call per detection.
+
+    ``jobs``: list of ``(vals (M,), coords (M, 3) px, starts (K, 3) px, sigma0 (3,) px,
+    max_shift (3,) px)``, every job with the same K (windows of different size are padded and
+    masked). Returns a list of :class:`GaussFit` (None where the fit is not finite).
+    """
+    if not jobs:
+        return []
+    B = len(jobs)
+    K = len(np.atleast_2d(jobs[0][2]))
+    M = max(len(j[0]) for j in jobs)
+    vals = np.zeros((B, M))
+    coords = np.zeros((B, M, 3))
+    w = np.zeros((B, M))
+    nb = 4 * K + 3
+    P = nb + 4
+    x = np.zeros((B, P))
+    lo = np.full((B, P), -np.inf)
+    hi = np.full((B, P), np.inf)
+    scale = np.ones(B)
+    for b, (v, c, starts, sigma0, max_shift) in enumerate(jobs):
+        m = len(v)
+        vals[b, :m], coords[b, :m], w[b, :m] = v, c, 1.0
+        starts = np.atleast_2d(np.asarray(starts, np.float64))
+        sigma0 = np.asarray(sigma0, np.float64)
+        bg0 = float(np.percentile(v, 20))
+        nearest = np.argmin(np.sum((c[None] - starts[:, None]) ** 2, axis=2), axis=1)
+        amp0 = np.maximum(v[nearest] - bg0, 1e-6)
+        scale[b] = max(float(amp0.max()), 1e-6)
+        x[b, :4 * K] = np.concatenate([np.r_[st, a] for st, a in zip(starts, amp0)])
+        x[b, 4 * K:nb] = sigma0
+        x[b, nb] = bg0
+        lo[b, :4 * K] = np.concatenate([np.r_[st - max_shift, 0] for st in starts])
+        hi[b, :4 * K] = np.concatenate([np.r_[st + max_shift, np.inf] for st in starts])
+        lo[b, 4 * K:nb], hi[b, 4 * K:nb] = sigma_bounds[0] * sigma0, sigma_bounds[1] * sigma0
+    x = np.clip(x, lo + 1e-9, hi - 1e-9)
+    sw = np.maximum(w.sum(1, keepdims=True), 1)
+    dc = (coords - ((coords * w[..., None]).sum(1) / sw)[:, None, :]) * w[..., None]
+
+    def residuals(q, idx, jac=True):
+        c = q[:, :4 * K].reshape(len(idx), K, 4)
+        sg = q[:, None, None, 4 * K:nb]                                     # (b, 1, 1, 3)
+        u = (coords[idx][:, None] - c[:, :, None, :3]) / sg                 # (b, K, M, 3)
+        g = np.exp(-0.5 * np.sum(u ** 2, axis=3))                          # (b, K, M)
+        ag = c[:, :, 3, None] * g
+        model = q[:, nb, None] + np.einsum("bma,ba->bm", dc[idx], q[:, nb + 1:]) + ag.sum(1)
+        r = (model - vals[idx]) / scale[idx, None] * w[idx]
+        if not jac:
+            return r, None
+        d_c = ag[..., None] * u / sg                                        # (b, K, M, 3)
+        d_sigma = np.sum(ag[..., None] * u ** 2 / sg, axis=1)               # (b, M, 3)
+        cols = np.concatenate([d_c, g[..., None]], axis=3).transpose(0, 2, 1, 3).reshape(len(idx), -1, 4 * K)
+        J = np.concatenate([cols, d_sigma, np.ones(r.shape + (1,)), dc[idx]], axis=2)
+        return r, J / scale[idx, None, None] * w[idx][..., None]
+
+    r, _ = residuals(x, np.arange(B), jac=False)
+    cost = 0.5 * np.sum(r ** 2, axis=1)
+    lam = np.full(B, 1e-3)
+    active = np.isfinite(cost)
+    eye = np.eye(P)
+    for _ in range(max_iter):
+        idx = np.flatnonzero(active)
+        if len(idx) == 0:
+            break
+        q = x[idx]
+        r, J = residuals(q, idx)
+        grad = np.einsum("bmp,bm->bp", J, r)
+        H = np.einsum("bmp,bmq->bpq", J, J)
+        diag = np.maximum(np.einsum("bpp->bp", H), 1e-12)
+        pinned = ((q <= lo[idx] + 1e-9) & (grad > 0)) | ((q >= hi[idx] - 1e-9) & (grad < 0))
+        damp = np.where(pinned, 1e12 * diag, lam[idx, None] * diag)
+        try:
+            step = -np.linalg.solve(H + damp[:, :, None] * eye, grad[..., None])[..., 0]
+        except np.linalg.LinAlgError:
+            step = -np.stack([np.linalg.lstsq(a + np.diag(d), g, rcond=None)[0] for a, d, g in zip(H, damp, grad)])
+        new = np.clip(q + np.nan_to_num(step), lo[idx], hi[idx])
+        r_new, _ = residuals(new, idx, jac=False)
+        c_new = 0.5 * np.sum(r_new ** 2, axis=1)
+        better = np.isfinite(c_new) & (c_new <= cost[idx])
+        small_f = np.abs(cost[idx] - c_new) <= ftol * np.maximum(cost[idx], 1e-300)
+        small_x = np.linalg.norm(new - q, axis=1) <= xtol * (xtol + np.linalg.norm(q, axis=1))
+        x[idx[better]] = new[better]
+        cost[idx[better]] = c_new[better]
+        lam[idx] = np.where(better, np.maximum(lam[idx] / 10, 1e-10), lam[idx] * 10)
+        done = (better & (small_f | small_x)) | (lam[idx] > 1e10)
+        active[idx[done]] = False
+    out = []
+    for b in range(B):
+        q = x[b]
+        if not np.all(np.isfinite(q)) or not np.isfinite(cost[b]):
+            out.append(None)
+            continue
+        out.append(GaussFit(q[:4 * K].reshape(K, 4)[:, :3].copy(), q[3:4 * K:4].copy(), q[4 * K:nb].copy(),
+                            float(2 * cost[b] * scale[b] ** 2), int(w[b].sum())))
+    return out
 
 
 def n_params(k):
@@ -323,20 +425,30 @@ class _Fitter:
 
         half = np.maximum(np.round(np.asarray(split.half_um) / self.vs).astype(int), 1)
         placed = cKDTree(self.out * self.vs)  # the refined detections, µm
-        for i in self.order():
-            if self.fits[i] is None:
-                continue
+        todo = [i for i in self.order() if self.fits[i] is not None]
+        windows = {}
+        for i in todo:
             coords, vals = self.window(self.out[i], half)
-            vals = self.others_removed([i], coords, vals)
-            one = gauss_fit(vals, coords, self.out[i], self.fits[i][0].sigma, self.max_shift, self.bounds)
-            if one is None or vals.size <= n_params(2):
+            if vals.size > n_params(2):
+                windows[i] = (coords, self.others_removed([i], coords, vals))
+        todo = list(windows)
+        ones = gauss_fit_batch([(windows[i][1], windows[i][0], self.out[i][None], self.fits[i][0].sigma,
+                                 self.max_shift) for i in todo], self.bounds)
+        second = {}
+        for i, one in zip(todo, ones):
+            if one is None:
                 continue
+            coords, vals = windows[i]
             resid = vals - one.spot(0, coords)
             k = int(np.argmax(resid))
-            if resid[k] - np.median(resid) < split.min_residual * np.sqrt(one.rss / one.n):
-                continue  # nothing left that could be a second spot: skip the two-spot fit
-            two = gauss_fit(vals, coords, np.stack([one.centres[0], coords[k]]), one.sigma,
-                            np.maximum(half, self.max_shift), self.bounds)
+            if resid[k] - np.median(resid) >= split.min_residual * np.sqrt(one.rss / one.n):
+                second[i] = (one, k)  # a residual peak that could be a second spot: try two spots
+        tried = list(second)
+        twos = gauss_fit_batch([(windows[i][1], windows[i][0], np.stack([second[i][0].centres[0],
+                                 windows[i][0][second[i][1]]]), second[i][0].sigma, np.maximum(half, self.max_shift))
+                                for i in tried], self.bounds)
+        for i, two in zip(tried, twos):
+            one = second[i][0]
             if two is None or f_test(one, two) >= split.alpha or two.rss > (1 - split.min_gain) * one.rss:
                 continue
             sep = float(np.linalg.norm((two.centres[1] - two.centres[0]) * self.vs))
