@@ -2,7 +2,7 @@
 
 A model takes ``n_fluor`` fluorophore channels per frame (EGFP, optionally mCherry), optionally
 with temporal context: frames t-1, t, t+1 stacked along the channel axis, **time-major**
-(``[c0(t-1), c1(t-1), c0(t), c1(t), c0(t+1), c1(t+1)]``), the first and last frame repeated at
+(``[c0(t-1), c1(t-1), c0(t), c1(t), c0(t+1), c1(t+1)]``), the first and last frame mirrored at
 the ends of a movie. Every caller (prediction, training data, simulation, evaluation) builds a
 model input with :func:`stack_frames` and finds the spot channel with :attr:`ChannelLayout.spot_channel`.
 
@@ -84,11 +84,17 @@ def layout_for(n_channel_in) -> ChannelLayout:
 
 
 def frame_indices(t: int, n_frames: int, lay: ChannelLayout) -> list:
-    """Frames stacked for frame ``t`` of a movie of ``n_frames``: ``[t]`` or ``[t-1, t, t+1]``
-    with the first/last frame repeated at the ends."""
-    if not 0 <= int(t) < int(n_frames):
-        raise InputError(f"frame {t} outside 0..{n_frames - 1}")
-    return [min(max(int(t) + d, 0), int(n_frames) - 1) for d in lay.offsets]
+    """Frames stacked for frame ``t`` of a movie of ``n_frames``: ``[t]`` or ``[t-1, t, t+1]``,
+    mirrored at the ends (frame 0 sees frame 1 on both sides, the last frame the one before it):
+    a neighbour with noise of its own. A repeated frame carries frame t's own noise, which a
+    temporal model reads as spots that persist (on a whole-frame movie, 19 false spots in the
+    first frame against 4 in the next); a one-frame image can only repeat itself."""
+    t, n = int(t), int(n_frames)
+    if not 0 <= t < n:
+        raise InputError(f"frame {t} outside 0..{n - 1}")
+    if n == 1:
+        return [0] * len(lay.offsets)
+    return [t + d if 0 <= t + d < n else t - d for d in lay.offsets]
 
 
 def stack_frames(frames, t: int, lay: ChannelLayout, channel: int | None = None):

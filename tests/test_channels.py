@@ -18,13 +18,15 @@ def test_layouts_by_name_and_channel_count():
         layout("gfp")
 
 
-def test_temporal_stack_repeats_edges_time_major():
+def test_temporal_stack_mirrors_edges_time_major():
     a = np.arange(4)[:, None, None, None, None] * np.ones((4, 2, 3, 3, 2))
     lay = layout("egfp+mcherry@t-1,t,t+1")
     x0 = stack_frames(a, 0, lay)
     assert x0.shape == (2, 3, 3, 6)
-    assert [x0[0, 0, 0, c] for c in range(6)] == [0, 0, 0, 0, 1, 1]  # t-1 repeats frame 0
-    assert [stack_frames(a, 3, lay)[0, 0, 0, c] for c in range(6)] == [2, 2, 3, 3, 3, 3]
+    # the ends see their one neighbour on both sides (its own noise), never themselves again
+    assert [x0[0, 0, 0, c] for c in range(6)] == [1, 1, 0, 0, 1, 1]
+    assert [stack_frames(a, 3, lay)[0, 0, 0, c] for c in range(6)] == [2, 2, 3, 3, 2, 2]
+    assert frame_indices(0, 2, lay) == [1, 0, 1] and frame_indices(1, 2, lay) == [0, 1, 0]
     assert stack_frames(a, 2, layout("egfp+mcherry")).shape == (2, 3, 3, 2)
     one = stack_frames(a[..., :1] + np.arange(2)[None, None, None, None, :1], 1, layout("egfp@t-1,t,t+1"))
     assert list(one[0, 0, 0]) == [0, 1, 2]
