@@ -83,7 +83,7 @@ def test_zero_and_saturated_planes_are_ignored(model):
 
 def test_shipped_temporal_model_by_name_on_a_movie(tmp_path):
     """``predict --model temporal`` loads the shipped 3-channel model by name, stacks frames
-    t-1, t, t+1 (the ends repeat a neighbour) and finds the spots of a dim simulated movie; the
+    t-1, t, t+1 (the ends see their neighbour on both sides) and finds the spots of a dim simulated movie; the
     run record names the model; a folder of that name would win over the shipped one."""
     import json
 

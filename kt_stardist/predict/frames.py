@@ -24,16 +24,17 @@ __all__ = ["check_image_for_model", "frame_input", "detect_frame", "detect_image
 def check_image_for_model(image, model, channel=None) -> list:
     """One-line :class:`InputError` when an image's channels do not fit a model; returns notes
     (one-line warnings) where the model can still run: a temporal model given one frame sees it
-    repeated as its own neighbours (:func:`kt_stardist.channels.frame_indices`, as at a movie's
-    ends)."""
+    repeated as its own neighbours (:func:`kt_stardist.channels.frame_indices`; a movie's ends
+    see their one neighbour on both sides)."""
     name = getattr(image, "path", None) or "image"
     T, C = image.data.shape[0], image.data.shape[-1]
     lay = model.layout
     notes = []
     if lay.temporal and T < 2:
         notes.append(f"{name}: model {model.name} is temporal (frames t-1, t, t+1) but the image has one frame: "
-                     f"it is repeated as its own neighbours (no temporal context; for single volumes the "
-                     f"1-channel default model is as good)")
+                     f"it is repeated as its own neighbours, whose identical noise can look like spots "
+                     f"(on a whole simulated frame 143 points for 79 spots): use the default model "
+                     f"for single volumes")
     if lay.n_fluor > 1 and C != lay.n_fluor:
         raise InputError(f"{name}: image has {C} channel(s), model {model.name} takes {lay.n_fluor} per frame")
     if lay.n_fluor == 1 and channel is not None and not 0 <= int(channel) < C:
