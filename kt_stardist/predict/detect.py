@@ -241,22 +241,30 @@ def calibration_warning(n_near: int, n_above: int, prob_thresh: float, reference
 
 
 def finish(model, prep: Prepared, cands: Candidates, prob_thresh: float, settings: DetectSettings,
-           spot_channel: int = 0, threshold_by: str = "given", confirm: bool = True) -> Detection:
+           spot_channel: int = 0, threshold_by: str = "given", confirm: bool = True,
+           cache: dict | None = None) -> Detection:
     """Points of the candidates at or above ``prob_thresh``: mapped to image px, refined on the
     repaired raw spot channel, close sisters searched (``settings.refine`` / ``settings.split``);
     with ``confirm`` and ``settings.confirm`` on, the candidates of the confirm band below
     ``prob_thresh`` are refined with them and kept where their fits confirm them
     (:func:`confirmed`). ``threshold_by``: how ``prob_thresh`` was chosen (recorded in the
-    diagnostics)."""
+    diagnostics). ``cache``: a dict kept by a caller that finishes the same ``prep`` and
+    ``cands`` at many thresholds (the threshold search): the refinement of the same candidates
+    (with the confirm band, all those above its floor whatever the threshold) is reused."""
     t0 = time.perf_counter()
     band = settings.confirm if confirm else replace(settings.confirm, enabled=False)
     lowest = min(prob_thresh, band.floor_prob) if band.enabled else prob_thresh
     pts_m, prob, dist = cands.above(lowest)
     n_near = int(np.sum((cands.prob < prob_thresh) & (cands.prob >= prob_thresh - settings.near_band)))
     pts = prep.to_image_px(pts_m)
-    raw_spot = prep.raw[..., spot_channel]
-    refined, parent, fit = refine_and_split(raw_spot, pts, prep.image_voxel_um, settings.refine, settings.split,
-                                            return_fit=True)
+    key = (len(pts), spot_channel)  # candidates above a threshold are nested sets: their number names them
+    if cache is not None and key in cache:
+        refined, parent, fit = cache[key]
+    else:
+        refined, parent, fit = refine_and_split(prep.raw[..., spot_channel], pts, prep.image_voxel_um,
+                                                settings.refine, settings.split, return_fit=True)
+        if cache is not None:
+            cache[key] = refined, parent, fit
     split = np.arange(len(refined)) >= len(pts)
     p_all = np.asarray(prob, np.float64)[parent]
     n_above = int(np.sum(np.asarray(prob) >= prob_thresh))

@@ -81,14 +81,15 @@ def choose_thresholds(model, validation, search: ThresholdSearch = ThresholdSear
         if log:
             log(f"thresholds: more than {k} detections in a volume, sweep from prob {lo:.2f}")
     rows = {}
+    refined = [{n: {} for n in cs} for cs in cands]  # per volume and NMS threshold: refinements reused
 
     def score(p, nms):
         if (p, nms) in rows:
             return rows[(p, nms)]
         tp = fp = fn = near = above = 0
-        for prep, cs, (_, gt, vs) in zip(preps, cands, validation):
+        for prep, cs, cache, (_, gt, vs) in zip(preps, cands, refined, validation):
             used, how = adaptive_threshold(cs[nms].prob, p, st.adaptive)
-            det = finish(model, prep, cs[nms], used, st, spot, threshold_by=how)
+            det = finish(model, prep, cs[nms], used, st, spot, threshold_by=how, cache=cache[nms])
             m = match_points(gt, det.points[["z", "y", "x"]].to_numpy(float), vs, cutoff_um)
             tp, fp, fn = tp + m.tp, fp + m.fp, fn + m.fn
             near, above = near + det.n_near, above + det.diagnostics["n_detections"]
