@@ -181,7 +181,9 @@ def main(argv=None):
                          "thresholds in its model.json (on the --frame-val volumes), then stop")
     ap.add_argument("--thresholds-only", action="store_true",
                     help="choose the --out model's thresholds again on the --frame-val volumes through today's "
-                         "prediction path (thresholds.json, thresholds_search_frames.csv, model.json), then stop")
+                         "prediction path (thresholds.json, thresholds_search_frames.csv, model.json's "
+                         "validation record: run --calibrate-only after it to record the calibration "
+                         "predict's warning uses), then stop")
     a = ap.parse_args(argv)
 
     from kt_stardist import train
