@@ -263,6 +263,22 @@ def _nll(mu, d, w, floor):
     return np.sum(w * (mu - d * np.log(mu)), axis=1)
 
 
+def bounded_step(H, grad, theta, lo, hi, damp, diag):
+    """One damped Newton step of a batch of B fits, kept inside the bounds: ``theta`` (B, P)
+    plus the solution of ``(H + diag(damp)) step = -grad`` (H (B, P, P), grad and damp (B, P)),
+    clipped to ``lo``, ``hi`` (B, P). A parameter at a bound that the descent would push out of
+    it is held (its damping raised to 1e12 × ``diag``, H's diagonal): an active set, so the
+    others move freely. The Levenberg–Marquardt step of :func:`fit_spots` and of the sister
+    search's least squares (:func:`kt_stardist.predict.refine.gauss_fit_batch`)."""
+    pinned = ((theta <= lo + 1e-9) & (grad > 0)) | ((theta >= hi - 1e-9) & (grad < 0))
+    A = H + np.where(pinned, 1e12 * diag, damp)[:, :, None] * np.eye(H.shape[1])
+    try:
+        step = -np.linalg.solve(A, grad[..., None])[..., 0]
+    except np.linalg.LinAlgError:
+        step = -np.stack([np.linalg.lstsq(a, g, rcond=None)[0] for a, g in zip(A, grad)])
+    return np.clip(theta + np.nan_to_num(step), lo, hi)
+
+
 def fit_spots(data, coords, weights, starts, lo, hi, sigma0, sigma_bounds=(0.5, 2.0), fixed=None,
               max_iter=100, tol_px=1e-3, tol_nll=1e-6, warmup=5, sigma_start=None, sigma_prior=None,
               spots=None) -> MleFit:
@@ -344,7 +360,6 @@ def fit_spots(data, coords, weights, starts, lo, hi, sigma0, sigma_bounds=(0.5, 
     active = np.isfinite(nll)
     converged = np.zeros(B, bool)
     iters = np.zeros(B, int)
-    eye = np.eye(P)
     for it in range(max_iter):
         idx = np.flatnonzero(active)
         if len(idx) == 0:
@@ -362,15 +377,7 @@ def fit_spots(data, coords, weights, starts, lo, hi, sigma0, sigma_bounds=(0.5, 
         damp = lam[idx, None] * diag
         if it < warmup:  # the PSF width held at its start until centres and photons settle
             damp[:, sh] = 1e12 * diag[:, sh]
-        # parameters at a bound that the descent would push out of it are held (active set)
-        pinned = ((th <= lo_t[idx] + 1e-9) & (grad > 0)) | ((th >= hi_t[idx] - 1e-9) & (grad < 0))
-        damp = np.where(pinned, 1e12 * diag, damp)
-        A = H + damp[:, :, None] * eye
-        try:
-            step = -np.linalg.solve(A, grad[..., None])[..., 0]
-        except np.linalg.LinAlgError:
-            step = -np.stack([np.linalg.lstsq(a, g, rcond=None)[0] for a, g in zip(A, grad)])
-        new = np.clip(th + np.nan_to_num(step), lo_t[idx], hi_t[idx])
+        new = bounded_step(H, grad, th, lo_t[idx], hi_t[idx], damp, diag)
         mu_new, _ = _model(new, coords[idx], dc[idx], fixed[idx], K, jac=False, spots=spots)
         nll_new = _nll(mu_new, di, wi, floor) + prior_nll(new, idx)
         better = np.isfinite(nll_new) & (nll_new <= nll[idx])

@@ -182,6 +182,8 @@ def gauss_fit_batch(jobs, sigma_bounds=(0.5, 2.0), max_iter=60, ftol=1e-8, xtol=
     max_shift (3,) px)``, every job with the same K (windows of different size are padded and
     masked). Returns a list of :class:`GaussFit` (None where the fit is not finite).
     """
+    from kt_stardist.predict.mle import bounded_step
+
     if not jobs:
         return []
     B = len(jobs)
@@ -235,7 +237,6 @@ def gauss_fit_batch(jobs, sigma_bounds=(0.5, 2.0), max_iter=60, ftol=1e-8, xtol=
     cost = 0.5 * np.sum(r ** 2, axis=1)
     lam = np.full(B, 1e-3)
     active = np.isfinite(cost)
-    eye = np.eye(P)
     for _ in range(max_iter):
         idx = np.flatnonzero(active)
         if len(idx) == 0:
@@ -245,13 +246,7 @@ def gauss_fit_batch(jobs, sigma_bounds=(0.5, 2.0), max_iter=60, ftol=1e-8, xtol=
         grad = np.einsum("bmp,bm->bp", J, r)
         H = np.einsum("bmp,bmq->bpq", J, J)
         diag = np.maximum(np.einsum("bpp->bp", H), 1e-12)
-        pinned = ((q <= lo[idx] + 1e-9) & (grad > 0)) | ((q >= hi[idx] - 1e-9) & (grad < 0))
-        damp = np.where(pinned, 1e12 * diag, lam[idx, None] * diag)
-        try:
-            step = -np.linalg.solve(H + damp[:, :, None] * eye, grad[..., None])[..., 0]
-        except np.linalg.LinAlgError:
-            step = -np.stack([np.linalg.lstsq(a + np.diag(d), g, rcond=None)[0] for a, d, g in zip(H, damp, grad)])
-        new = np.clip(q + np.nan_to_num(step), lo[idx], hi[idx])
+        new = bounded_step(H, grad, q, lo[idx], hi[idx], lam[idx, None] * diag, diag)
         r_new, _ = residuals(new, idx, jac=False)
         c_new = 0.5 * np.sum(r_new ** 2, axis=1)
         better = np.isfinite(c_new) & (c_new <= cost[idx])
