@@ -101,6 +101,24 @@ def test_single_frame_without_gt_or_time(tmp_path):
     assert "precision" not in index.read_text(encoding="utf-8").split("<h2>Run</h2>")[0].lower()
 
 
+def test_uncertainty_of_the_points_is_shown_and_summarised(tmp_path):
+    """Points with the refinement's uncertainty columns get a histogram figure and medians over
+    the points whose fit passed (a failed fit's NaN sigma is left out, said in the caption);
+    without the columns there is no such figure."""
+    img, gt, pred = _scene(n_t=1)
+    pred = pred.assign(fit_ok=True, sigma_z_nm=30.0, sigma_y_nm=8.0, sigma_x_nm=6.0)
+    pred.loc[pred.index[0], ["fit_ok", "sigma_z_nm", "sigma_y_nm", "sigma_x_nm"]] = [False, np.nan, np.nan, np.nan]
+    pred.loc[pred.index[1], ["sigma_z_nm", "sigma_y_nm", "sigma_x_nm"]] = [90.0, 40.0, 40.0]
+    index = write_report(tmp_path / "r", img, VS, pred)
+    assert (index.parent / "uncertainty.png").is_file()
+    unc = json.loads((index.parent / "summary.json").read_text())["uncertainty_nm"]
+    assert unc == {"n_points": 6, "n_fit_ok": 5, "median_z_nm": 30.0, "median_y_nm": 8.0, "median_x_nm": 6.0}
+    assert "5 of 6 points whose fit passed" in index.read_text(encoding="utf-8")
+    plain = write_report(tmp_path / "p", img, VS, pred.drop(columns=["sigma_z_nm", "sigma_y_nm", "sigma_x_nm"]))
+    assert not (plain.parent / "uncertainty.png").exists()
+    assert json.loads((plain.parent / "summary.json").read_text())["uncertainty_nm"] is None
+
+
 def test_bad_inputs_raise_one_line_errors(tmp_path):
     img, gt, pred = _scene(n_t=2)
     with pytest.raises(InputError, match="outside the image's 2 frame"):

@@ -10,6 +10,8 @@
   (Okabe–Ito colours, safe for colour-blind readers). Sister pairs (``pair_id``) are linked.
 - ``tracks.png``: tracks (``track_id``) as lines over all frames, projected on y–x and x–z.
 - ``histograms.png``: inter-sister distance (µm) and detection probability.
+- ``uncertainty.png``: the reported position uncertainty (nm) per axis of the points whose fit
+  passed (``fit_ok``), when the table has it (``gauss`` / ``spline`` refinement).
 - ``summary.json``: the numbers of the page (per frame and overall), for scripts.
 - ``index.html``: the page, with every PNG embedded as a base64 data URI (the single file works
   when mailed), written last. Every file is written atomically (:func:`kt_stardist.io.atomic_write`).
@@ -26,7 +28,8 @@ import numpy as np
 
 from kt_stardist.defaults import MATCH_CUTOFF_UM
 from kt_stardist.errors import InputError
-from kt_stardist.report.figures import _figure_frame, _figure_histograms, _figure_tracks, _png, crop_box
+from kt_stardist.report.figures import (_figure_frame, _figure_histograms, _figure_tracks, _figure_uncertainty, _png,
+                                        crop_box, uncertainty_summary)
 from kt_stardist.report.numbers import (_as_tzyxc, _check_points, _check_voxel, _classify, _frame_table, _ids,
                                         _pair_distances_um)
 from kt_stardist.report.page import _box_text, _esc, _html, _json_ready, _legend_html
@@ -157,6 +160,16 @@ def write_report(
             cap.append("Detection probability" + (" (stacked: true / false positives)." if gt is not None else "."))
         figures.append(("histograms.png", _png(fig), " ".join(cap), "histograms"))
 
+    unc = uncertainty_summary(points)
+    fig = _figure_uncertainty(points)
+    if fig is not None:
+        cap = (f"How well each point is placed: the position uncertainty (the Cramér–Rao bound of its "
+               f"fit, nm, columns sigma_z_nm, sigma_y_nm, sigma_x_nm) of the {unc['n_fit_ok']} of "
+               f"{unc['n_points']} points whose fit passed its checks (fit_ok); the others fell back "
+               f"to the centroid and have none. Medians z / y / x: {unc['median_z_nm']:.0f} / "
+               f"{unc['median_y_nm']:.0f} / {unc['median_x_nm']:.0f} nm.")
+        figures.append(("uncertainty.png", _png(fig), cap, "position uncertainty histograms"))
+
     # files: PNGs, summary.json, then index.html
     for name, png, _, _ in figures:
         with atomic_write(out_dir / name, "wb") as f:
@@ -167,6 +180,7 @@ def write_report(
         "overall": overall, "per_frame": rows,
         "inter_sister_distance_um": {"n": int(len(dists)),
                                      "median": float(np.median(dists)) if len(dists) else None},
+        "uncertainty_nm": unc,
         "meta": meta,
     }
     with atomic_write(out_dir / "summary.json", "w") as f:

@@ -175,3 +175,46 @@ def _figure_histograms(dists_um, probs, p_status):
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=7)
     return fig
+
+
+#: the points table's uncertainty columns (``kt_stardist.predict.refine.FIT_COLUMNS``), nm
+SIGMA_COLUMNS = ("sigma_z_nm", "sigma_y_nm", "sigma_x_nm")
+
+
+def uncertainty_summary(points):
+    """Medians (nm) of each axis's reported position uncertainty over the points whose fit
+    passed (``fit_ok``), with their number and the number of points: a dict, or None when the
+    table has no uncertainty columns (refinement other than ``gauss`` / ``spline``)."""
+    if not all(c in points.columns for c in SIGMA_COLUMNS):
+        return None
+    sig = points[list(SIGMA_COLUMNS)].to_numpy(dtype=float)
+    ok = np.all(np.isfinite(sig), axis=1)
+    if "fit_ok" in points.columns:
+        ok &= points["fit_ok"].to_numpy(dtype=bool)
+    return {"n_points": int(len(points)), "n_fit_ok": int(ok.sum()),
+            **{c.replace("sigma_", "median_"): (float(np.median(sig[ok, k])) if ok.any() else None)
+               for k, c in enumerate(SIGMA_COLUMNS)}}
+
+
+def _figure_uncertainty(points):
+    """Histograms of the reported uncertainty (nm) per axis of the points whose fit passed, or
+    None (no uncertainty columns, or no fit passed)."""
+    from matplotlib.figure import Figure
+
+    summary = uncertainty_summary(points)
+    if summary is None or summary["n_fit_ok"] == 0:
+        return None
+    sig = points[list(SIGMA_COLUMNS)].to_numpy(dtype=float)
+    ok = np.all(np.isfinite(sig), axis=1) & (points["fit_ok"].to_numpy(dtype=bool) if "fit_ok" in points.columns
+                                             else True)
+    fig = Figure(figsize=(10.5, 2.7), layout="constrained")
+    axes = fig.subplots(1, 3, sharey=True)
+    top = float(np.percentile(sig[ok], 99)) * 1.1 + 1.0
+    for ax, k, name in zip(axes, range(3), "zyx"):
+        v = sig[ok, k]
+        ax.hist(np.minimum(v, top), bins=np.linspace(0, top, 31), color="#0072B2", edgecolor="white")
+        ax.axvline(np.median(v), color="#D55E00", lw=1.2, label=f"median {np.median(v):.0f} nm")
+        ax.set_xlabel(f"σ{name} (nm)")
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("points")
+    return fig
