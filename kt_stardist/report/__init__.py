@@ -167,8 +167,8 @@ def write_report(
                f"fit, nm, columns sigma_z_nm, sigma_y_nm, sigma_x_nm) of the {unc['n_fit_ok']} of "
                f"{unc['n_points']} points whose fit passed its checks (fit_ok); the others fell back "
                f"to the centroid and have none. Medians z / y / x: {unc['median_z_nm']:.0f} / "
-               f"{unc['median_y_nm']:.0f} / {unc['median_x_nm']:.0f} nm; values beyond the 99th "
-               f"percentile are counted in the last bin.")
+               f"{unc['median_y_nm']:.0f} / {unc['median_x_nm']:.0f} nm; the last bin also counts the "
+               f"few values beyond it.")
         figures.append(("uncertainty.png", _png(fig), cap, "position uncertainty histograms"))
 
     # files: PNGs, summary.json, then index.html

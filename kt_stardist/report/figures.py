@@ -181,16 +181,26 @@ def _figure_histograms(dists_um, probs, p_status):
 SIGMA_COLUMNS = ("sigma_z_nm", "sigma_y_nm", "sigma_x_nm")
 
 
-def uncertainty_summary(points):
-    """Medians (nm) of each axis's reported position uncertainty over the points whose fit
-    passed (``fit_ok``), with their number and the number of points: a dict, or None when the
-    table has no uncertainty columns (refinement other than ``gauss`` / ``spline``)."""
+def _sigmas(points):
+    """(sigma (N, 3) nm, ok (N,) bool: the fit passed and every sigma is finite), or None
+    when the table has no uncertainty columns (refinement other than ``gauss`` / ``spline``)."""
     if not all(c in points.columns for c in SIGMA_COLUMNS):
         return None
     sig = points[list(SIGMA_COLUMNS)].to_numpy(dtype=float)
     ok = np.all(np.isfinite(sig), axis=1)
     if "fit_ok" in points.columns:
         ok &= points["fit_ok"].to_numpy(dtype=bool)
+    return sig, ok
+
+
+def uncertainty_summary(points):
+    """Medians (nm) of each axis's reported position uncertainty over the points whose fit
+    passed (``fit_ok``), with their number and the number of points: a dict, or None when the
+    table has no uncertainty columns."""
+    got = _sigmas(points)
+    if got is None:
+        return None
+    sig, ok = got
     return {"n_points": int(len(points)), "n_fit_ok": int(ok.sum()),
             **{c.replace("sigma_", "median_"): (float(np.median(sig[ok, k])) if ok.any() else None)
                for k, c in enumerate(SIGMA_COLUMNS)}}
@@ -201,12 +211,10 @@ def _figure_uncertainty(points):
     None (no uncertainty columns, or no fit passed)."""
     from matplotlib.figure import Figure
 
-    summary = uncertainty_summary(points)
-    if summary is None or summary["n_fit_ok"] == 0:
+    got = _sigmas(points)
+    if got is None or not got[1].any():
         return None
-    sig = points[list(SIGMA_COLUMNS)].to_numpy(dtype=float)
-    ok = np.all(np.isfinite(sig), axis=1) & (points["fit_ok"].to_numpy(dtype=bool) if "fit_ok" in points.columns
-                                             else True)
+    sig, ok = got
     fig = Figure(figsize=(10.5, 2.7), layout="constrained")
     axes = fig.subplots(1, 3, sharey=True)
     top = float(np.percentile(sig[ok], 99)) * 1.1 + 1.0
