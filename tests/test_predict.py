@@ -571,6 +571,19 @@ def test_cli_max_memory_gb_gives_the_same_csv(tmp_path, monkeypatch):
     pd.testing.assert_frame_equal(ooc, mem)
 
 
+@pytest.mark.parametrize("shape", [(16, 200, 96), (13, 201, 81), (10, 63, 40)])  # whole bins, edge bins, one piece
+def test_screen_dog_on_two_threads_equals_one_piece(shape, monkeypatch):
+    """A large volume's DoG is computed in two halves along y on two threads (halo: the
+    filters' radius): bit for bit the one-piece DoG, odd sizes included."""
+    import importlib
+
+    S = importlib.import_module("kt_stardist.predict.screen")  # the module (the package exports the function)
+    monkeypatch.setattr(S, "THREAD_VOXELS", 1000)
+    v = np.random.default_rng(1).random(shape, dtype=np.float32)
+    args = (VOX, (0.25, 0.11, 0.11), 2)
+    assert np.array_equal(S._dog_binned(v, *args), S._dog_piece(v, *args))
+
+
 @pytest.mark.parametrize("shape", [(16, 96, 96), (13, 75, 81)])  # whole bins and edge bins
 def test_screen_thresholds_the_dog_and_keeps_every_true_spot(shape):
     """The screen (thresholded on the binned DoG, bins repeated back) equals thresholding the

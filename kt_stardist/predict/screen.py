@@ -69,8 +69,39 @@ def dog(v, voxel_size_um, spot_sigma_um, b=2):
     return out
 
 
+#: volumes of more voxels than this are screened in two halves (along y) on two threads
+THREAD_VOXELS = 8_000_000
+
+
 def _dog_binned(v, voxel_size_um, spot_sigma_um, b=2):
-    """The DoG of :func:`dog` on its b × b y-x bins: ``(Z, ceil(Y / b), ceil(X / b))`` float32."""
+    """The DoG of :func:`dog` on its b × b y-x bins: ``(Z, ceil(Y / b), ceil(X / b))`` float32.
+
+    A volume of more than :data:`THREAD_VOXELS` voxels is cut in two along y, each half read
+    with a halo of the filters' radius (:func:`_dog_radius`) and filtered on its own thread
+    (scipy's filters release the GIL): the same values as in one piece, bit for bit (each
+    output bin sums the same inputs in the same order), in about half the time on 2 cores."""
+    Yb = -(-v.shape[1] // b)
+    halo = _dog_radius(voxel_size_um, spot_sigma_um, b)[1] // b  # bins
+    if v.size <= THREAD_VOXELS or Yb < 4 * halo:
+        return _dog_piece(v, voxel_size_um, spot_sigma_um, b)
+    from concurrent.futures import ThreadPoolExecutor
+
+    cut = Yb // 2
+    pieces = [(0, cut, 0, min(Yb, cut + halo)), (cut, Yb, max(0, cut - halo), Yb)]  # core and read, bins
+    out = np.empty((v.shape[0], Yb, -(-v.shape[2] // b)), np.float32)
+
+    def run(piece):
+        a, e, ra, re = piece
+        d = _dog_piece(v[:, ra * b:re * b], voxel_size_um, spot_sigma_um, b)  # a last slab pads as the whole
+        out[:, a:e] = d[:, a - ra:e - ra]
+
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(run, pieces))
+    return out
+
+
+def _dog_piece(v, voxel_size_um, spot_sigma_um, b=2):
+    """:func:`_dog_binned` in one piece (or one slab of it, starting on a whole y bin)."""
     Z, Y, X = v.shape
     if b > 1:
         if Y % b or X % b:
