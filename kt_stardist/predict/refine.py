@@ -116,6 +116,21 @@ class GaussFit(NamedTuple):
         return self.amplitudes[k] * np.exp(-0.5 * np.sum(((coords - self.centres[k]) / self.sigma) ** 2, axis=1))
 
 
+def _gauss_start(vals, coords, starts, sigma0, max_shift, sigma_bounds):
+    """Start, bounds and residual scale of a :func:`gauss_fit`: ``(x0, lo, hi, scale)``, the
+    parameters K × (centre z, y, x, amplitude), sigma z, y, x, background, slope z, y, x;
+    background at the window's 20th percentile, each amplitude from the voxel nearest its start."""
+    starts = np.atleast_2d(np.asarray(starts, np.float64))
+    sigma0 = np.asarray(sigma0, np.float64)
+    bg0 = float(np.percentile(vals, 20))
+    nearest = [int(np.argmin(np.sum((coords - s) ** 2, axis=1))) for s in starts]
+    amp0 = [max(float(vals[n]) - bg0, 1e-6) for n in nearest]
+    x0 = np.concatenate([np.r_[s, a] for s, a in zip(starts, amp0)] + [sigma0, [bg0, 0, 0, 0]])
+    lo = np.concatenate([np.r_[s - max_shift, 0] for s in starts] + [sigma_bounds[0] * sigma0, [-np.inf] * 4])
+    hi = np.concatenate([np.r_[s + max_shift, np.inf] for s in starts] + [sigma_bounds[1] * sigma0, [np.inf] * 4])
+    return x0, lo, hi, max(max(amp0), 1e-6)
+
+
 def gauss_fit(vals, coords, starts, sigma0, max_shift, sigma_bounds=(0.5, 2.0)):
     """Least-squares fit of K 3D Gaussians (each its own centre and amplitude, one shared sigma
     per axis: the same PSF) on a linear background to intensities ``vals`` at ``coords`` (px).
@@ -126,18 +141,9 @@ def gauss_fit(vals, coords, starts, sigma0, max_shift, sigma_bounds=(0.5, 2.0)):
     """
     from scipy.optimize import least_squares
 
-    starts = np.atleast_2d(np.asarray(starts, np.float64))
-    sigma0 = np.asarray(sigma0, np.float64)
-    K = len(starts)
-    bg0 = float(np.percentile(vals, 20))
-    nearest = [int(np.argmin(np.sum((coords - s) ** 2, axis=1))) for s in starts]
-    amp0 = [max(float(vals[n]) - bg0, 1e-6) for n in nearest]
-    scale = max(max(amp0), 1e-6)
+    x0, lo, hi, scale = _gauss_start(vals, coords, starts, sigma0, max_shift, sigma_bounds)
+    K = (len(x0) - 7) // 4
     dc = coords - coords.mean(0)  # background plane about the window's centre
-    # parameters: K × (centre z, y, x, amplitude), sigma z, y, x, background, slope z, y, x
-    x0 = np.concatenate([np.r_[s, a] for s, a in zip(starts, amp0)] + [sigma0, [bg0, 0, 0, 0]])
-    lo = np.concatenate([np.r_[s - max_shift, 0] for s in starts] + [sigma_bounds[0] * sigma0, [-np.inf] * 4])
-    hi = np.concatenate([np.r_[s + max_shift, np.inf] for s in starts] + [sigma_bounds[1] * sigma0, [np.inf] * 4])
     x0 = np.clip(x0, lo + 1e-9, hi - 1e-9)
     nb = 4 * K + 3
 
@@ -194,25 +200,12 @@ def gauss_fit_batch(jobs, sigma_bounds=(0.5, 2.0), max_iter=60, ftol=1e-8, xtol=
     w = np.zeros((B, M))
     nb = 4 * K + 3
     P = nb + 4
-    x = np.zeros((B, P))
-    lo = np.full((B, P), -np.inf)
-    hi = np.full((B, P), np.inf)
+    x, lo, hi = np.zeros((B, P)), np.zeros((B, P)), np.zeros((B, P))
     scale = np.ones(B)
     for b, (v, c, starts, sigma0, max_shift) in enumerate(jobs):
         m = len(v)
         vals[b, :m], coords[b, :m], w[b, :m] = v, c, 1.0
-        starts = np.atleast_2d(np.asarray(starts, np.float64))
-        sigma0 = np.asarray(sigma0, np.float64)
-        bg0 = float(np.percentile(v, 20))
-        nearest = np.argmin(np.sum((c[None] - starts[:, None]) ** 2, axis=2), axis=1)
-        amp0 = np.maximum(v[nearest] - bg0, 1e-6)
-        scale[b] = max(float(amp0.max()), 1e-6)
-        x[b, :4 * K] = np.concatenate([np.r_[st, a] for st, a in zip(starts, amp0)])
-        x[b, 4 * K:nb] = sigma0
-        x[b, nb] = bg0
-        lo[b, :4 * K] = np.concatenate([np.r_[st - max_shift, 0] for st in starts])
-        hi[b, :4 * K] = np.concatenate([np.r_[st + max_shift, np.inf] for st in starts])
-        lo[b, 4 * K:nb], hi[b, 4 * K:nb] = sigma_bounds[0] * sigma0, sigma_bounds[1] * sigma0
+        x[b], lo[b], hi[b], scale[b] = _gauss_start(v, c, starts, sigma0, max_shift, sigma_bounds)
     x = np.clip(x, lo + 1e-9, hi - 1e-9)
     sw = np.maximum(w.sum(1, keepdims=True), 1)
     dc = (coords - ((coords * w[..., None]).sum(1) / sw)[:, None, :]) * w[..., None]

@@ -92,7 +92,7 @@ def _dog_binned(v, voxel_size_um, spot_sigma_um, b=2):
     out = np.empty((v.shape[0], Yb, Xb), np.float32)
     # every large array is allocated here, not on the threads: memory a thread allocates stays
     # in its own malloc arena after it is freed (+0.3 GB resident on a 61 x 1000 x 1000 frame)
-    bufs = [np.empty((2, v.shape[0], re - ra, Xb), np.float32) for _, _, ra, re in pieces]
+    bufs = [tuple(np.empty((v.shape[0], re - ra, Xb), np.float32) for _ in range(2)) for _, _, ra, re in pieces]
 
     def run(k):
         a, e, ra, re = pieces[k]
@@ -106,10 +106,10 @@ def _dog_binned(v, voxel_size_um, spot_sigma_um, b=2):
 
 def _dog_piece(v, voxel_size_um, spot_sigma_um, b=2, buf=None):
     """:func:`_dog_binned` in one piece (or one slab of it, starting on a whole y bin);
-    ``buf``: a (2, Z, Yb, Xb) float32 array to work in (the result is its second half)."""
+    ``buf``: two (Z, Yb, Xb) float32 arrays to work in (the result is the second)."""
     Z, Y, X = v.shape
     shape = (Z, -(-Y // b), -(-X // b))
-    buf = np.empty((2,) + shape, np.float32) if buf is None else buf
+    buf = (np.empty(shape, np.float32), np.empty(shape, np.float32)) if buf is None else buf
     if b > 1:
         if Y % b or X % b:
             v = np.pad(v, ((0, 0), (0, -Y % b), (0, -X % b)), mode="edge")
