@@ -257,7 +257,7 @@ def finish(model, prep: Prepared, cands: Candidates, prob_thresh: float, setting
     pts_m, prob, dist = cands.above(lowest)
     n_near = int(np.sum((cands.prob < prob_thresh) & (cands.prob >= prob_thresh - settings.near_band)))
     pts = prep.to_image_px(pts_m)
-    key = (len(pts), spot_channel)  # candidates above a threshold are nested sets: their number names them
+    key = len(pts)  # candidates above a threshold are nested sets: their number names them
     if cache is not None and key in cache:
         refined, parent, fit = cache[key]
     else:
