@@ -102,6 +102,7 @@ def test_transfer_copies_matching_layers_only(pretrained):
 def test_finetune_cli_other_rays_channels_freeze_resume(pretrained, user_data, tmp_path):
     from kt_stardist.cli import main
     from kt_stardist.model import load_model
+    from kt_stardist.model.stardist_backend import measure_receptive_field
     from kt_stardist.model.info import read_info
     from kt_stardist.settings import ThresholdSearch
     from kt_stardist.train import load_optimizer_state
@@ -132,7 +133,7 @@ def test_finetune_cli_other_rays_channels_freeze_resume(pretrained, user_data, t
     ft, pre = load_model(out), load_model(pretrained)
     assert ft.stardist.config.n_rays == 16 and ft.n_channel_in == 3
     # the receptive field measured at training is given back on loading (not measured again)
-    rf = ft.stardist._compute_receptive_field()
+    rf = measure_receptive_field(ft.stardist)
     assert [list(p) for p in info.receptive_field_px] == [list(p) for p in rf] == \
         [list(p) for p in ft.stardist._tile_overlap]
     assert ft.thresholds.prob == pytest.approx(th["prob"])
@@ -193,6 +194,19 @@ def test_shipped_default_model_loads():
     assert m.stardist.config.n_channel_in == m.n_channel_in == 1
     assert m.voxel_size_um == (0.3, 0.13, 0.13) and m.info.label_radius_um == 0.5
     assert 0 < m.thresholds.prob < 1 and m.info.receptive_field_px is not None
+
+
+def test_receptive_field_is_stardists_measure_with_a_spot_probe_and_a_tolerance():
+    from kt_stardist.model import load_model
+    from kt_stardist.model.stardist_backend import measure_receptive_field
+
+    sd = load_model().stardist
+    exact = [tuple(int(a) for a in p) for p in sd._compute_receptive_field()]
+    assert measure_receptive_field(sd, tol=0, probe_sigma_px=0) == exact  # StarDist's own measurement
+    spot = measure_receptive_field(sd)
+    # float32 rounding far out does not count: a smaller halo, but the spot's own reach is in it
+    assert all(0 < s[k] < e[k] for s, e in zip(spot, exact) for k in range(2))
+    assert all(a >= b for s, w in zip(spot, measure_receptive_field(sd, tol=1e-3)) for a, b in zip(s, w))
 
 
 def test_simulated_pairs_cycle_kinds_and_reject_unknown():
