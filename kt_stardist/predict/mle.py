@@ -280,7 +280,7 @@ def bounded_step(H, grad, theta, lo, hi, damp, diag):
 
 
 def fit_spots(data, coords, weights, starts, lo, hi, sigma0, sigma_bounds=(0.5, 2.0), fixed=None,
-              max_iter=100, tol_px=1e-3, tol_nll=1e-3, warmup=5, sigma_start=None, sigma_prior=None,
+              max_iter=100, tol_px=1e-3, tol_nll=1e-6, warmup=5, sigma_start=None, sigma_prior=None,
               spots=None) -> MleFit:
     """Poisson maximum-likelihood fits of B windows, K spots each (module docstring).
 
@@ -293,10 +293,7 @@ def fit_spots(data, coords, weights, starts, lo, hi, sigma0, sigma_bounds=(0.5, 
         it; the start unless ``sigma_start`` ((B, 3) or (B, K, 3) px) is given.
     fixed : (B, N) photons of spots outside the fit (fitted neighbours), or None.
     tol_px, tol_nll : converged when an accepted step moves no centre or sigma by more than
-        ``tol_px`` px or changes the negative log-likelihood by less than ``tol_nll`` (1e-3: 500×
-        below the 0.5 that moves a 1-sd confidence bound; at 1e-6 ill-determined fits, e.g. of
-        faint candidates, crept on to ``max_iter`` and took a third of a whole frame's refinement
-        time, while well-determined fits end at the same place).
+        ``tol_px`` px or changes the negative log-likelihood by less than ``tol_nll``.
     sigma_prior : None, or (sigma (3,) px, relative sd): a Gaussian prior on each spot's sigma
         (maximum a posteriori; its information is added to the Fisher information): a dim
         spot's width then follows the image's PSF instead of its noise.
