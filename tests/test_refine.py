@@ -249,3 +249,40 @@ def test_batched_least_squares_equals_the_per_window_fit():
     assert abs(got.rss - want.rss) <= 1e-6 * want.rss
     assert np.allclose(got.centres, want.centres, atol=1e-2)
     assert np.abs(np.sort(got.centres[:, 2]) - sisters[:, 2]).max() < 0.5
+
+
+def test_candidates_to_confirm_never_move_the_confident_points():
+    """``confident``: a bright spot's detection and a spurious second detection of it 0.3 µm
+    along z (a candidate). The confident point comes out exactly as refined alone and the
+    candidate is not confirmed; jointly fitted (no flags) it pulls the spot's fit. A real faint
+    spot 0.45 µm beside the bright one, as a candidate, is confirmed, and the two are then
+    fitted jointly: both land on their truths. The table keeps the input order."""
+    from kt_stardist.predict.refine import fit_confirms
+
+    rng = np.random.default_rng(11)
+    shape = (15, 41, 41)
+    bright, faint = np.array([7.2, 20.3, 20.1]), np.array([7.0, 20.4, 23.6])
+    alone_vol = (rng.poisson(render_spots(shape, bright[None], 900.0, SIGMA_PX) + 20.0) * GAIN + OFFSET)
+    pts = np.stack([bright + [1.0, 0, 0], np.round(bright)])  # the spurious one first
+    sure = np.array([False, True])
+    alone, _, fit_alone = refine_and_split(alone_vol, pts[1:], VOX, KNOWN, NO_SPLIT, return_fit=True)
+    q, parent, fit = refine_and_split(alone_vol, pts, VOX, KNOWN, NO_SPLIT, return_fit=True, confident=sure,
+                                      confirm_sigma_nm=25.0)
+    assert np.array_equal(q[1], alone[0]) and fit.sigma_x_nm[1] == fit_alone.sigma_x_nm[0]
+    assert fit_confirms(fit, 25.0).tolist() == [False, True] and parent.tolist() == [0, 1]
+    assert len(fit.attrs["crlb_nm"]) == 2
+    q_joint, _ = refine_and_split(alone_vol, pts, VOX, KNOWN, NO_SPLIT)
+    assert np.linalg.norm((q_joint[1] - alone[0]) * VOX) > 0.005
+    for flags in (np.ones(2, bool), None):  # all confident, or no flags: the plain refinement
+        assert np.array_equal(refine_and_split(alone_vol, pts, VOX, KNOWN, NO_SPLIT, confident=flags)[0], q_joint)
+
+    lam = render_spots(shape, np.stack([bright, faint]), np.array([900.0, 150.0]), SIGMA_PX) + 20.0
+    vol = (rng.poisson(lam) * GAIN + OFFSET).astype(np.float32)
+    pts = np.stack([np.round(faint), np.round(bright)])
+    q, _, fit = refine_and_split(vol, pts, VOX, KNOWN, NO_SPLIT, return_fit=True, confident=[False, True],
+                                 confirm_sigma_nm=25.0)
+    assert fit_confirms(fit, 25.0).all()
+    err_nm = np.linalg.norm((q - np.stack([faint, bright])) * VOX, axis=1) * 1000
+    assert err_nm[1] < 8 and err_nm[0] < 25, err_nm  # without the joint refit: 15 and 53 nm
+    with pytest.raises(ValueError, match="confident"):
+        refine_and_split(vol, pts, VOX, KNOWN, NO_SPLIT, confident=[True])
