@@ -5,9 +5,8 @@
     raw volume ─ prepare (defect repair, rescale, normalise) ─ screen ─ blocks around candidates
       ─ network (predict_sparse, b=0) ─ NMS per block, each detection kept by the block owning
       its centre ─ points ≥ prob threshold (and those down to the confirm band's floor)
-      ─ back to image px ─ refine (raw intensities) ─ sister search ─ the band's points fitted
-      after them (never moving them), kept only where their fits confirm them ─ duplicates
-      dropped ─▶ points table
+      ─ back to image px ─ refine (raw intensities) ─ sister search ─ the band's points kept
+      only where their fits confirm them ─ duplicates dropped ─▶ points table
 
 :func:`detect` is what ``kt-stardist predict``, the demo, the napari widget, the threshold search
 and model evaluation all run. It is split in three steps so that the threshold search can run
@@ -30,7 +29,7 @@ import pandas as pd
 
 from kt_stardist.predict.blocks import block_geometry, owns, plan_blocks
 from kt_stardist.predict.preprocess import Prepared, prepare
-from kt_stardist.predict.refine import fit_confirms, refine_and_split
+from kt_stardist.predict.refine import refine_and_split
 from kt_stardist.predict.screen import screen, screen_lazy
 from kt_stardist.settings import DetectSettings, replace
 
@@ -219,7 +218,9 @@ def confirmed(prob, fit, prob_thresh: float, band) -> np.ndarray:
     keep = prob >= prob_thresh
     if not band.enabled or len(prob) == 0:
         return keep
-    return keep | ((prob >= band.floor_prob) & fit_confirms(fit, band.max_sigma_nm))
+    sigma = np.maximum(fit["sigma_y_nm"].to_numpy(np.float64), fit["sigma_x_nm"].to_numpy(np.float64))
+    ok = fit["fit_ok"].to_numpy(bool) & (sigma <= band.max_sigma_nm)  # NaN sigma: not confirmed
+    return keep | ((prob >= band.floor_prob) & ok)
 
 
 def calibration_warning(n_near: int, n_above: int, prob_thresh: float, reference, near_band: float,
@@ -245,26 +246,23 @@ def finish(model, prep: Prepared, cands: Candidates, prob_thresh: float, setting
     """Points of the candidates at or above ``prob_thresh``: mapped to image px, refined on the
     repaired raw spot channel, close sisters searched (``settings.refine`` / ``settings.split``);
     with ``confirm`` and ``settings.confirm`` on, the candidates of the confirm band below
-    ``prob_thresh`` are then fitted (``refine_and_split(confident=...)``: they never move a
-    point above the threshold) and kept where their fits confirm them (:func:`confirmed`).
-    ``threshold_by``: how ``prob_thresh`` was chosen (recorded in the diagnostics). ``cache``: a
-    dict kept by a caller that finishes the same ``prep`` and ``cands`` at many thresholds (the
-    threshold search): the refinement of the same candidates at the same threshold is reused."""
+    ``prob_thresh`` are refined with them and kept where their fits confirm them
+    (:func:`confirmed`). ``threshold_by``: how ``prob_thresh`` was chosen (recorded in the
+    diagnostics). ``cache``: a dict kept by a caller that finishes the same ``prep`` and
+    ``cands`` at many thresholds (the threshold search): the refinement of the same candidates
+    (with the confirm band, all those above its floor whatever the threshold) is reused."""
     t0 = time.perf_counter()
     band = settings.confirm if confirm else replace(settings.confirm, enabled=False)
     lowest = min(prob_thresh, band.floor_prob) if band.enabled else prob_thresh
     pts_m, prob, dist = cands.above(lowest)
     n_near = int(np.sum((cands.prob < prob_thresh) & (cands.prob >= prob_thresh - settings.near_band)))
     pts = prep.to_image_px(pts_m)
-    sure = np.asarray(prob, np.float64) >= prob_thresh  # the band's candidates never move these
-    key = (int(sure.sum()), len(pts))  # candidates above a threshold are nested sets: counts name them
+    key = len(pts)  # candidates above a threshold are nested sets: their number names them
     if cache is not None and key in cache:
         refined, parent, fit = cache[key]
     else:
         refined, parent, fit = refine_and_split(prep.raw[..., spot_channel], pts, prep.image_voxel_um,
-                                                settings.refine, settings.split, return_fit=True,
-                                                confident=sure if band.enabled else None,
-                                                confirm_sigma_nm=band.max_sigma_nm)
+                                                settings.refine, settings.split, return_fit=True)
         if cache is not None:
             cache[key] = refined, parent, fit
     split = np.arange(len(refined)) >= len(pts)

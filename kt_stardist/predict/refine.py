@@ -31,9 +31,7 @@ cells). :func:`refine_points` moves each one to the centre of the spot in the im
   vectorised fit, then the two-spot fits in another) on a wider window, neighbours subtracted, kept by
   an F-test (``alpha``) when two spots explain clearly more (``min_gain``), lie 0.25–0.8 µm
   apart, have comparable amplitudes and the second is not a neighbour's leftover light; the two
-  spots are then fitted jointly by maximum likelihood. Candidates below the detector's
-  threshold (the confirm band, ``refine_and_split(confident=...)``) are fitted after the
-  confident detections and never move them;
+  spots are then fitted jointly by maximum likelihood;
 * ``spline``: ``gauss``, then the image's own PSF (:mod:`kt_stardist.predict.psf`: averaged
   from its isolated, well-fitted spots, neighbours subtracted, a cubic spline) replaces the
   Gaussian in the same maximum-likelihood fits (each spot keeps its own width): ``psf_passes``
@@ -483,7 +481,6 @@ class _MleFitter(_Fitter):
         self.spot_model = None   # the spot model of the fits (None: Gaussian; spline: the measured PSF)
         self.measured = None     # the PSF measured from the image (spline method), a SplinePsf
         self.psf_note = None     # how it was measured, or why not (spline method)
-        self.active = None       # the points fitted (None: all); the others are held fixed (_fit_candidates)
 
     def extend(self, new_pts):
         """Add points (M, 3) px (second spots of split detections), unfitted."""
@@ -656,21 +653,19 @@ class _MleFitter(_Fitter):
     def groups(self, max_group):
         """Detections fitted together: overlapping windows; a clump of more than ``max_group``
         is cut by ever tighter overlap (windows shrunk to 3/4, 1/2, 1/3), so that the closest
-        detections in it (close sisters) are still fitted jointly; what is left, one by one.
-        With ``active`` set, only the groups of its points."""
+        detections in it (close sisters) are still fitted jointly; what is left, one by one."""
         if max_group <= 1:
-            out = [[i] for i in range(len(self.pts))]
-        else:
-            out, todo = [], [list(g) for g in overlap_groups(self.pts, self.half)]
-            for f in (0.75, 0.5, 1 / 3, 0.0):
-                big = []
-                for g in todo:
-                    (out if len(g) <= max_group else big).append(g)
-                if f == 0.0:
-                    out += [[i] for g in big for i in g]
-                    break
-                todo = [[g[k] for k in sub] for g in big for sub in overlap_groups(self.pts[g], self.half * f)]
-        return out if self.active is None else [g for g in out if self.active.issuperset(g)]
+            return [[i] for i in range(len(self.pts))]
+        out, todo = [], [list(g) for g in overlap_groups(self.pts, self.half)]
+        for f in (0.75, 0.5, 1 / 3, 0.0):
+            big = []
+            for g in todo:
+                (out if len(g) <= max_group else big).append(g)
+            if f == 0.0:
+                out += [[i] for g in big for i in g]
+                break
+            todo = [[g[k] for k in sub] for g in big for sub in overlap_groups(self.pts[g], self.half * f)]
+        return out
 
     def image_psf(self, min_spots=5):
         """The median Gaussian sigma (z, y, x px) of the good fits at or above the median
@@ -688,8 +683,7 @@ class _MleFitter(_Fitter):
         crowded-field photometry fits brightest first). A detection whose fit was pulled onto a
         neighbour is refitted alone (its group without it) in the following passes. After the
         first pass the image's PSF is measured (:meth:`image_psf`) and becomes the prior of
-        every spot's width (``width_spread``). With ``active`` set, only its points are fitted;
-        the others are part of the model."""
+        every spot's width (``width_spread``)."""
         groups = self.groups(max_group)
         peak = np.nan_to_num(self.peaks(), nan=-np.inf)
         groups = sorted(groups, key=lambda g: -float(np.max(peak[g])))
@@ -715,7 +709,6 @@ class _MleFitter(_Fitter):
         with ``rescue_spread`` 0 or another spot model than the Gaussian."""
         spread = self.settings.rescue_spread
         failed = set(int(i) for i in np.flatnonzero(~self.ok))
-        failed = failed if self.active is None else failed & self.active
         if spread <= 0 or not failed or self.spot_model is not None:
             return
         psf = self.psf if self.psf is not None else self.image_psf()
@@ -823,25 +816,11 @@ def refine_points(volume, points_px, voxel_size_um=VOXEL_SIZE_UM, settings: Refi
 
 
 def refine_and_split(volume, points_px, voxel_size_um=VOXEL_SIZE_UM, settings: RefineSettings = RefineSettings(),
-                     split: SplitSettings = SplitSettings(), return_fit: bool = False, confident=None,
-                     confirm_sigma_nm: float | None = None):
+                     split: SplitSettings = SplitSettings(), return_fit: bool = False):
     """:func:`refine_points`, then (``split.enabled``, methods "gauss" and "lsq") a search for
     close sisters that the detector merged into one detection: each fitted detection is tested
     for a second spot (:class:`kt_stardist.settings.SplitSettings`; see the module docstring).
     With ``gauss``, the two spots of a split are then fitted jointly by maximum likelihood.
-
-    ``confident`` : (N,) bool or None (every point). With methods ``gauss`` / ``spline``, the
-        points marked False are candidates to confirm (the confirm band of
-        :func:`kt_stardist.predict.finish`): the confident points are refined and
-        sister-searched as though the candidates did not exist; then the candidates are fitted
-        (:func:`_fit_candidates`: the clumps of overlapping windows that hold one are refined
-        anew, their confident points with them, every other spot held at its fit), while the
-        confident points keep their own fits: a candidate never moves a confident point; no
-        sister search inside candidates. Last, a candidate that the image confirms
-        (:func:`fit_confirms` with ``confirm_sigma_nm``) is a spot: it is refitted once more
-        jointly with the confident points whose windows overlap its own, and their fits taken
-        (:func:`_refit_beside`); the others never enter a confident point's model. Other
-        methods: ``confident`` is ignored.
 
     Returns
     -------
@@ -862,32 +841,20 @@ def refine_and_split(volume, points_px, voxel_size_um=VOXEL_SIZE_UM, settings: R
 
     vol = volume if O.is_lazy(volume) else np.asarray(volume)  # lazy: only the windows are read
     pts = np.asarray(points_px, np.float64).reshape(-1, 3)
-    method = settings.method
-    if confident is not None and method in ("gauss", "spline"):
-        sure = np.asarray(confident, bool).reshape(-1)
-        if len(sure) != len(pts):
-            raise ValueError(f"confident: {len(sure)} flags for {len(pts)} points")
-        if not sure.all():
-            out, parent, fitter = _refine_split(vol, pts[sure], voxel_size_um, settings, split)
-            held = _fit_candidates(vol, pts[~sure], fitter, voxel_size_um, settings)
-            _refit_beside(fitter, held, int(np.sum(~sure)), confirm_sigma_nm)
-            out = out if fitter is None else fitter.out[:len(out)]
-            return _merged(sure, out, parent, fitter, held, return_fit)
-    out, parent, fitter = _refine_split(vol, pts, voxel_size_um, settings, split)
-    if not return_fit:
-        return out, parent
-    if isinstance(fitter, _MleFitter):
-        return out, parent, fitter.table()
-    n = len(out)
-    return out, parent, _fit_table(np.zeros(n, bool), np.full((n, 3), np.nan), np.full(n, np.nan), np.full(n, np.nan))
-
-
-def _refine_split(vol, pts, voxel_size_um, settings: RefineSettings, split: SplitSettings):
-    """(points (M, 3) px, parent (M,), the fitter or None) of :func:`refine_and_split`."""
     parent = np.arange(len(pts))
     method = settings.method
+
+    def result(points, par, fitter=None):
+        if not return_fit:
+            return points, par
+        if isinstance(fitter, _MleFitter):
+            return points, par, fitter.table()
+        n = len(points)
+        ok = np.zeros(n, bool)
+        return points, par, _fit_table(ok, np.full((n, 3), np.nan), np.full(n, np.nan), np.full(n, np.nan))
+
     if method == "none" or len(pts) == 0:
-        return pts.copy(), parent, None
+        return result(pts.copy(), parent)
     if method in ("gauss", "spline"):
         fitter = _MleFitter(vol, pts, voxel_size_um, settings, camera_of(vol, settings))
         fitter.run(settings.passes, settings.max_group)
@@ -896,7 +863,7 @@ def _refine_split(vol, pts, voxel_size_um, settings: RefineSettings, split: Spli
             if fitter.measured is None:
                 import warnings
 
-                warnings.warn(f"refine spline: {fitter.psf_note}", stacklevel=3)
+                warnings.warn(f"refine spline: {fitter.psf_note}", stacklevel=2)
     else:
         fitter = _Fitter(vol, pts, voxel_size_um, settings)
     if method == "centroid":
@@ -904,14 +871,14 @@ def _refine_split(vol, pts, voxel_size_um, settings: RefineSettings, split: Spli
             coords, vals = fitter.window(pts[i])
             if vals.size >= 8:
                 fitter.out[i] = fitter.centroid(i, coords, vals)
-        return fitter.out, parent, fitter
+        return result(fitter.out, parent)
     if method == "lsq":
         fitter.first_pass(settings.max_group)
         for _ in range(settings.passes - 1):
             fitter.next_pass()
     found = list(fitter.second_spots(split)) if split.enabled else []
     if not found:
-        return fitter.out, parent, fitter
+        return result(fitter.out, parent, fitter)
     if method in ("gauss", "spline"):
         n = len(pts)
         pairs = [[i, n + m] for m, (i, _) in enumerate(found)]
@@ -922,102 +889,9 @@ def _refine_split(vol, pts, voxel_size_um, settings: RefineSettings, split: Spli
         fitter.pts_um = fitter.pts * fitter.vs
         fitter.ok[[g[0] for g in pairs]] = False
         fitter.fit_groups(pairs, with_fixed=True, fresh=True)
-        return fitter.out, np.concatenate([parent, [i for i, _ in found]]), fitter
+        return result(fitter.out, np.concatenate([parent, [i for i, _ in found]]), fitter)
     out = fitter.out.copy()
     for i, pair in found:  # the detection becomes the first of the two spots
         out[i] = pair[0]
-    return np.vstack([out, [pair[1] for _, pair in found]]), np.concatenate([parent, [i for i, _ in found]]), fitter
-
-
-def _fit_candidates(vol, cand, fitted: _MleFitter | None, voxel_size_um, settings: RefineSettings):
-    """A fitter over the candidates ``cand`` (C, 3) px and the points of ``fitted`` (the
-    confident points' finished fitter, or None), whose fits it starts from. The clumps of
-    overlapping windows that hold a candidate (:func:`overlap_groups`) are refined as
-    :meth:`_MleFitter.run` refines (their confident points too: their fits took in the
-    candidates' light), every other spot held fixed at ``fitted``'s fits. Its first C rows are
-    the candidates; the confident points' fits here are only the candidates' model."""
-    from scipy.spatial import cKDTree
-
-    n = len(cand)
-    m = 0 if fitted is None else len(fitted.pts)
-    camera = camera_of(vol, settings) if fitted is None else fitted.camera
-    fitter = _MleFitter(vol, np.vstack([cand, np.zeros((0, 3)) if fitted is None else fitted.pts]), voxel_size_um,
-                        settings, camera)
-    if fitted is not None:
-        fitter.spot_model, fitter.psf = fitted.spot_model, fitted.psf
-        for i in range(m):
-            _copy_fit(fitted, i, fitter, n + i)
-        fitter.pts_um = fitter.pts * fitter.vs
-        fitter.tree = cKDTree(fitter.pts_um)
-    fitter.active = {int(i) for g in overlap_groups(fitter.pts, fitter.half) if min(g) < n for i in g}
-    fitter.run(settings.passes, settings.max_group)
-    return fitter
-
-
-def fit_confirms(fit, max_sigma_nm: float | None = None) -> np.ndarray:
-    """(N,) bool: the rows of a fit table (:data:`FIT_COLUMNS`) whose fit passed every check
-    (``fit_ok``) and, with ``max_sigma_nm``, places its spot laterally to within that (the
-    larger of ``sigma_y_nm`` and ``sigma_x_nm``; NaN: not confirmed)."""
-    ok = fit["fit_ok"].to_numpy(bool)
-    if max_sigma_nm is None:
-        return ok
-    sigma = np.maximum(fit["sigma_y_nm"].to_numpy(np.float64), fit["sigma_x_nm"].to_numpy(np.float64))
-    return ok & (sigma <= float(max_sigma_nm))
-
-
-def _refit_beside(fitter: _MleFitter | None, held: _MleFitter, n_cand: int, max_sigma_nm):
-    """The candidates of ``held`` (its first ``n_cand`` rows) that the image confirms
-    (:func:`fit_confirms`) are spots: each group of overlapping windows
-    (:meth:`_MleFitter.groups`) that holds such a candidate and a confident point of ``fitter``
-    is refitted once more, jointly, everything else held fixed; the fits of both are taken, the
-    candidates' replacing those of ``held``. Other candidates take no part."""
-    if fitter is None or n_cand == 0:
-        return
-    good = [int(i) for i in np.flatnonzero(fit_confirms(held.table().iloc[:n_cand], max_sigma_nm))
-            if held.spots[i] is not None]
-    if not good:
-        return
-    n = len(fitter.pts)
-    fitter.extend(held.pts[good])
-    new = list(range(n, n + len(good)))
-    for k, i in zip(new, good):
-        _copy_fit(held, i, fitter, k)
-    groups = [g for g in fitter.groups(fitter.settings.max_group) if max(g) >= n > min(g)]
-    if groups:  # the table's rows after the first n are the candidates': _merged leaves them out
-        fitter.fit_groups(groups, with_fixed=True)
-        for k, i in zip(new, good):
-            _copy_fit(fitter, k, held, i)
-
-
-def _copy_fit(src: _MleFitter, i: int, dst: _MleFitter, j: int):
-    """Point ``i`` of ``src``'s position and fit become point ``j`` of ``dst``'s."""
-    dst.out[j], dst.ok[j], dst.crlb_px[j] = src.out[i], src.ok[i], src.crlb_px[i]
-    dst.overdispersion[j], dst.photons[j], dst.background[j] = src.overdispersion[i], src.photons[i], src.background[i]
-    dst.spots[j], dst.fits[j] = src.spots[i], src.fits[i]
-
-
-def _merged(sure, out, parent, fitter, held, return_fit):
-    """:func:`refine_and_split`'s result from the confident points' (``out``, ``parent``,
-    ``fitter``) and the candidates' fitter ``held`` (:func:`_fit_candidates`), in the input order of
-    ``sure`` (N,) bool, the second spots of splits last."""
-    n, idx_sure, idx_cand = len(sure), np.flatnonzero(sure), np.flatnonzero(~sure)
-    n_sure = len(idx_sure)
-    points = np.zeros((n + len(out) - n_sure, 3))
-    points[idx_sure], points[idx_cand], points[n:] = out[:n_sure], held.out[:len(idx_cand)], out[n_sure:]
-    par = np.concatenate([np.arange(n), idx_sure[parent[n_sure:]]])
-    if not return_fit:
-        return points, par
-    import pandas as pd
-
-    a = fitter.table().iloc[:len(out)] if fitter is not None else _fit_table(
-        np.zeros(0, bool), np.zeros((0, 3)), np.zeros(0), np.zeros(0))
-    b = held.table().iloc[:len(idx_cand)]
-    attrs_a, attrs_b = dict(a.attrs), dict(b.attrs)
-    a.attrs, b.attrs = {}, {}  # pandas compares the attrs of the tables it concatenates
-    rows = np.concatenate([idx_sure, idx_cand, np.arange(n, len(points))])
-    order = np.argsort(rows)
-    tab = pd.concat([a.iloc[:n_sure], b, a.iloc[n_sure:]], ignore_index=True).iloc[order].reset_index(drop=True)
-    crlb = (attrs_a.get("crlb_nm", [])[:n_sure] + attrs_b["crlb_nm"][:len(idx_cand)]
-            + attrs_a.get("crlb_nm", [])[n_sure:])
-    tab.attrs = {**attrs_b, **attrs_a, "crlb_nm": [crlb[k] for k in order]}
-    return points, par, tab
+    return result(np.vstack([out, [pair[1] for _, pair in found]]), np.concatenate([parent, [i for i, _ in found]]),
+                  fitter)
