@@ -1,6 +1,6 @@
 """The confirm band (``DetectSettings.confirm``): network detections below the probability
 threshold are kept only where the image confirms them (fit passed its checks, lateral
-uncertainty at most ``max_sigma_nm``)."""
+uncertainty at most ``max_sigma_nm``, or ``rel_sigma`` × that of the frame's confident points)."""
 
 import numpy as np
 import pandas as pd
@@ -20,7 +20,7 @@ def _fit(ok, sy, sx):
 def test_confirmed_keeps_points_above_the_threshold_and_confirmed_band_points():
     prob = np.array([0.9, 0.5, 0.5, 0.5, 0.5, 0.3])
     fit = _fit([True, True, False, True, True, True], [30.0, 12, 12, 40, np.nan, 5], [30.0, 20, 12, 10, 5, 5])
-    band = ConfirmBand(floor_prob=0.4, max_sigma_nm=25)
+    band = ConfirmBand(floor_prob=0.4, max_sigma_nm=25, rel_sigma=0.0)  # the absolute limit alone
     # above: kept whatever its fit; band: fit ok and max(sy, sx) <= 25; failed fit, wide y, NaN
     # sigma, below the floor: not kept
     assert confirmed(prob, fit, 0.7, band).tolist() == [True, True, False, False, False, False]
@@ -30,11 +30,26 @@ def test_confirmed_keeps_points_above_the_threshold_and_confirmed_band_points():
     assert confirmed(np.zeros(0), _fit([], [], []), 0.7, band).shape == (0,)
 
 
+def test_the_band_limit_follows_a_dim_frames_confident_points():
+    """On a frame whose confident points are themselves loose (EMCCD at low light, hard SNR),
+    a band point is confirmed within ``rel_sigma`` × their median lateral sigma; on a frame of
+    well-localised spots the absolute ``max_sigma_nm`` holds; ``rel_sigma`` 0 turns it off."""
+    band = ConfirmBand(floor_prob=0.4, max_sigma_nm=25, rel_sigma=2.0)
+    prob = np.array([0.9, 0.9, 0.9, 0.5, 0.5])
+    dim = _fit([True, True, False, True, True], [18.0, 22, 5, 38, 45], [18.0, 20, 5, 30, 30])  # median 20 -> 40
+    assert confirmed(prob, dim, 0.7, band).tolist() == [True, True, True, True, False]
+    assert confirmed(prob, dim, 0.7, replace(band, rel_sigma=0.0)).tolist() == [True] * 3 + [False] * 2
+    sharp = _fit([True, True, True, True, True], [5.0, 6, 7, 24, 30], [5.0, 6, 7, 20, 10])  # median 6 -> 25
+    assert confirmed(prob, sharp, 0.7, band).tolist() == [True] * 4 + [False]
+
+
 def test_confirm_band_settings_are_validated():
     with pytest.raises(InputError, match="confirm band"):
         ConfirmBand(floor_prob=1.2)
     with pytest.raises(InputError, match="confirm band"):
         ConfirmBand(max_sigma_nm=0)
+    with pytest.raises(InputError, match="confirm band"):
+        ConfirmBand(rel_sigma=-1)
 
 
 def test_finish_keeps_a_compact_spot_below_the_threshold_but_not_a_noise_candidate():

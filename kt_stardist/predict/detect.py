@@ -219,7 +219,12 @@ def confirmed(prob, fit, prob_thresh: float, band) -> np.ndarray:
     if not band.enabled or len(prob) == 0:
         return keep
     sigma = np.maximum(fit["sigma_y_nm"].to_numpy(np.float64), fit["sigma_x_nm"].to_numpy(np.float64))
-    ok = fit["fit_ok"].to_numpy(bool) & (sigma <= band.max_sigma_nm)  # NaN sigma: not confirmed
+    fit_ok = fit["fit_ok"].to_numpy(bool)
+    limit = float(band.max_sigma_nm)
+    if band.rel_sigma > 0 and np.any(keep & fit_ok):  # dim images: relative to their confident points
+        rel = float(band.rel_sigma) * float(np.median(sigma[keep & fit_ok]))
+        limit = max(limit, min(rel, float(band.rel_max_sigma_nm)))
+    ok = fit_ok & (sigma <= limit)  # NaN sigma: not confirmed
     return keep | ((prob >= band.floor_prob) & ok)
 
 
