@@ -41,6 +41,10 @@ def test_the_band_limit_follows_a_dim_frames_confident_points():
     assert confirmed(prob, dim, 0.7, replace(band, rel_sigma=0.0)).tolist() == [True] * 3 + [False] * 2
     sharp = _fit([True, True, True, True, True], [5.0, 6, 7, 24, 30], [5.0, 6, 7, 20, 10])  # median 6 -> 25
     assert confirmed(prob, sharp, 0.7, band).tolist() == [True] * 4 + [False]
+    # very low SNR: confident points 30 nm loose; twice that would let noise blobs in, the cap holds
+    faint = _fit([True] * 5, [30.0, 30, 30, 38, 45], [30.0, 30, 30, 30, 30])
+    assert confirmed(prob, faint, 0.7, band).tolist() == [True] * 4 + [False]
+    assert confirmed(prob, faint, 0.7, replace(band, rel_max_sigma_nm=60.0)).tolist() == [True] * 5
 
 
 def test_confirm_band_settings_are_validated():
