@@ -176,9 +176,9 @@ class ConfirmBand:
     ``sigma_x_nm``, its Cramér–Rao uncertainty): a compact spot clearly above its background.
     On images whose spots are all dim (an EMCCD at low light, hard SNR) even the confident
     points are localised to 15-20 nm only, so the limit is at least ``rel_sigma`` × the median
-    lateral uncertainty of the frame's well-fitted points above the threshold (0: off), up to
-    ``rel_max_sigma_nm`` (at very low SNR, where even confident points are 30 nm loose, noise
-    blobs fit as well as that).
+    lateral uncertainty of the frame's well-fitted points above the threshold (0: off; only
+    with at least ``rel_min_points`` of them), up to ``rel_max_sigma_nm`` (at very low SNR,
+    where even confident points are 30 nm loose, noise blobs fit as well as that).
     Chosen on simulated design volumes (Gaussian presets and the physical conditions, seeds no
     benchmark uses). ``enabled=False``, or an explicit ``prob_thresh``: the threshold only.
     """
@@ -188,13 +188,14 @@ class ConfirmBand:
     max_sigma_nm: float = 25.0
     rel_sigma: float = 2.0
     rel_max_sigma_nm: float = 40.0
+    rel_min_points: int = 10
 
     def __post_init__(self):
         if (not 0 < float(self.floor_prob) < 1 or not float(self.max_sigma_nm) > 0 or not float(self.rel_sigma) >= 0
-                or not float(self.rel_max_sigma_nm) >= float(self.max_sigma_nm)):
-            raise InputError(f"confirm band: floor_prob in (0, 1), max_sigma_nm > 0, rel_sigma >= 0 and "
-                             f"rel_max_sigma_nm >= max_sigma_nm, got {self.floor_prob}, {self.max_sigma_nm}, "
-                             f"{self.rel_sigma}, {self.rel_max_sigma_nm}")
+                or not float(self.rel_max_sigma_nm) >= float(self.max_sigma_nm) or not int(self.rel_min_points) >= 1):
+            raise InputError(f"confirm band: floor_prob in (0, 1), max_sigma_nm > 0, rel_sigma >= 0, "
+                             f"rel_max_sigma_nm >= max_sigma_nm and rel_min_points >= 1, got {self.floor_prob}, "
+                             f"{self.max_sigma_nm}, {self.rel_sigma}, {self.rel_max_sigma_nm}, {self.rel_min_points}")
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ def test_the_band_limit_follows_a_dim_frames_confident_points():
     """On a frame whose confident points are themselves loose (EMCCD at low light, hard SNR),
     a band point is confirmed within ``rel_sigma`` × their median lateral sigma; on a frame of
     well-localised spots the absolute ``max_sigma_nm`` holds; ``rel_sigma`` 0 turns it off."""
-    band = ConfirmBand(floor_prob=0.4, max_sigma_nm=25, rel_sigma=2.0)
+    band = ConfirmBand(floor_prob=0.4, max_sigma_nm=25, rel_sigma=2.0, rel_min_points=2)
     prob = np.array([0.9, 0.9, 0.9, 0.5, 0.5])
     dim = _fit([True, True, False, True, True], [18.0, 22, 5, 38, 45], [18.0, 20, 5, 30, 30])  # median 20 -> 40
     assert confirmed(prob, dim, 0.7, band).tolist() == [True, True, True, True, False]
@@ -45,6 +45,8 @@ def test_the_band_limit_follows_a_dim_frames_confident_points():
     faint = _fit([True] * 5, [30.0, 30, 30, 38, 45], [30.0, 30, 30, 30, 30])
     assert confirmed(prob, faint, 0.7, band).tolist() == [True] * 4 + [False]
     assert confirmed(prob, faint, 0.7, replace(band, rel_max_sigma_nm=60.0)).tolist() == [True] * 5
+    # too few confident points to say how loose the frame's spots are: the absolute limit
+    assert confirmed(prob, dim, 0.7, replace(band, rel_min_points=3)).tolist() == [True] * 3 + [False] * 2
 
 
 def test_confirm_band_settings_are_validated():
@@ -54,6 +56,8 @@ def test_confirm_band_settings_are_validated():
         ConfirmBand(max_sigma_nm=0)
     with pytest.raises(InputError, match="confirm band"):
         ConfirmBand(rel_sigma=-1)
+    with pytest.raises(InputError, match="confirm band"):
+        ConfirmBand(rel_min_points=0)
 
 
 def test_finish_keeps_a_compact_spot_below_the_threshold_but_not_a_noise_candidate():

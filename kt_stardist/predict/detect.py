@@ -221,8 +221,9 @@ def confirmed(prob, fit, prob_thresh: float, band) -> np.ndarray:
     sigma = np.maximum(fit["sigma_y_nm"].to_numpy(np.float64), fit["sigma_x_nm"].to_numpy(np.float64))
     fit_ok = fit["fit_ok"].to_numpy(bool)
     limit = float(band.max_sigma_nm)
-    if band.rel_sigma > 0 and np.any(keep & fit_ok):  # dim images: relative to their confident points
-        rel = float(band.rel_sigma) * float(np.median(sigma[keep & fit_ok]))
+    sure = keep & fit_ok
+    if band.rel_sigma > 0 and sure.sum() >= band.rel_min_points:  # dim images: relative to their confident points
+        rel = float(band.rel_sigma) * float(np.median(sigma[sure]))
         limit = max(limit, min(rel, float(band.rel_max_sigma_nm)))
     ok = fit_ok & (sigma <= limit)  # NaN sigma: not confirmed
     return keep | ((prob >= band.floor_prob) & ok)
