@@ -40,6 +40,20 @@ def test_golden_mid_volume(model):
     assert not det.warnings
 
 
+@pytest.mark.parametrize("name", ["default", "temporal", "2ch", "6ch"])
+def test_stored_receptive_field_is_measured_with_todays_method(name):
+    """Each shipped model's ``receptive_field_px`` (model.json: every block's halo, so memory and
+    time) is what :func:`measure_receptive_field` measures; the temporal and 6-channel models
+    had StarDist's float32-rounding measure (46 px: 2.3× the voxels read, 1.8× the memory)."""
+    from kt_stardist.model import SHIPPED_MODELS, load_model
+    from kt_stardist.model.stardist_backend import measure_receptive_field
+
+    m = load_model(SHIPPED_MODELS[name])
+    stored = [list(p) for p in m.info.receptive_field_px]
+    assert stored == [list(p) for p in measure_receptive_field(m.backend.sd)]
+    assert max(p[1] for p in stored[1:]) <= 16  # px, y and x
+
+
 def test_golden_physical_hot_pixel_camera(model):
     """Physical optics and an sCMOS camera with hot and dead pixel columns, seeds of the
     robustness panel: spots are found and no hot column is reported as a spot."""
