@@ -198,15 +198,20 @@ def _good(bad_z, n):
 def bin_mean(v, bins):
     """Block means (float32) of a ``(Z, Y, X)`` array whose shape is a multiple of ``bins``
     (z, y, x px). The sums run in a fixed order per output voxel, so a chunk aligned to the bins
-    gives the same values as the whole volume."""
-    v = np.asarray(v, np.float32)
+    gives the same values as the whole volume. Integer counts that float32 holds exactly (8- and
+    16-bit) are summed from the array itself, without a float32 copy of the whole volume (the
+    same float32 additions, so the same values)."""
+    v = np.asarray(v)
+    if not np.can_cast(v.dtype, np.float32, "safe"):
+        v = v.astype(np.float32)
     for ax, b in enumerate(bins):
         if b > 1:
             parts = [v[(slice(None),) * ax + (slice(i, None, b),)] for i in range(b)]
-            acc = parts[0].copy()
+            acc = parts[0].astype(np.float32)
             for p in parts[1:]:
-                acc += p
+                np.add(acc, p, out=acc, dtype=np.float32)
             v = acc
+    v = np.asarray(v, np.float32)
     return v / np.float32(np.prod(bins)) if np.prod(bins) > 1 else v
 
 

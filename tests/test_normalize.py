@@ -142,3 +142,28 @@ def test_bright_threshold_is_lowered_to_the_brightest_voxels_but_not_into_the_no
     assert bright_threshold(10.0, 2.0, 8.0, 30.0) == 26.0  # enough voxels above 8 sd: unchanged
     assert bright_threshold(10.0, 2.0, 8.0, 20.0) == 20.0
     assert bright_threshold(10.0, 2.0, 8.0, 11.0) == 10.0 + K_MIN_BRIGHT * 2.0
+
+
+def test_bin_mean_sums_counts_without_a_float_copy_to_the_same_values():
+    """8/16-bit counts are binned from the array itself: the same float32 sums, in the same
+    order, as binning its float32 copy (and a chunk aligned to the bins as the whole)."""
+    from kt_stardist.normalize import bin_mean
+
+    def reference(v, bins):  # the float32 copy first, then the same sums
+        v = np.asarray(v, np.float32)
+        for ax, b in enumerate(bins):
+            parts = [v[(slice(None),) * ax + (slice(i, None, b),)] for i in range(b)]
+            acc = parts[0].copy()
+            for p in parts[1:]:
+                acc += p
+            v = acc
+        return v / np.float32(np.prod(bins))
+
+    rng = np.random.default_rng(0)
+    for dtype, hi in ((np.uint8, 255), (np.uint16, 65535), (np.int32, 2**30), (np.float64, 1e6)):
+        v = (rng.random((6, 16, 24)) * hi).astype(dtype)
+        out = bin_mean(v, (2, 4, 4))
+        assert out.dtype == np.float32 and out.shape == (3, 4, 6)
+        np.testing.assert_array_equal(out, reference(v, (2, 4, 4)))
+        np.testing.assert_array_equal(bin_mean(v[:, 4:12], (2, 4, 4)), out[:, 1:3])
+    np.testing.assert_array_equal(bin_mean(v, (1, 1, 1)), v.astype(np.float32))
