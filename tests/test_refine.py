@@ -249,3 +249,47 @@ def test_batched_least_squares_equals_the_per_window_fit():
     assert abs(got.rss - want.rss) <= 1e-6 * want.rss
     assert np.allclose(got.centres, want.centres, atol=1e-2)
     assert np.abs(np.sort(got.centres[:, 2]) - sisters[:, 2]).max() < 0.5
+
+
+def test_gathered_profiles_equal_the_integrated_gaussian_at_every_voxel():
+    """The fits evaluate each axis's profile once per distinct coordinate and gather it back to
+    the voxels (mle.gather_plan); the gathered values must be the integrated Gaussian of each
+    voxel, computed here directly, for windows of different sizes and zero padding."""
+    from scipy.special import erf
+
+    rng = np.random.default_rng(3)
+    coords = []
+    for b, (nz, ny, nx) in enumerate([(5, 7, 7), (4, 6, 9)]):
+        g = np.stack(np.meshgrid(np.arange(nz), np.arange(ny), np.arange(nx), indexing="ij"), -1).reshape(-1, 3)
+        g = g + np.array([10 + b, 30, 50 - b])
+        coords.append(np.pad(g, ((0, 260 - len(g)), (0, 0))))          # padded rows at 0, as the fits pad
+    coords = np.asarray(coords, np.float64)
+    centres = coords[:, :1, :] + rng.uniform(1, 4, (2, 2, 3))
+    sigma = rng.uniform(0.8, 2.0, (2, 2, 3))
+    plan = mle.gather_plan(coords, 2)
+    assert plan is not None
+    P, dPc, dPs = mle._profiles(coords, centres, sigma, plan=plan)
+    t = coords[:, None] - centres[:, :, None]
+    s = sigma[:, :, None]
+    want = 0.5 * (erf((t + 0.5) / (np.sqrt(2) * s)) - erf((t - 0.5) / (np.sqrt(2) * s)))
+    np.testing.assert_allclose(P, want, rtol=0, atol=1e-15)
+    # the rows of a plan serve a subset of the fits
+    sub = mle._profiles(coords[1:], centres[1:], sigma[1:], plan=plan.rows(np.array([1])))
+    np.testing.assert_array_equal(sub[0], P[1:])
+    np.testing.assert_array_equal(sub[2], dPs[1:])
+
+
+def test_gram_matches_einsum_and_does_not_depend_on_blas_threads():
+    """J^T W J of the fits: equal to the plain sum, and bit for bit the same whatever number of
+    BLAS threads the process allows (a dask worker and one process give the same fits)."""
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(0)
+    J, w = rng.random((40, 2000, 18)), rng.random((40, 2000))
+    with threadpool_limits(1):
+        one = mle.gram(J, w)
+    with threadpool_limits(2):
+        two = mle.gram(J, w)
+    np.testing.assert_array_equal(one, two)
+    np.testing.assert_allclose(one, np.einsum("bnp,bnq->bpq", J * w[..., None], J), rtol=1e-12)
+    np.testing.assert_allclose(mle.gram(J), np.einsum("bnp,bnq->bpq", J, J), rtol=1e-12)

@@ -49,7 +49,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["Camera", "MleFit", "estimate_camera", "fit_spots", "peak_fraction", "spot_photons"]
+__all__ = ["Camera", "MleFit", "estimate_camera", "fit_spots", "gram", "peak_fraction", "spot_photons"]
 
 _SQRT2 = np.sqrt(2.0)
 _SQRT2PI = np.sqrt(2.0 * np.pi)
@@ -145,18 +145,46 @@ def peak_fraction(sigma_px):
     return np.prod(erf(0.5 / (_SQRT2 * np.asarray(sigma_px, np.float64))), axis=-1)
 
 
-def _profiles(coords, centres, sigma, derivatives=True):
+class _Gather(NamedTuple):
+    """Where each voxel of a batch of windows with whole-number coordinates reads its per-axis
+    profiles (:func:`_profiles`): ``base`` (B, 3) px, each window's lowest coordinate per axis;
+    ``length`` L, the per-axis grid's length; ``loc`` (B, K, N, 3), each voxel's offset into its
+    window's (K, L, 3) profiles. Built once per batch of fits (:func:`gather_plan`); ``rows``
+    selects the fits still running."""
+
+    base: np.ndarray
+    length: int
+    loc: np.ndarray
+
+    def rows(self, idx):
+        return _Gather(self.base[idx], self.length, self.loc[idx])
+
+
+def gather_plan(coords, K):
+    """The :class:`_Gather` of ``coords`` (B, N, 3) px for K spots per window, or None when the
+    coordinates are not voxel centres (whole numbers) or the windows are small (≤ 64 voxels):
+    then :func:`_profiles` evaluates every voxel directly."""
+    coords = np.asarray(coords)
+    if not (coords.shape[1] > 64 and np.all(coords[:, :64] == np.round(coords[:, :64]))):
+        return None
+    base = coords.min(axis=1)                                          # (B, 3)
+    idx = (coords - base[:, None, :]).astype(np.intp)                  # (B, N, 3)
+    length = int(idx.max()) + 1
+    loc = (np.arange(int(K))[None, :, None, None] * length + idx[:, None]) * 3 + np.arange(3)
+    return _Gather(base, length, loc)
+
+
+def _profiles(coords, centres, sigma, derivatives=True, plan=None):
     """Per-axis integrated profiles of K Gaussians at ``coords`` (B, N, 3) px: P (B, K, N, 3) and,
     with ``derivatives``, dP/dc and dP/dσ (same shape). ``centres``, ``sigma`` (B, K, 3) px.
-    Voxel coordinates (whole numbers) are computed once per distinct value of each axis."""
+    Voxel coordinates (whole numbers) are computed once per distinct value of each axis, then
+    gathered (``plan``: their :func:`gather_plan`, None: made here)."""
     from scipy.special import erf
 
-    integer = coords.shape[1] > 64 and np.all(coords[:, :64] == np.round(coords[:, :64]))
-    if integer:
-        base = coords.min(axis=1)                                    # (B, 3)
-        idx = (coords - base[:, None, :]).astype(np.intp)            # (B, N, 3)
-        length = int(idx.max()) + 1
-        grid = base[:, None, :] + np.arange(length)[None, :, None]   # (B, L, 3)
+    B, K = centres.shape[:2]
+    plan = gather_plan(coords, K) if plan is None else plan
+    if plan is not None:
+        grid = plan.base[:, None, :] + np.arange(plan.length)[None, :, None]   # (B, L, 3)
     else:
         grid = coords
     t = grid[:, None, :, :] - centres[:, :, None, :]
@@ -167,10 +195,9 @@ def _profiles(coords, centres, sigma, derivatives=True):
         phi_hi = np.exp(-0.5 * (hi / s) ** 2) / (_SQRT2PI * s)
         phi_lo = np.exp(-0.5 * (lo / s) ** 2) / (_SQRT2PI * s)
         out += [phi_lo - phi_hi, (lo * phi_lo - hi * phi_hi) / s]
-    if integer:
-        K = centres.shape[1]
-        take = np.broadcast_to(idx[:, None], (idx.shape[0], K) + idx.shape[1:])
-        out = [np.take_along_axis(o, take, axis=2) for o in out]
+    if plan is not None:  # one flat gather per array (each is a fresh C-contiguous (B, K, L, 3))
+        flat = plan.loc + (np.arange(B) * (K * plan.length * 3))[:, None, None, None]
+        out = [np.take(o, flat) for o in out]
     return out[0], (out[1] if derivatives else None), (out[2] if derivatives else None)
 
 
@@ -212,11 +239,13 @@ class GaussianSpots:
 
     n_shape = 3
 
-    def unit(self, coords, centres, shape, derivatives=True):
+    def unit(self, coords, centres, shape, derivatives=True, plan=None):
         """Fraction of each spot's photons per voxel at ``coords`` (B, N, 3) px, spots at
         ``centres`` (B, K, 3) px with shape parameters ``shape`` (B, K, n_shape): G (B, K, N)
-        and, with ``derivatives``, dG/dcentre (B, K, N, 3) and dG/dshape (B, K, N, n_shape)."""
-        P, dPc, dPs = _profiles(coords, centres, shape, derivatives=derivatives)
+        and, with ``derivatives``, dG/dcentre (B, K, N, 3) and dG/dshape (B, K, N, n_shape).
+        ``plan``: the coordinates' :func:`gather_plan` when the caller made it (a fit's
+        iterations share it)."""
+        P, dPc, dPs = _profiles(coords, centres, shape, derivatives=derivatives, plan=plan)
         G = np.prod(P, axis=-1)
         if not derivatives:
             return G, None, None
@@ -236,15 +265,17 @@ class GaussianSpots:
 GAUSSIAN = GaussianSpots()
 
 
-def _model(theta, coords, dc, fixed, K, jac=True, spots=GAUSSIAN):
+def _model(theta, coords, dc, fixed, K, jac=True, spots=GAUSSIAN, plan=None):
     """μ (B, N) and, with ``jac``, J (B, N, P) of parameters theta (B, P): [centres K×3,
-    photons K, shape parameters K×S (``spots.n_shape``; Gaussian: sigmas), b0, slopes 3]."""
+    photons K, shape parameters K×S (``spots.n_shape``; Gaussian: sigmas), b0, slopes 3].
+    ``plan``: the Gaussian model's :func:`gather_plan` of ``coords`` (None: none given)."""
     B = theta.shape[0]
     S = spots.n_shape
     c = theta[:, :3 * K].reshape(B, K, 3)
     n = theta[:, 3 * K:4 * K]
     s = theta[:, 4 * K:(4 + S) * K].reshape(B, K, S)
-    G, dGc, dGs = spots.unit(coords, c, s, derivatives=jac)  # G (B, K, N)
+    extra = {} if plan is None else {"plan": plan}
+    G, dGc, dGs = spots.unit(coords, c, s, derivatives=jac, **extra)  # G (B, K, N)
     b = (4 + S) * K
     mu = theta[:, b, None] + np.einsum("bna,ba->bn", dc, theta[:, b + 1:]) + \
         np.einsum("bk,bkn->bn", n, G) + fixed
@@ -256,6 +287,26 @@ def _model(theta, coords, dc, fixed, K, jac=True, spots=GAUSSIAN):
     J = np.concatenate([d_c.transpose(0, 2, 1, 3).reshape(B, Nv, 3 * K), G.transpose(0, 2, 1),
                         d_s.transpose(0, 2, 1, 3).reshape(B, Nv, S * K), np.ones((B, Nv, 1)), dc], axis=2)
     return mu, J
+
+
+_BLAS = None
+
+
+def gram(J, weights=None):
+    """``Jᵀ diag(weights) J`` of a batch of fits: J (B, N, P), weights (B, N) or None → (B, P, P).
+
+    A batched matrix product on *one* BLAS thread: about ten times faster than the equivalent
+    ``np.einsum`` (which runs no BLAS at all), and, unlike threaded BLAS, its sums do not depend
+    on how many threads the machine or a dask worker allows, so every process gives the same
+    fits bit for bit. Shared by :func:`fit_spots` and the sister search's least squares."""
+    global _BLAS
+    if _BLAS is None:
+        from threadpoolctl import ThreadpoolController
+
+        _BLAS = ThreadpoolController()
+    Jw = J if weights is None else J * weights[..., None]
+    with _BLAS.limit(limits=1, user_api="blas"):
+        return np.matmul(Jw.transpose(0, 2, 1), J)
 
 
 def _nll(mu, d, w, floor):
@@ -355,7 +406,8 @@ def fit_spots(data, coords, weights, starts, lo, hi, sigma0, sigma_bounds=(0.5, 
         return 0.5 * np.sum(prec[rows] * (th[:, sh] - s_mean[rows]) ** 2, axis=1)
 
     lam = np.full(B, 1e-2)
-    mu, _ = _model(theta, coords, dc, fixed, K, jac=False, spots=spots)
+    plan = gather_plan(coords, K) if isinstance(spots, GaussianSpots) else None  # shared by every iteration
+    mu, _ = _model(theta, coords, dc, fixed, K, jac=False, spots=spots, plan=plan)
     nll = _nll(mu, d, w, floor) + prior_nll(theta)
     active = np.isfinite(nll)
     converged = np.zeros(B, bool)
@@ -365,11 +417,12 @@ def fit_spots(data, coords, weights, starts, lo, hi, sigma0, sigma_bounds=(0.5, 
         if len(idx) == 0:
             break
         th = theta[idx]
-        mu, J = _model(th, coords[idx], dc[idx], fixed[idx], K, spots=spots)
+        plan_i = None if plan is None else plan.rows(idx)
+        mu, J = _model(th, coords[idx], dc[idx], fixed[idx], K, spots=spots, plan=plan_i)
         mu = np.maximum(mu, floor)
         wi, di = w[idx], d[idx]
         grad = np.einsum("bn,bnp->bp", wi * (1.0 - di / mu), J)  # einsum: no BLAS threads
-        H = np.einsum("bnp,bnq->bpq", J * (wi / mu)[..., None], J)
+        H = gram(J, wi / mu)
         if prec is not None:
             grad[:, sh] += prec[idx] * (th[:, sh] - s_mean[idx])
             H[:, np.arange(4 * K, nb), np.arange(4 * K, nb)] += prec[idx]
@@ -378,7 +431,7 @@ def fit_spots(data, coords, weights, starts, lo, hi, sigma0, sigma_bounds=(0.5, 
         if it < warmup:  # the PSF width held at its start until centres and photons settle
             damp[:, sh] = 1e12 * diag[:, sh]
         new = bounded_step(H, grad, th, lo_t[idx], hi_t[idx], damp, diag)
-        mu_new, _ = _model(new, coords[idx], dc[idx], fixed[idx], K, jac=False, spots=spots)
+        mu_new, _ = _model(new, coords[idx], dc[idx], fixed[idx], K, jac=False, spots=spots, plan=plan_i)
         nll_new = _nll(mu_new, di, wi, floor) + prior_nll(new, idx)
         better = np.isfinite(nll_new) & (nll_new <= nll[idx])
         moved = np.abs(new - th)
@@ -392,9 +445,9 @@ def fit_spots(data, coords, weights, starts, lo, hi, sigma0, sigma_bounds=(0.5, 
         converged[idx[done]] = True
         active[idx[done]] = False
     # Fisher information at the fit
-    mu, J = _model(theta, coords, dc, fixed, K, spots=spots)
+    mu, J = _model(theta, coords, dc, fixed, K, spots=spots, plan=plan)
     mu = np.maximum(mu, floor)
-    fisher = np.einsum("bnp,bnq->bpq", J * (w / mu)[..., None], J)
+    fisher = gram(J, w / mu)
     if prec is not None:
         fisher[:, np.arange(4 * K, nb), np.arange(4 * K, nb)] += prec
     with np.errstate(all="ignore"):

@@ -188,7 +188,7 @@ def gauss_fit_batch(jobs, sigma_bounds=(0.5, 2.0), max_iter=60, ftol=1e-8, xtol=
     max_shift (3,) px)``, every job with the same K (windows of different size are padded and
     masked). Returns a list of :class:`GaussFit` (None where the fit is not finite).
     """
-    from kt_stardist.predict.mle import bounded_step
+    from kt_stardist.predict.mle import bounded_step, gram
 
     if not jobs:
         return []
@@ -237,7 +237,7 @@ def gauss_fit_batch(jobs, sigma_bounds=(0.5, 2.0), max_iter=60, ftol=1e-8, xtol=
         q = x[idx]
         r, J = residuals(q, idx)
         grad = np.einsum("bmp,bm->bp", J, r)
-        H = np.einsum("bmp,bmq->bpq", J, J)
+        H = gram(J)
         diag = np.maximum(np.einsum("bpp->bp", H), 1e-12)
         new = bounded_step(H, grad, q, lo[idx], hi[idx], lam[idx, None] * diag, diag)
         r_new, _ = residuals(new, idx, jac=False)
