@@ -118,10 +118,13 @@ def measure_receptive_field(sd, tol=RECEPTIVE_FIELD_TOL, probe_sigma_px=1.0, sha
     if probe_sigma_px > 0:
         probe = gaussian_filter(probe, float(probe_sigma_px))
         probe /= probe.max()
-    x = np.zeros((2,) + shape + (int(sd.config.n_channel_in),), np.float32)
+    # one image per call, as StarDist: a batch of two can take other kernels (other float32
+    # rounding) on some CPUs, and with tol=0 rounding is all that is measured
+    x = np.zeros((1,) + shape + (int(sd.config.n_channel_in),), np.float32)
+    empty = sd.keras_model.predict(x, verbose=0)[0][0, ..., 0]
     x[0] = probe[..., None]
-    prob = sd.keras_model.predict(x, verbose=0)[0][..., 0]
-    change = zoom(np.abs(prob[0] - prob[1]), grid, order=0)
+    spot = sd.keras_model.predict(x, verbose=0)[0][0, ..., 0]
+    change = zoom(np.abs(spot - empty), grid, order=0)
     where = np.nonzero(change > tol)
     if any(len(i) == 0 for i in where):
         return [(0, 0)] * 3
