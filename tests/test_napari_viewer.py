@@ -53,6 +53,9 @@ def _run_here_in_child(marker):
                           __file__], capture_output=True, text=True, env=env, cwd=os.path.dirname(__file__) + "/..",
                          timeout=1200)
     assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-3000:]
+    if " passed" not in out.stdout and " failed" not in out.stdout and "no X display" in out.stdout:
+        # the documented case (module docstring): without any X display every viewer test skips
+        pytest.skip("napari viewer tests skipped in their own process: no X display (apt-get install xvfb)")
     assert " passed" in out.stdout and " failed" not in out.stdout, out.stdout[-3000:]
 
 
