@@ -268,3 +268,43 @@ def test_resume_fingerprint_sees_rewritten_zarr_chunks(tmp_path):
     (tmp_path / "plate.czi").write_bytes(b"x" * 10)
     got = pipeline._fingerprint(str(tmp_path / "plate.czi:2"), None, SETTINGS, None, None, False)
     assert got["input_stat"][0] == 10 and got["dataset"] == "2"
+
+
+def test_overlapped_frames_write_the_same_bytes_as_one_after_another(movies, model_dir, tmp_path):
+    """In one process a frame's refinement runs on a thread while the next frame's network runs
+    (``overlap``, the default): the same points, byte for byte, as frames one after another,
+    with the default maximum-likelihood refinement (threads and BLAS must not change a bit)."""
+    import json
+    from pathlib import Path
+
+    thr = json.loads((Path(model_dir) / "thresholds.json").read_text())["prob"]  # given: no band below it
+    settings = PipelineSettings(detect=DetectSettings(prob_thresh=thr))
+    outs = {}
+    for overlap in (True, False):
+        out = tmp_path / f"overlap{overlap}.csv"
+        s = pipeline.run([movies[1]], out=out, model_dir=model_dir, settings=settings, progress=False,
+                         overlap=overlap)
+        assert (s.computed, s.failures) == (3, [])
+        outs[overlap] = out.read_bytes()
+    assert outs[True] == outs[False]
+    assert len(pd.read_csv(tmp_path / "overlapTrue.csv")) >= 6
+
+
+def test_a_frame_failing_in_its_overlapped_refinement_fails_alone(movies, model_dir, tmp_path, monkeypatch):
+    """A frame whose second step (refinement, on the thread) raises is reported alone, named by its
+    frame; the frames before and after it are written."""
+    import sys
+
+    D = sys.modules["kt_stardist.predict.detect"]
+    real, calls = D.finish, []
+
+    def finish(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("refinement broke")
+        return real(*a, **k)
+
+    monkeypatch.setattr(D, "finish", finish)
+    s = run_batch([movies[0]], tmp_path, model_dir=model_dir)
+    assert s.computed == 2 and [(f[1], f[2]) for f in s.failures] == [(1, "RuntimeError: refinement broke")]
+    assert sorted(p.name for p in (tmp_path / "parts").rglob("t*.csv")) == ["t00000.csv", "t00002.csv"]
