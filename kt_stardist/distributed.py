@@ -8,10 +8,7 @@ elsewhere (``retries``).
 
 This module knows nothing of how a frame is computed: it runs the function it is given
 (``kt_stardist.pipeline.run_frame``), which must be importable on the workers and return
-``(n_points, seconds)``. In this process, given ``start`` (``kt_stardist.pipeline.start_frame``:
-``fn`` in two steps, the second returned as a function), one frame's second step (refinement and
-writing, mostly one thread) runs on a thread while the next frame's first step (network, which
-uses every core) runs: the same parts, sooner.
+``(n_points, seconds)``.
 
 Schedulers: ``scheduler=None, workers<=1``: in this process, no dask; ``workers=N``: a
 ``LocalCluster`` of N single-threaded worker processes; ``scheduler="tcp://host:port"``: an
@@ -202,15 +199,12 @@ def _client(scheduler=None, workers=1, cluster=None, cluster_kwargs=None):
 
 
 def run_tasks(tasks, fn, fn_kwargs=None, local_model=None, scheduler=None, workers=1, cluster=None,
-              cluster_kwargs=None, retries=2, progress=True, summary: BatchSummary | None = None,
-              start=None) -> BatchSummary:
+              cluster_kwargs=None, retries=2, progress=True, summary: BatchSummary | None = None) -> BatchSummary:
     """Run ``fn(task, **fn_kwargs)`` for every task whose part is not done yet.
 
     In this process (no scheduler, ``workers <= 1``) ``fn`` also gets ``model=local_model()``
-    (loaded once, only when there is work); on dask each worker loads its own. ``start``: ``fn``
-    in two steps, ``fn(task, ...) == start(task, ...)()``; in this process a frame's second step
-    then overlaps the next frame's first (module docstring). Returns the summary with
-    ``frames``, ``computed``, ``skipped`` and ``failures`` filled in.
+    (loaded once, only when there is work); on dask each worker loads its own. Returns the
+    summary with ``frames``, ``computed``, ``skipped`` and ``failures`` filled in.
     """
     from tqdm.auto import tqdm
 
@@ -224,12 +218,15 @@ def run_tasks(tasks, fn, fn_kwargs=None, local_model=None, scheduler=None, worke
     try:
         if client is None:
             model = local_model() if (todo and local_model is not None) else None
-            if start is None:
-                for tk in todo:
-                    summary.computed += _in_process(tk, summary, lambda tk=tk: fn(tk, **fn_kwargs, model=model))[0]
-                    bar.update()
-            else:
-                _overlapped(todo, start, dict(fn_kwargs, model=model), summary, bar)
+            for tk in todo:
+                try:
+                    fn(tk, **fn_kwargs, model=model)
+                    summary.computed += 1
+                except KtError as e:
+                    summary.failures.append((tk.path, tk.t, str(e)))
+                except Exception as e:  # one bad frame does not stop the batch
+                    summary.failures.append((tk.path, tk.t, f"{type(e).__name__}: {e}"))
+                bar.update()
         else:
             from dask.distributed import as_completed
 
@@ -251,40 +248,3 @@ def run_tasks(tasks, fn, fn_kwargs=None, local_model=None, scheduler=None, worke
             cluster_obj.close()
     summary.seconds += time.perf_counter() - t0
     return summary
-
-
-def _in_process(tk, summary, call):
-    """``(True, call())`` for task ``tk``, or ``(False, None)`` with the failure recorded in
-    ``summary`` (one bad frame does not stop the batch)."""
-    try:
-        return True, call()
-    except KtError as e:
-        summary.failures.append((tk.path, tk.t, str(e)))
-    except Exception as e:
-        summary.failures.append((tk.path, tk.t, f"{type(e).__name__}: {e}"))
-    return False, None
-
-
-def _overlapped(todo, start, kwargs, summary, bar):
-    """Every task in this process, a frame's ``finish`` (the function ``start`` returned) on a
-    thread while the next frame's ``start`` runs; at most one ``finish`` in flight (two frames
-    in memory)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    def finish(tk, fin):
-        summary.computed += _in_process(tk, summary, fin)[0]
-        bar.update()
-
-    pending = None
-    with ThreadPoolExecutor(1, thread_name_prefix="kt-finish") as pool:
-        for tk in todo:
-            ok, fin = _in_process(tk, summary, lambda tk=tk: start(tk, **kwargs))
-            if pending is not None:
-                pending.result()
-            if not ok:
-                bar.update()
-                pending = None
-                continue
-            pending = pool.submit(finish, tk, fin)
-        if pending is not None:
-            pending.result()

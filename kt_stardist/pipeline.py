@@ -31,8 +31,7 @@ from kt_stardist.distributed import BatchSummary, file_stem, part_is_done, plan,
 from kt_stardist.errors import InputError
 from kt_stardist.settings import PipelineSettings, from_dict, to_dict
 
-__all__ = ["check_outputs", "find_points", "iter_find_points", "postprocess", "run", "run_frame", "start_frame", "run_json_path",
-           "RUN_JSON"]
+__all__ = ["check_outputs", "find_points", "iter_find_points", "postprocess", "run", "run_frame", "run_json_path", "RUN_JSON"]
 
 #: the run record of a batch (``--out-dir``), beside the per-image CSVs
 RUN_JSON = "run.json"
@@ -99,61 +98,45 @@ def _cached_model(model_dir):
     return load_model(model_dir)
 
 
-def start_frame(task, model_dir=None, axes=None, voxel_size_um=None, settings=None, labels=False, model=None):
-    """:func:`run_frame` up to the threshold (read, prepare, screen, network, NMS); returns
-    ``finish()``, a function of no arguments that refines the frame, writes its part and returns
-    ``(n_points, seconds)``. :func:`kt_stardist.distributed.run_tasks` runs one frame's
-    ``finish`` on a thread while the next frame starts."""
+def run_frame(task, model_dir=None, axes=None, voxel_size_um=None, settings=None, labels=False, model=None):
+    """Detect one frame and write its part atomically (sidecar JSON and labels first, the CSV,
+    which marks the part done, last); returns ``(n_points, seconds)``. ``settings`` is a
+    :class:`PipelineSettings` or its dict."""
     from kt_stardist.io import atomic_write, read_image, write_points
-    from kt_stardist.predict import frame_network_pass, label_image
+    from kt_stardist.predict import detect_frame, label_image
 
     t0 = time.perf_counter()
     st = settings if isinstance(settings, PipelineSettings) else from_dict(PipelineSettings, settings or {})
     if model is None:
         model = _cached_model(None if model_dir is None else str(model_dir))
     image = read_image(task.path, axes=axes, voxel_size_um=voxel_size_um, lazy=True)
-    finish_detection = frame_network_pass(model, image, task.t, st.detect, st.channel)
-    del image
-    t_network = time.perf_counter() - t0
-
-    def finish():
-        t1 = time.perf_counter()
-        det = finish_detection()
-        part = Path(task.part)
-        if labels:
-            lab = label_image(model, det)
-            with atomic_write(part.with_suffix(".labels.npz")) as f:
-                np.savez_compressed(f, labels=lab)
-        d = det.diagnostics
-        seconds = dict(d["seconds"], frame=t_network + time.perf_counter() - t1)  # frame: read, detect, labels, all
-        meta = dict(t=task.t, warnings=det.warnings, n_near=det.n_near, n_detections=d["n_detections"],
-                    n_split=d["n_split"], n_duplicates=d.get("n_duplicates", 0),
-                    n_confirmed=d.get("n_confirmed", 0), n_blocks=d["n_blocks"], prob_thresh=det.prob_thresh,
-                    threshold_by=d.get("threshold_by"), seconds=seconds,
-                    defects=[len(x) for x in (det.prepared.defects or [])])
-        if d.get("psf_note"):  # refine spline: the frame's measured PSF (merged per image by run)
-            meta["psf_note"] = d["psf_note"]
-            if d.get("psf") is not None:
-                d["psf"].save(part.with_suffix(".psf.npz"))
-        with atomic_write(part.with_suffix(".json"), "w") as f:
-            json.dump(meta, f, default=float)
-        write_points(det.points, part, voxel_size_um=det.prepared.image_voxel_um)
-        n = len(det.points)
-        del det
-        # the frame's arrays are also reachable from reference cycles (dask read graphs, TensorFlow
-        # traces of new block shapes) that only a full collection frees: without this, an 18-frame
-        # 61 x 1000 x 1000 run held several frames at once (RSS 6-11 GB instead of ~3)
-        gc.collect()
-        return n, seconds["frame"]
-
-    return finish
-
-
-def run_frame(task, model_dir=None, axes=None, voxel_size_um=None, settings=None, labels=False, model=None):
-    """Detect one frame and write its part atomically (sidecar JSON and labels first, the CSV,
-    which marks the part done, last); returns ``(n_points, seconds)``. ``settings`` is a
-    :class:`PipelineSettings` or its dict. :func:`start_frame`, then its ``finish()``."""
-    return start_frame(task, model_dir, axes, voxel_size_um, settings, labels, model)()
+    det = detect_frame(model, image, task.t, st.detect, st.channel)
+    part = Path(task.part)
+    if labels:
+        lab = label_image(model, det)
+        with atomic_write(part.with_suffix(".labels.npz")) as f:
+            np.savez_compressed(f, labels=lab)
+    d = det.diagnostics
+    seconds = dict(d["seconds"], frame=time.perf_counter() - t0)  # frame: read, detect, labels, all
+    meta = dict(t=task.t, warnings=det.warnings, n_near=det.n_near, n_detections=d["n_detections"],
+                n_split=d["n_split"], n_duplicates=d.get("n_duplicates", 0), n_confirmed=d.get("n_confirmed", 0),
+                n_blocks=d["n_blocks"], prob_thresh=det.prob_thresh, threshold_by=d.get("threshold_by"),
+                seconds=seconds,
+                defects=[len(x) for x in (det.prepared.defects or [])])
+    if d.get("psf_note"):  # refine spline: the frame's measured PSF (merged per image by run)
+        meta["psf_note"] = d["psf_note"]
+        if d.get("psf") is not None:
+            d["psf"].save(part.with_suffix(".psf.npz"))
+    with atomic_write(part.with_suffix(".json"), "w") as f:
+        json.dump(meta, f, default=float)
+    write_points(det.points, part, voxel_size_um=det.prepared.image_voxel_um)
+    n = len(det.points)
+    del det, image
+    # the frame's arrays are also reachable from reference cycles (dask read graphs, TensorFlow
+    # traces of new block shapes) that only a full collection frees: without this, an 18-frame
+    # 61 x 1000 x 1000 run held several frames at once (RSS 6-11 GB instead of ~3)
+    gc.collect()
+    return n, time.perf_counter() - t0
 
 
 # --------------------------------------------------------------------------------------------
@@ -279,7 +262,7 @@ def _image_warnings(metas, model_info, th_prob, settings):
 
 def run(inputs, *, out=None, out_dir=None, model_dir=None, settings: PipelineSettings | None = None, axes=None,
         voxel_size_um=None, labels_out=None, report_dir=None, workers=1, scheduler=None, cluster=None,
-        cluster_kwargs=None, retries=2, progress=True, command=None, overlap=True) -> BatchSummary:
+        cluster_kwargs=None, retries=2, progress=True, command=None) -> BatchSummary:
     """Detect (then pair and track) every frame of every input; resumable; returns a summary.
 
     Outputs: with ``out`` (one input) ``out`` and ``<out stem>.run.json``, the parts in a hidden
@@ -288,9 +271,7 @@ def run(inputs, *, out=None, out_dir=None, model_dir=None, settings: PipelineSet
     ``run.json`` and ``parts/``. ``labels_out``: an int32 label image (TZYX). ``report_dir``: the
     HTML report (per input in ``report_dir/<stem>/`` with several inputs). Every file is written
     atomically; an interrupted run is finished by running it again. Runs into the same output
-    hold a lock on it (a hidden ``.lock`` file beside it) and so wait for each other. ``overlap``
-    (in this process): a frame's refinement runs on a thread while the next frame's network runs
-    (the same points; two frames in memory at once), :func:`kt_stardist.distributed.run_tasks`.
+    hold a lock on it (a hidden ``.lock`` file beside it) and so wait for each other.
     """
     check_outputs(out, out_dir, len([str(p) for p in inputs]), labels_out, inputs)
     if model_dir is not None:  # a shipped model's name (--model temporal) becomes its folder
@@ -302,7 +283,7 @@ def run(inputs, *, out=None, out_dir=None, model_dir=None, settings: PipelineSet
         return _run(inputs, out=out, out_dir=out_dir, model_dir=model_dir, settings=settings, axes=axes,
                     voxel_size_um=voxel_size_um, labels_out=labels_out, report_dir=report_dir, workers=workers,
                     scheduler=scheduler, cluster=cluster, cluster_kwargs=cluster_kwargs, retries=retries,
-                    progress=progress, command=command, overlap=overlap)
+                    progress=progress, command=command)
 
 
 @contextlib.contextmanager
@@ -324,7 +305,7 @@ def _exclusive(path):
 
 
 def _run(inputs, *, out, out_dir, model_dir, settings, axes, voxel_size_um, labels_out, report_dir, workers,
-         scheduler, cluster, cluster_kwargs, retries, progress, command, overlap=True) -> BatchSummary:
+         scheduler, cluster, cluster_kwargs, retries, progress, command) -> BatchSummary:
     """:func:`run`, with the output locked."""
     import shutil
 
@@ -364,7 +345,7 @@ def _run(inputs, *, out, out_dir, model_dir, settings, axes, voxel_size_um, labe
         return load_model(model_dir)
 
     run_tasks(tasks, run_frame, fn_kwargs, local_model, scheduler, workers, cluster, cluster_kwargs, retries,
-              progress, summary, start=start_frame if overlap else None)
+              progress, summary)
 
     from kt_stardist.io import read_image
 

@@ -33,8 +33,7 @@ from kt_stardist.predict.refine import refine_and_split
 from kt_stardist.predict.screen import screen, screen_lazy
 from kt_stardist.settings import DetectSettings, replace
 
-__all__ = ["Candidates", "Detection", "NetworkPass", "detect", "network_pass", "finish_pass", "network_candidates",
-           "finish", "thresholds_of",
+__all__ = ["Candidates", "Detection", "detect", "network_candidates", "finish", "thresholds_of",
            "adaptive_threshold", "candidate_floor", "confirmed", "calibration_warning", "points_frame"]
 
 
@@ -308,27 +307,25 @@ def finish(model, prep: Prepared, cands: Candidates, prob_thresh: float, setting
                      diag, warnings)
 
 
-@dataclass
-class NetworkPass:
-    """The first part of :func:`detect` on one volume, up to the threshold: the ``prepared``
-    volume, the network's ``candidates``, the ``prob_thresh`` chosen and how (``threshold_by``),
-    and whether the model's own thresholds apply (``confirm``: the confirm band). :func:`detect`
-    is ``finish_pass(model, network_pass(...))``; run apart, one frame's refinement can overlap the
-    next frame's network (:func:`kt_stardist.distributed.run_tasks`)."""
+def detect(model, volume, voxel_size_um=None, settings: DetectSettings | None = None, spot_channel: int = 0,
+           show_progress: bool = False) -> Detection:
+    """Kinetochore points of one volume (module docstring).
 
-    prepared: Prepared
-    candidates: Candidates
-    prob_thresh: float
-    threshold_by: str
-    confirm: bool
-    settings: DetectSettings
-    spot_channel: int = 0
+    Parameters
+    ----------
+    model : :class:`kt_stardist.model.KtModel`
+    volume : ndarray or lazy array (dask, h5py/zarr dataset) ``(Z, Y, X[, C])``, raw intensities,
+        image px; C == the model's input channels (temporal models: frames t-1, t, t+1 already
+        stacked, :func:`kt_stardist.channels.stack_frames`).
+    voxel_size_um : (z, y, x) µm of ``volume``; None: the model's. Another voxel size is
+        rescaled to the model's and the points mapped back.
+    settings : :class:`kt_stardist.settings.DetectSettings` (None: defaults, the model's thresholds).
+    spot_channel : the input channel refined on and screened (the EGFP channel of the centre frame).
 
-
-def network_pass(model, volume, voxel_size_um=None, settings: DetectSettings | None = None, spot_channel: int = 0,
-                 show_progress: bool = False) -> NetworkPass:
-    """:func:`detect` up to the threshold: prepare, screen, blocks, network, NMS, the threshold
-    (stored, given or lowered into a gap). Parameters as :func:`detect`."""
+    Returns
+    -------
+    :class:`Detection` (``.points``: the points table).
+    """
     from kt_stardist.errors import InputError
 
     settings = settings or DetectSettings()
@@ -347,33 +344,4 @@ def network_pass(model, volume, voxel_size_um=None, settings: DetectSettings | N
     how = "given" if settings.prob_thresh is not None else "stored"
     if adapt:
         prob, how = adaptive_threshold(cands.prob, prob, settings.adaptive)
-    return NetworkPass(prep, cands, float(prob), how, model_thresholds, settings, int(spot_channel))
-
-
-def finish_pass(model, npass: NetworkPass) -> Detection:
-    """:func:`detect` from the threshold on (:func:`finish`) for a :func:`network_pass`."""
-    return finish(model, npass.prepared, npass.candidates, npass.prob_thresh, npass.settings, npass.spot_channel,
-                  threshold_by=npass.threshold_by, confirm=npass.confirm)
-
-
-def detect(model, volume, voxel_size_um=None, settings: DetectSettings | None = None, spot_channel: int = 0,
-           show_progress: bool = False) -> Detection:
-    """Kinetochore points of one volume (module docstring): :func:`network_pass`, then
-    :func:`finish_pass`.
-
-    Parameters
-    ----------
-    model : :class:`kt_stardist.model.KtModel`
-    volume : ndarray or lazy array (dask, h5py/zarr dataset) ``(Z, Y, X[, C])``, raw intensities,
-        image px; C == the model's input channels (temporal models: frames t-1, t, t+1 already
-        stacked, :func:`kt_stardist.channels.stack_frames`).
-    voxel_size_um : (z, y, x) µm of ``volume``; None: the model's. Another voxel size is
-        rescaled to the model's and the points mapped back.
-    settings : :class:`kt_stardist.settings.DetectSettings` (None: defaults, the model's thresholds).
-    spot_channel : the input channel refined on and screened (the EGFP channel of the centre frame).
-
-    Returns
-    -------
-    :class:`Detection` (``.points``: the points table).
-    """
-    return finish_pass(model, network_pass(model, volume, voxel_size_um, settings, spot_channel, show_progress))
+    return finish(model, prep, cands, prob, settings, spot_channel, threshold_by=how, confirm=model_thresholds)

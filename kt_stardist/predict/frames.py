@@ -14,11 +14,11 @@ import pandas as pd
 
 from kt_stardist.channels import stack_frames
 from kt_stardist.errors import InputError
-from kt_stardist.predict.detect import Detection, finish_pass, network_pass
+from kt_stardist.predict.detect import Detection, detect
 from kt_stardist.predict.preprocess import exceeds_memory
 from kt_stardist.settings import DetectSettings
 
-__all__ = ["check_image_for_model", "frame_input", "frame_network_pass", "detect_frame", "detect_image", "iter_detect_image", "label_image"]
+__all__ = ["check_image_for_model", "frame_input", "detect_frame", "detect_image", "iter_detect_image", "label_image"]
 
 
 def check_image_for_model(image, model, channel=None) -> list:
@@ -63,11 +63,11 @@ def frame_input(image, t, model, channel=None, max_in_memory_gb=4.0):
     return stack_frames(_Frames(), t, model.layout, channel)
 
 
-def frame_network_pass(model, image, t: int, settings: DetectSettings | None = None, channel=None,
-                       voxel_size_um=None, show_progress: bool = False):
-    """:func:`detect_frame` up to the threshold: ``finish()``, a function of no arguments that
-    refines frame ``t``'s candidates and returns its :class:`Detection` (the network's part is
-    done; run apart, it can overlap the next frame's network). Parameters as :func:`detect_frame`."""
+def detect_frame(model, image, t: int, settings: DetectSettings | None = None, channel=None, voxel_size_um=None,
+                 show_progress: bool = False) -> Detection:
+    """:func:`~kt_stardist.predict.detect.detect` on frame ``t`` of an :class:`kt_stardist.io.Image`;
+    the points get a ``t`` column. ``voxel_size_um`` overrides the image's (without either: the
+    model's)."""
     settings = settings or DetectSettings()
     notes = check_image_for_model(image, model, channel)
     vs = voxel_size_um if voxel_size_um is not None else getattr(image, "voxel_size_um", None)
@@ -77,25 +77,10 @@ def frame_network_pass(model, image, t: int, settings: DetectSettings | None = N
 
         where = getattr(image, "path", None) or "image"
         check_volume(x, f"{where} frame {t}" if image.data.shape[0] > 1 else str(where))
-    npass = network_pass(model, x, vs, settings, spot_channel=model.layout.spot_channel, show_progress=show_progress)
-    del x
-    many = image.data.shape[0] > 1
-
-    def finish():
-        det = finish_pass(model, npass)
-        det.points.insert(0, "t", int(t))
-        det.warnings = notes + [f"frame {t}: {w}" if many else w for w in det.warnings]
-        return det
-
-    return finish
-
-
-def detect_frame(model, image, t: int, settings: DetectSettings | None = None, channel=None, voxel_size_um=None,
-                 show_progress: bool = False) -> Detection:
-    """:func:`~kt_stardist.predict.detect.detect` on frame ``t`` of an :class:`kt_stardist.io.Image`;
-    the points get a ``t`` column. ``voxel_size_um`` overrides the image's (without either: the
-    model's)."""
-    return frame_network_pass(model, image, t, settings, channel, voxel_size_um, show_progress)()
+    det = detect(model, x, vs, settings, spot_channel=model.layout.spot_channel, show_progress=show_progress)
+    det.points.insert(0, "t", int(t))
+    det.warnings = notes + [f"frame {t}: {w}" if image.data.shape[0] > 1 else w for w in det.warnings]
+    return det
 
 
 def iter_detect_image(model, image, settings: DetectSettings | None = None, channel=None, voxel_size_um=None,
