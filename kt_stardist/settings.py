@@ -113,9 +113,7 @@ class SplitSettings:
     ``min_gain`` less residual, the spots are ``sep_um`` (lo, hi) µm apart, the fainter has at
     least ``min_amp`` × the brighter's amplitude and the second lies further than
     ``min_other_um`` from every other detection; tried only where the one-spot fit leaves a
-    residual peak ``min_residual`` noise sd high; window half-size ``half_um`` (z, y, x) µm. A
-    second spot within ``edge_px`` px of its window's edge is refitted on the windows around
-    both spots together and kept only if it passes again away from that window's edge.
+    residual peak ``min_residual`` noise sd high; window half-size ``half_um`` (z, y, x) µm.
     """
 
     enabled: bool = True
@@ -126,7 +124,6 @@ class SplitSettings:
     min_other_um: float = 0.5
     half_um: tuple = (0.6, 0.5, 0.5)
     min_residual: float = 3.0
-    edge_px: float = 0.5
 
 
 @dataclass(frozen=True)

@@ -265,29 +265,6 @@ def test_split_finds_merged_sisters_and_leaves_single_spots():
     assert np.mean(errs) < 0.06, errs  # µm per spot
 
 
-def test_a_second_spot_at_its_window_edge_is_refitted_not_kept_there():
-    """A crop of a simulated easy frame (``tests/data/split_edge_case.npz``: ``simulate_volume((61,
-    512, 512), seed=7919000778, snr="easy", layout="plate")[0][26:50, 259:301, 201:251, 0]``,
-    its true spots and the network's starts there): the sister search of one detection finds the
-    light of a spot the network missed ~1 µm away, outside its window in z, and its second
-    Gaussian stops at the window's edge, ~0.4 µm from any spot. Refitted on the windows around
-    both spots, it is dropped; the missed spot found from its own neighbour stays."""
-    from pathlib import Path
-
-    from kt_stardist.predict.refine import refine_and_split
-
-    case = np.load(Path(__file__).parent / "data" / "split_edge_case.npz")
-    vs, starts, truth = case["voxel_size_um"], case["starts_px"].astype(float), case["truth_px"]
-
-    def split_errors_nm(split):
-        q, _ = refine_and_split(case["volume"], starts, vs, split=split)
-        extra = q[len(starts):]
-        return np.linalg.norm((extra[:, None] - truth[None]) * vs, axis=2).min(1) * 1000
-
-    assert np.all(split_errors_nm(SplitSettings(edge_px=1.0)) < 50)  # 0.5 (the default here) misses this crop
-    assert np.max(split_errors_nm(SplitSettings(edge_px=-np.inf))) > 300  # without the check
-
-
 def test_overlap_groups():
     from kt_stardist.predict.refine import overlap_groups
 

@@ -408,19 +408,17 @@ class _Fitter:
         """Test every fitted detection for an unresolved second spot (a close sister): one vs two
         Gaussians on a wider window, neighbours subtracted. Yields (i, (2, 3) px) for each
         detection whose two-spot fit passes the tests of ``split`` (:class:`SplitSettings`) and
-        whose second spot lies inside the volume. A second spot that passes but lies within
-        ``edge_px`` of its window's edge (not the volume's) may be fitting the tail of light from
-        outside the window: both fits are redone on the windows around both spots together, and
-        it is kept only if it passes again (F-test and geometry; the residual gain, relative to
-        a now larger window, is not asked again) away from that window's edge."""
+        whose second spot lies inside the volume."""
         from scipy.spatial import cKDTree
 
         half = np.maximum(np.round(np.asarray(split.half_um) / self.vs).astype(int), 1)
         placed = cKDTree(self.out * self.vs)  # the refined detections, µm
+        todo = [i for i in self.order() if self.fits[i] is not None]
         windows = {}
-        for i in [i for i in self.order() if self.fits[i] is not None]:
-            windows[i] = self._split_window(i, [self.out[i]], half)
-        windows = {i: w for i, w in windows.items() if w[1].size > n_params(2)}
+        for i in todo:
+            coords, vals = self.window(self.out[i], half)
+            if vals.size > n_params(2):
+                windows[i] = (coords, self.others_removed([i], coords, vals))
         todo = list(windows)
         ones = gauss_fit_batch([(windows[i][1], windows[i][0], self.out[i][None], self.fits[i][0].sigma,
                                  self.max_shift) for i in todo], self.bounds)
@@ -432,64 +430,23 @@ class _Fitter:
             resid = vals - one.spot(0, coords)
             k = int(np.argmax(resid))
             if resid[k] - np.median(resid) >= split.min_residual * np.sqrt(one.rss / one.n):
-                second[i] = (one, coords[k])  # a residual peak that could be a second spot: try two spots
-        fits = self._two_spots(windows, second, half)
-
-        def passes(i, one, two, gain=True):
-            if f_test(one, two) >= split.alpha or (gain and two.rss > (1 - split.min_gain) * one.rss):
-                return False
+                second[i] = (one, k)  # a residual peak that could be a second spot: try two spots
+        tried = list(second)
+        twos = gauss_fit_batch([(windows[i][1], windows[i][0], np.stack([second[i][0].centres[0],
+                                 windows[i][0][second[i][1]]]), second[i][0].sigma, np.maximum(half, self.max_shift))
+                                for i in tried], self.bounds)
+        for i, two in zip(tried, twos):
+            one = second[i][0]
+            if two is None or f_test(one, two) >= split.alpha or two.rss > (1 - split.min_gain) * one.rss:
+                continue
             sep = float(np.linalg.norm((two.centres[1] - two.centres[0]) * self.vs))
             a = two.amplitudes
             crowded = set(placed.query_ball_point(two.centres[1] * self.vs, split.min_other_um)) - {i}
             inside = np.all((two.centres[1] >= 0) & (two.centres[1] <= np.array(self.vol.shape) - 1))
             lo, hi = split.sep_um
-            return bool(lo <= sep <= hi and a.min() >= split.min_amp * a.max() and inside and not crowded
-                        and self.within(two.centres[0], i))
-
-        found = {i for i, (one, two) in fits.items() if passes(i, one, two)}
-        edge = {i: (fits[i][0], fits[i][1].centres[1]) for i in found
-                if self._at_edge(fits[i][1].centres[1], windows[i][0], split.edge_px)}
-        for i in edge:
-            windows[i] = self._split_window(i, [self.out[i], edge[i][1]], half)
-        again = self._two_spots(windows, edge, half, refit_one=True)
-        for i in edge:
-            found.discard(i)
-            if i in again and not self._at_edge(again[i][1].centres[1], windows[i][0], split.edge_px) \
-                    and passes(i, *again[i], gain=False):
-                fits[i] = again[i]
-                found.add(i)
-        rank = {i: r for r, i in enumerate(todo)}
-        for i in sorted(found, key=rank.get):
-            yield i, fits[i][1].centres
-
-    def _split_window(self, i, centres, half):
-        """(coords, values) of the windows of ``half`` px around ``centres`` (px) together,
-        the fitted neighbours of detection i subtracted."""
-        wins = [_window(self.vol.shape, c, half) for c in centres]
-        coords, vals = self.read(tuple(slice(min(w[a].start for w in wins), max(w[a].stop for w in wins))
-                                       for a in range(3)))
-        return coords, self.others_removed([i], coords, vals)
-
-    def _two_spots(self, windows, second, half, refit_one=False):
-        """{i: (one-spot fit, two-spot fit)} on ``windows[i]`` for each ``second[i]`` = (one-spot
-        fit, second spot's start px); ``refit_one``: the one-spot fit is redone on the window
-        first (from the detection). Detections whose fits fail are left out."""
-        tried = list(second)
-        if refit_one:
-            ones = gauss_fit_batch([(windows[i][1], windows[i][0], self.out[i][None], self.fits[i][0].sigma,
-                                     self.max_shift) for i in tried], self.bounds)
-            second = {i: (one, second[i][1]) for i, one in zip(tried, ones) if one is not None}
-            tried = list(second)
-        twos = gauss_fit_batch([(windows[i][1], windows[i][0], np.stack([second[i][0].centres[0], second[i][1]]),
-                                 second[i][0].sigma, np.maximum(half, self.max_shift)) for i in tried], self.bounds)
-        return {i: (second[i][0], two) for i, two in zip(tried, twos) if two is not None}
-
-    def _at_edge(self, centre, coords, edge_px):
-        """Whether ``centre`` (px) lies within ``edge_px`` of the edge of the window ``coords``
-        (M, 3) px where that edge is not the volume's."""
-        lo, hi = coords.min(0), coords.max(0)
-        top = np.array(self.vol.shape) - 1
-        return bool(np.any(((centre < lo + edge_px) & (lo > 0)) | ((centre > hi - edge_px) & (hi < top))))
+            if lo <= sep <= hi and a.min() >= split.min_amp * a.max() and inside and not crowded \
+                    and self.within(two.centres[0], i):
+                yield i, two.centres
 
 
 #: columns of the fit's quality and uncertainty (:func:`refine_and_split` with ``return_fit``)
