@@ -23,10 +23,12 @@ own for ``gauss`` and ``spline``, the Gaussian fit's for ``lsq``), std(error / s
 maximum-likelihood methods, spots with ``fit_ok``), ``fit_ok`` share, the median error per axis
 (z bias), the rms error of the inter-sister distance, and seconds per spot. Then the
 refinement time of a whole 61 × 1000 × 1000 frame (median of repeats, every method). Prints
-markdown tables.
+markdown tables. ``--joint-scales 1.0 1.25`` runs the maximum-likelihood methods with each
+``RefineSettings.joint_scale`` (how far apart detections are still fitted jointly) side by
+side on the same volumes.
 
     python scripts/benchmark_localisation.py [--quick] [--n 2] [--shape 32 128 128] [--repeats 3]
-        [--methods lsq gauss spline] [--sets easy mid ... reference emccd]
+        [--methods lsq gauss spline] [--sets easy mid ... reference emccd] [--joint-scales 1.0 1.25]
 """
 
 from __future__ import annotations
@@ -83,14 +85,17 @@ def physical_sets(n, shape, seed, only=None):
         yield name, vols
 
 
-def refine(vol, starts, vs, method):
+def refine(vol, starts, vs, method, joint_scale=None):
+    """``joint_scale``: ``RefineSettings.joint_scale`` of the maximum-likelihood methods (None:
+    the default; ``lsq`` groups by its own windows)."""
     import warnings
 
     from kt_stardist.predict.refine import refine_and_split
     from kt_stardist.settings import RefineSettings, SplitSettings
 
     t0 = time.perf_counter()
-    settings = RefineSettings(method="lsq", passes=2) if method == "lsq" else RefineSettings(method=method)
+    joint = {} if joint_scale is None else dict(joint_scale=joint_scale)
+    settings = RefineSettings(method="lsq", passes=2) if method == "lsq" else RefineSettings(method=method, **joint)
     with warnings.catch_warnings():  # the spline's fallback is counted in the table
         warnings.simplefilter("ignore")
         pts, _, fit = refine_and_split(vol, starts, vs, settings, SplitSettings(enabled=False), return_fit=True)
@@ -130,21 +135,26 @@ def sister_errors(df, pts, vs):
     return np.array(errs), np.array(close)
 
 
-def evaluate(sets, methods=METHODS):
-    """One row per set and method (module docstring). Methods without an uncertainty of their
-    own (``lsq``) are scored against the Gaussian maximum-likelihood fit's sigma and ``fit_ok``."""
+def evaluate(sets, methods=METHODS, scales=(None,)):
+    """One row per set, method and joint scale (``scales``: ``RefineSettings.joint_scale``
+    values, None: the default; side by side on the same volumes). Methods without an
+    uncertainty of their own (``lsq``) are scored against the Gaussian maximum-likelihood fit's
+    sigma and ``fit_ok``."""
+    from kt_stardist.settings import RefineSettings
+
     rows = []
     own = [m for m in methods if m != "lsq"]
     fitted = sorted(set(own) | ({"gauss"} if "lsq" in methods else set()), key=METHODS.index)
     for name, vols in sets:
-        acc = {m: dict(err=[], ax=[], sig=[], crlb=[], ok=[], sis=[], sis_close=[], sec=0.0, n=0, psf=[])
-               for m in METHODS}
-        for vol, df, vs in vols:
+        accs = {sc: {m: dict(err=[], ax=[], sig=[], crlb=[], ok=[], sis=[], sis_close=[], sec=0.0, n=0, psf=[])
+                     for m in METHODS} for sc in scales}
+        for (vol, df, vs), sc in ((v, sc) for v in vols for sc in scales):
+            acc = accs[sc]
             df = df.reset_index(drop=True)
             truth = df[["z", "y", "x"]].to_numpy(float)
             starts = grid_starts(truth)
             for m in fitted + (["lsq"] if "lsq" in methods else []):
-                pts, fit, sec = refine(vol, starts, vs, m)
+                pts, fit, sec = refine(vol, starts, vs, m, sc)
                 psf = fit.attrs.get("psf")
                 order = assigned(truth, pts, vs)
                 # the Cramér–Rao bound alone (the sigma columns add overdispersion and a floor)
@@ -164,8 +174,8 @@ def evaluate(sets, methods=METHODS):
                 a["sis"].append(s_all), a["sis_close"].append(s_close)
                 a["sec"] += sec
                 a["n"] += len(pts)
-        for m in methods:
-            a = acc[m]
+        for sc, m in ((sc, m) for sc in scales for m in methods):
+            a = accs[sc][m]
             err, ax, sig = np.concatenate(a["err"]), np.concatenate(a["ax"]), np.concatenate(a["sig"])
             ok = np.concatenate(a["ok"])
             rms_crlb = np.sqrt(np.mean(np.sum(np.concatenate(a["crlb"])[ok] ** 2, axis=1)))
@@ -173,7 +183,8 @@ def evaluate(sets, methods=METHODS):
             sis, sis_c = np.concatenate(a["sis"]), np.concatenate(a["sis_close"])
             mine = m != "lsq"
             rows.append(dict(
-                set=name, method=m, spots=len(err),
+                set=name, method=m, joint_scale=sc if sc is not None else RefineSettings().joint_scale,
+                spots=len(err),
                 rmse_nm=np.sqrt(np.mean(err ** 2)), median_nm=np.median(err),
                 over_100nm=np.mean(err > 100), rmse_over_crlb=np.sqrt(np.mean(err[ok] ** 2)) / rms_crlb,
                 crlb_nm=rms_crlb if mine else np.nan, fit_ok=np.mean(ok) if mine else np.nan,
@@ -185,7 +196,8 @@ def evaluate(sets, methods=METHODS):
                 close_sister_rms_nm=np.sqrt(np.mean(sis_c ** 2)) if len(sis_c) else np.nan,
                 psf=("/".join(str(n) for n in a["psf"]) if m == "spline" else "–"),
                 ms_per_spot=1000 * a["sec"] / max(a["n"], 1)))
-            print(f"  {name:22s} {m:6s} rmse {rows[-1]['rmse_nm']:.1f} nm", file=sys.stderr)
+            print(f"  {name:22s} {m:6s} x{rows[-1]['joint_scale']} rmse {rows[-1]['rmse_nm']:.1f} nm",
+                  file=sys.stderr)
     return rows
 
 
@@ -225,6 +237,8 @@ def main(argv=None):
     ap.add_argument("--no-timing", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    ap.add_argument("--joint-scales", nargs="+", type=float, metavar="S",
+                    help="RefineSettings.joint_scale values side by side (default: the default only)")
     ap.add_argument("--sets", nargs="+", metavar="SET", help="only these sets (e.g. mid 'mid close' reference "
                     "aberrated_widefield confocal_water emccd; default all)")
     a = ap.parse_args(argv)
@@ -235,8 +249,9 @@ def main(argv=None):
 
     t0 = time.perf_counter()
     methods = [m for m in METHODS if m in a.methods]
-    rows = evaluate(gaussian_sets(a.n, tuple(a.shape), a.seed, a.sets), methods)
-    rows += evaluate(physical_sets(a.n, tuple(a.physical_shape), a.seed, a.sets), methods)
+    scales = tuple(a.joint_scales) if a.joint_scales else (None,)
+    rows = evaluate(gaussian_sets(a.n, tuple(a.shape), a.seed, a.sets), methods, scales)
+    rows += evaluate(physical_sets(a.n, tuple(a.physical_shape), a.seed, a.sets), methods, scales)
     df = pd.DataFrame(rows)
     print(f"# Localisation: least squares (lsq) vs maximum likelihood: Gaussian (gauss), measured PSF (spline)\n\n"
           f"Starts: true positions on the (1, 2, 2) grid; {a.n} volume(s) per set; errors 3D, nm; "

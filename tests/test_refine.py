@@ -142,6 +142,29 @@ def test_refine_settings_refuse_a_bad_gain_and_round_trip():
     assert S.from_dict(S.DetectSettings, S.to_dict(s)) == s
 
 
+def test_neighbours_within_the_grown_windows_are_fitted_jointly():
+    """Two detections 1.35 µm apart in z: their ±0.6 µm windows do not overlap, grown by
+    ``joint_scale`` 1.25 they do, so they form one group (one joint fit); one 2.6 µm away in y
+    stays alone. A scale that is not a positive number is refused."""
+    from kt_stardist.errors import InputError
+    from kt_stardist.predict.refine import _MleFitter
+
+    pts = np.array([[10.0, 20, 20], [14.5, 20, 20], [10.0, 40, 20]])  # px
+    vol = np.full((30, 60, 40), OFFSET, np.float32)
+    camera = mle.Camera.from_settings(GAIN, OFFSET, READ)
+
+    def groups(scale):
+        fitter = _MleFitter(vol, pts, VOX, RefineSettings(joint_scale=scale), camera)
+        return sorted(sorted(int(i) for i in g) for g in fitter.groups(4))
+
+    assert groups(1.0) == [[0], [1], [2]]
+    assert groups(1.25) == [[0, 1], [2]]
+    assert RefineSettings().joint_scale == 1.0
+    for bad in (0, -1, True, "2"):
+        with pytest.raises(InputError, match="joint_scale"):
+            RefineSettings(joint_scale=bad)
+
+
 def test_close_sisters_unbiased_and_calibrated_over_noise_draws():
     """Two mid-SNR sisters 0.35 µm apart (windows overlapping: one joint fit), 60 Poisson draws:
     no bias on either, and the reported sigma (the joint Fisher information, cross terms

@@ -651,12 +651,14 @@ class _MleFitter(_Fitter):
         return out
 
     def groups(self, max_group):
-        """Detections fitted together: overlapping windows; a clump of more than ``max_group``
-        is cut by ever tighter overlap (windows shrunk to 3/4, 1/2, 1/3), so that the closest
-        detections in it (close sisters) are still fitted jointly; what is left, one by one."""
+        """Detections fitted together: overlapping windows, each grown by ``joint_scale``; a
+        clump of more than ``max_group`` is cut by ever tighter overlap (windows shrunk to 3/4,
+        1/2, 1/3), so that the closest detections in it (close sisters) are still fitted
+        jointly; what is left, one by one."""
         if max_group <= 1:
             return [[i] for i in range(len(self.pts))]
-        out, todo = [], [list(g) for g in overlap_groups(self.pts, self.half)]
+        half = self.half * self.settings.joint_scale
+        out, todo = [], [list(g) for g in overlap_groups(self.pts, half)]
         for f in (0.75, 0.5, 1 / 3, 0.0):
             big = []
             for g in todo:
@@ -664,7 +666,7 @@ class _MleFitter(_Fitter):
             if f == 0.0:
                 out += [[i] for g in big for i in g]
                 break
-            todo = [[g[k] for k in sub] for g in big for sub in overlap_groups(self.pts[g], self.half * f)]
+            todo = [[g[k] for k in sub] for g in big for sub in overlap_groups(self.pts[g], half * f)]
         return out
 
     def image_psf(self, min_spots=5):
