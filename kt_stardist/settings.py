@@ -186,6 +186,10 @@ class ConfirmBand:
     lateral uncertainty of the frame's well-fitted points above the threshold (0: off; only
     with at least ``rel_min_points`` of them), up to ``rel_max_sigma_nm`` (at very low SNR,
     where even confident points are 30 nm loose, noise blobs fit as well as that).
+    ``reject_extended``: a fit whose lateral widths ran to their upper bound (the fit table's
+    ``extended``, :data:`kt_stardist.predict.refine.EXTENDED_COLUMN`) is not confirmed: its
+    light is spread wider than a diffraction-limited spot (the grain of a bright textured
+    nucleus), however precisely its centre is placed.
     Chosen on simulated design volumes (Gaussian presets and the physical conditions, seeds no
     benchmark uses). ``enabled=False``, or an explicit ``prob_thresh``: the threshold only.
     """
@@ -196,6 +200,7 @@ class ConfirmBand:
     rel_sigma: float = 2.0
     rel_max_sigma_nm: float = 40.0
     rel_min_points: int = 10
+    reject_extended: bool = True
 
     def __post_init__(self):
         if (not 0 < float(self.floor_prob) < 1 or not float(self.max_sigma_nm) > 0 or not float(self.rel_sigma) >= 0
@@ -203,6 +208,8 @@ class ConfirmBand:
             raise InputError(f"confirm band: floor_prob in (0, 1), max_sigma_nm > 0, rel_sigma >= 0, "
                              f"rel_max_sigma_nm >= max_sigma_nm and rel_min_points >= 1, got {self.floor_prob}, "
                              f"{self.max_sigma_nm}, {self.rel_sigma}, {self.rel_max_sigma_nm}, {self.rel_min_points}")
+        if not isinstance(self.reject_extended, bool):
+            raise InputError(f"confirm band: reject_extended must be true or false, got {self.reject_extended!r}")
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,19 @@ def test_the_band_limit_follows_a_dim_frames_confident_points():
     assert confirmed(prob, dim, 0.7, replace(band, rel_min_points=3)).tolist() == [True] * 3 + [False] * 2
 
 
+def test_an_extended_fit_is_not_confirmed_and_leaves_no_column():
+    """A band point whose fit spread to its width bound (``extended``: nuclear texture, not a
+    spot) is not confirmed however well placed; a point above the threshold stays. The column
+    does not reach the points table."""
+    band = ConfirmBand(floor_prob=0.4, max_sigma_nm=25, rel_sigma=0.0)
+    prob = np.array([0.9, 0.5, 0.5])
+    fit = _fit([True] * 3, [10.0, 10, 10], [10.0, 10, 10])
+    assert confirmed(prob, fit, 0.7, band).tolist() == [True, True, True]
+    fit["extended"] = [True, True, False]
+    assert confirmed(prob, fit, 0.7, band).tolist() == [True, False, True]
+    assert confirmed(prob, fit, 0.7, replace(band, reject_extended=False)).tolist() == [True, True, True]
+
+
 def test_confirm_band_settings_are_validated():
     with pytest.raises(InputError, match="confirm band"):
         ConfirmBand(floor_prob=1.2)
@@ -58,6 +71,8 @@ def test_confirm_band_settings_are_validated():
         ConfirmBand(rel_sigma=-1)
     with pytest.raises(InputError, match="confirm band"):
         ConfirmBand(rel_min_points=0)
+    with pytest.raises(InputError, match="reject_extended"):
+        ConfirmBand(reject_extended="no")
 
 
 def test_finish_keeps_a_compact_spot_below_the_threshold_but_not_a_noise_candidate():
@@ -86,6 +101,31 @@ def test_finish_keeps_a_compact_spot_below_the_threshold_but_not_a_noise_candida
     assert len(off.points) == 1 and off.diagnostics["n_confirmed"] == 0
     # not asked for: an explicit threshold is the threshold only
     assert len(finish(model, prep, cands, 0.7, DetectSettings(), confirm=False).points) == 1
+
+
+def test_finish_does_not_confirm_a_band_candidate_on_a_blob_wider_than_a_spot():
+    """A bright blob three times a spot's lateral width (a textured nucleus's grain) under a band
+    candidate: its fit runs to the width bound, so the band does not keep it, though it is
+    placed well enough; the same candidate on a compact spot is kept. The points table has no
+    ``extended`` column."""
+    from test_predict import SIGMA_PX, SpotModel, spots
+
+    from kt_stardist.predict.preprocess import prepare
+
+    model = SpotModel()
+    cands = Candidates(points=np.array([[9, 20, 20], [10, 40, 60]], float), prob=np.array([0.9, 0.5], np.float32),
+                       dist=np.ones((2, len(model.backend.rays)), np.float32), nms_thresh=0.3, prob_floor=0.2)
+    kept = {}
+    for name, width in [("spot", 1.0), ("blob", 3.0)]:
+        vol = spots((20, 80, 80), [[9.2, 20.3, 20.6]], amp=300.0, bg=100.0)
+        vol += spots((20, 80, 80), [[10.1, 40.4, 60.7]], amp=300.0, bg=0.0,
+                     sigma=np.asarray(SIGMA_PX) * [1, width, width])
+        vol = np.random.default_rng(4).poisson(vol).astype(np.float32)
+        prep = prepare(vol, VOX, VOX, model.info.normalize, True, None)
+        det = finish(model, prep, cands, 0.7, DetectSettings())
+        assert "extended" not in det.points.columns
+        kept[name] = len(det.points)
+    assert kept == {"spot": 2, "blob": 1}
     # the threshold search's cache: a refinement reused at another threshold (the same candidates
     # above the band's floor) gives what a fresh finish gives; other candidates are refined anew
     cache = {}

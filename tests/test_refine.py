@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from kt_stardist.predict import mle
-from kt_stardist.predict.refine import FIT_COLUMNS, refine_and_split, refine_points
+from kt_stardist.predict.refine import EXTENDED_COLUMN, FIT_COLUMNS, refine_and_split, refine_points
 from kt_stardist.settings import RefineSettings, SplitSettings
 from kt_stardist.simulate import render_spots
 
@@ -124,12 +124,35 @@ def test_bad_input_empty_window_nan_and_other_methods():
     q, _, fit = refine_and_split(vol, np.array([[0.0, 0.0, 0.0]]), VOX, KNOWN, NO_SPLIT, return_fit=True)
     assert np.all(np.isfinite(q)) and len(fit) == 1
     q, _, fit = refine_and_split(vol, np.zeros((0, 3)), VOX, KNOWN, return_fit=True)
-    assert q.shape == (0, 3) and list(fit.columns) == FIT_COLUMNS and len(fit) == 0
+    assert q.shape == (0, 3) and list(fit.columns) == FIT_COLUMNS + [EXTENDED_COLUMN] and len(fit) == 0
     # the other methods give the same columns, nothing fitted
     for m in ("none", "centroid", "lsq"):
         q, fit = refine_points(vol, np.round(spot)[None], VOX, RefineSettings(method=m), return_fit=True)
-        assert list(fit.columns) == FIT_COLUMNS and not fit.fit_ok[0] and np.isnan(fit.sigma_z_nm[0])
+        assert list(fit.columns) == FIT_COLUMNS + [EXTENDED_COLUMN] and not fit.fit_ok[0] and not fit.extended[0]
+        assert np.isnan(fit.sigma_z_nm[0])
     assert refine_points(vol, np.round(spot)[None], VOX).shape == (1, 3)  # old signature
+
+
+def test_a_blob_wider_than_a_spot_is_flagged_extended():
+    """A bright blob three times a spot's lateral width (the texture of a bright nucleus) is fitted
+    with its lateral widths at their upper bound and flagged ``extended``; a spot of the PSF's
+    width, and the same blob with a narrower bound-free setting, are not."""
+    rng = np.random.default_rng(3)
+    shape = (11, 25, 25)
+    true = np.array([5.2, 12.3, 11.8])
+    start = np.round(true / [1, 2, 2]) * [1, 2, 2]
+    flags = {}
+    for name, sigma_px in [("spot", SIGMA_PX), ("blob", SIGMA_PX * [1, 3, 3])]:
+        lam = render_spots(shape, true, 400.0, sigma_px) + 25.0
+        vol = (rng.poisson(lam) * GAIN + OFFSET).astype(np.float32)
+        _, _, fit = refine_and_split(vol, start[None], VOX, KNOWN, NO_SPLIT, return_fit=True)
+        assert fit.fit_ok[0], name
+        flags[name] = bool(fit[EXTENDED_COLUMN][0])
+        if name == "blob":  # with room for its width, the same blob is a (wide) spot
+            wide = RefineSettings(**{**KNOWN.__dict__, "sigma_bounds": (0.5, 8.0), "half_um": (0.9, 0.9, 0.9)})
+            _, _, fit = refine_and_split(vol, start[None], VOX, wide, NO_SPLIT, return_fit=True)
+            assert fit.fit_ok[0] and not fit[EXTENDED_COLUMN][0]
+    assert flags == {"spot": False, "blob": True}
 
 
 def test_refine_settings_refuse_a_bad_gain_and_round_trip():

@@ -29,7 +29,7 @@ import pandas as pd
 
 from kt_stardist.predict.blocks import block_geometry, owns, plan_blocks
 from kt_stardist.predict.preprocess import Prepared, prepare
-from kt_stardist.predict.refine import refine_and_split
+from kt_stardist.predict.refine import EXTENDED_COLUMN, refine_and_split
 from kt_stardist.predict.screen import screen, screen_lazy
 from kt_stardist.settings import DetectSettings, replace
 
@@ -213,7 +213,9 @@ def confirmed(prob, fit, prob_thresh: float, band) -> np.ndarray:
     """(N,) bool: the points kept, those at or above ``prob_thresh`` and those of the confirm
     band (``band``: :class:`kt_stardist.settings.ConfirmBand`, its docstring gives the rule)
     whose fit confirms them; ``prob`` (N,), ``fit`` the refinement's table
-    (:data:`kt_stardist.predict.refine.FIT_COLUMNS`, one row per point)."""
+    (:data:`kt_stardist.predict.refine.FIT_COLUMNS`, one row per point; where it has the
+    :data:`kt_stardist.predict.refine.EXTENDED_COLUMN` and ``band.reject_extended``, fits spread
+    to their width bound are not confirmed)."""
     prob = np.asarray(prob, np.float64)
     keep = prob >= prob_thresh
     if not band.enabled or len(prob) == 0:
@@ -226,6 +228,8 @@ def confirmed(prob, fit, prob_thresh: float, band) -> np.ndarray:
         rel = float(band.rel_sigma) * float(np.median(sigma[sure]))
         limit = max(limit, min(rel, float(band.rel_max_sigma_nm)))
     ok = fit_ok & (sigma <= limit)  # NaN sigma: not confirmed
+    if band.reject_extended and EXTENDED_COLUMN in fit:  # spread to its width bound: structure, not a spot
+        ok &= ~fit[EXTENDED_COLUMN].to_numpy(bool)
     return keep | ((prob >= band.floor_prob) & ok)
 
 
@@ -285,7 +289,7 @@ def finish(model, prep: Prepared, cands: Candidates, prob_thresh: float, setting
             attrs["crlb_nm"] = [c for c, k in zip(attrs["crlb_nm"], keep) if k]
         refined, p_all, split, fit = refined[keep], p_all[keep], split[keep], fit[keep].reset_index(drop=True)
         fit.attrs = attrs
-    df = points_frame(refined, p_all, prep.image_voxel_um, split, fit)
+    df = points_frame(refined, p_all, prep.image_voxel_um, split, fit.drop(columns=[EXTENDED_COLUMN], errors="ignore"))
     t_refine = time.perf_counter() - t0
     diag = dict(n_blocks=cands.n_blocks, n_voxels_read=cands.n_voxels_read, n_voxels=cands.n_voxels,
                 n_detections=n_above, n_confirmed=n_confirmed, n_split=int(split.sum()),

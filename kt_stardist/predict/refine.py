@@ -452,6 +452,15 @@ class _Fitter:
 #: columns of the fit's quality and uncertainty (:func:`refine_and_split` with ``return_fit``)
 FIT_COLUMNS = ["fit_ok", "sigma_z_nm", "sigma_y_nm", "sigma_x_nm", "photons", "background"]
 
+#: the fit table's last column, not one of the points table's: the accepted maximum-likelihood
+#: fit's lateral widths ran to their upper bound (:meth:`_MleFitter.is_extended`; False for the
+#: other methods); the confirm band does not confirm such fits
+#: (:func:`kt_stardist.predict.detect.confirmed`)
+EXTENDED_COLUMN = "extended"
+
+#: a lateral width within this fraction of its upper bound counts as at the bound
+EXTENDED_AT = 0.98
+
 
 def _pixel_sigma(sigma_px):
     """sigma (px) of the point-sampled Gaussian closest to a voxel-integrated one."""
@@ -475,6 +484,7 @@ class _MleFitter(_Fitter):
         self.overdispersion = np.ones(n)  # sqrt(deviance / dof) of each accepted fit, at least 1
         self.photons = np.full(n, np.nan)
         self.background = np.full(n, np.nan)
+        self.extended = np.zeros(n, bool)  # accepted fits whose lateral widths ran to their bound
         self.spots = [None] * n  # (centre px, photons, sigma px) of usable fits: neighbours' model
         self.was_pulled = set()  # detections whose last fit ended on a neighbour
         self.psf = None          # the image's PSF sigma (z, y, x px) once measured (image_psf)
@@ -498,6 +508,7 @@ class _MleFitter(_Fitter):
         self.overdispersion = np.concatenate([self.overdispersion, np.ones(m)])
         self.photons = np.concatenate([self.photons, np.full(m, np.nan)])
         self.background = np.concatenate([self.background, np.full(m, np.nan)])
+        self.extended = np.concatenate([self.extended, np.zeros(m, bool)])
 
     def _job(self, members, own_cell, with_fixed):
         """(coords (M, 3) px, photons (M,), weights (M,), fixed (M,)) of one fit's window."""
@@ -602,6 +613,8 @@ class _MleFitter(_Fitter):
             self.background[i] = f.background[b, k] - self.camera.shift if usable else np.nan
             self.crlb_px[i] = f.crlb[b, k] if ok else np.nan
             self.overdispersion[i] = np.sqrt(max(1.0, f.deviance[b] / f.dof[b]))
+            if self.spot_model is None:  # the measured PSF's fits keep the Gaussian passes' verdict
+                self.extended[i] = ok and self.is_extended(f.sigma[b, k])
             if ok:
                 self.out[i] = c
             else:
@@ -611,6 +624,14 @@ class _MleFitter(_Fitter):
         for i in set(int(i) for i in members) - set(results):  # nothing to fit (empty window)
             if not self.ok[i]:
                 self.fallback(i)
+
+    def is_extended(self, sigma_px):
+        """Whether a fitted Gaussian sigma (z, y, x px) has both lateral widths at (within
+        :data:`EXTENDED_AT` of) their upper bound, ``sigma_bounds[1]`` × the starting sigma: the
+        fit is spreading over structure wider than a diffraction-limited spot (a textured
+        nucleus, haze), not fitting one."""
+        upper = self.bounds[1] * np.asarray(self.sigma0, np.float64)[1:]
+        return bool(np.all(np.asarray(sigma_px, np.float64)[1:] >= EXTENDED_AT * upper))
 
     def _as_gauss(self, centre, photons, sigma):
         """A fitted spot as a :class:`GaussFit` in counts (point-sampled; for the sister search)."""
@@ -748,7 +769,8 @@ class _MleFitter(_Fitter):
         Cramér–Rao bound alone, nm), ``psf`` (the measured :class:`kt_stardist.predict.psf.SplinePsf` or
         None) and ``psf_note``."""
         crlb_nm = self.crlb_px * self.vs * 1000.0
-        tab = _fit_table(self.ok, reported_sigma_nm(crlb_nm, self.overdispersion), self.photons, self.background)
+        tab = _fit_table(self.ok, reported_sigma_nm(crlb_nm, self.overdispersion), self.photons, self.background,
+                         self.extended)
         # a list, not an array: pandas compares attrs when it concatenates tables
         tab.attrs.update(crlb_nm=crlb_nm.tolist(), psf=self.measured, psf_note=self.psf_note)
         return tab
@@ -772,11 +794,13 @@ def reported_sigma_nm(crlb_nm, overdispersion):
     return np.sqrt(scaled ** 2 + np.square(SIGMA_FLOOR_NM))
 
 
-def _fit_table(ok, sigma_nm, photons, background):
+def _fit_table(ok, sigma_nm, photons, background, extended=None):
     import pandas as pd
 
+    ext = np.zeros(len(ok), bool) if extended is None else np.asarray(extended, bool)
     return pd.DataFrame({"fit_ok": np.asarray(ok, bool), "sigma_z_nm": sigma_nm[:, 0], "sigma_y_nm": sigma_nm[:, 1],
-                         "sigma_x_nm": sigma_nm[:, 2], "photons": photons, "background": background})
+                         "sigma_x_nm": sigma_nm[:, 2], "photons": photons, "background": background,
+                         EXTENDED_COLUMN: ext})
 
 
 def camera_of(volume, settings: RefineSettings):
@@ -828,7 +852,8 @@ def refine_and_split(volume, points_px, voxel_size_um=VOXEL_SIZE_UM, settings: R
     -------
     points : (M, 3) float64 px, M >= N: the N refined detections, then the second spots found.
     parent : (M,) int, the detection each point comes from (``parent[:N] == arange(N)``).
-    fit : with ``return_fit``, a DataFrame of M rows, :data:`FIT_COLUMNS`: ``fit_ok`` (the
+    fit : with ``return_fit``, a DataFrame of M rows, :data:`FIT_COLUMNS` and
+        :data:`EXTENDED_COLUMN`: ``fit_ok`` (the
         maximum-likelihood fit converged, its Poisson deviance per degree of freedom is at most
         ``max_deviance``, it stays inside ``max_shift_um`` of the detection and was not pulled
         onto a neighbour; False: the position fell back to the centroid or the start, and for
@@ -837,7 +862,8 @@ def refine_and_split(volume, points_px, voxel_size_um=VOXEL_SIZE_UM, settings: R
         exceeds 1, :data:`SIGMA_FLOOR_NM` in quadrature; NaN where not ``fit_ok``; the bound
         alone in ``attrs["crlb_nm"]``), ``photons`` (the
         spot's total photons) and ``background`` (photons per voxel under the spot), NaN where
-        no fit converged.
+        no fit converged; ``extended`` (:data:`EXTENDED_COLUMN`: the accepted fit's lateral
+        widths ran to their upper bound, extended structure rather than a spot).
     """
     from kt_stardist import outofcore as O
 
