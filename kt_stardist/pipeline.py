@@ -120,6 +120,7 @@ def run_frame(task, model_dir=None, axes=None, voxel_size_um=None, settings=None
     seconds = dict(d["seconds"], frame=time.perf_counter() - t0)  # frame: read, detect, labels, all
     meta = dict(t=task.t, warnings=det.warnings, n_near=det.n_near, n_detections=d["n_detections"],
                 n_split=d["n_split"], n_duplicates=d.get("n_duplicates", 0), n_confirmed=d.get("n_confirmed", 0),
+                n_extended=d.get("n_extended", 0),
                 n_blocks=d["n_blocks"], prob_thresh=det.prob_thresh, threshold_by=d.get("threshold_by"),
                 seconds=seconds,
                 defects=[len(x) for x in (det.prepared.defects or [])])
@@ -374,7 +375,8 @@ def _run(inputs, *, out, out_dir, model_dir, settings, axes, voxel_size_um, labe
                    seconds_per_frame=_stage_seconds(metas), output=str(dest),
                    prob_thresh=_thresholds_used(metas, th.prob),
                    duplicates_dropped=int(sum(m.get("n_duplicates", 0) for m in metas)),
-                   confirmed=int(sum(m.get("n_confirmed", 0) for m in metas)))
+                   confirmed=int(sum(m.get("n_confirmed", 0) for m in metas)),
+                   refused_extended=int(sum(m.get("n_extended", 0) for m in metas)))
         if "recovered" in df.columns:  # track-aided recovery ran
             rec["recovered"] = int(df["recovered"].sum())
             summary.recovered = (summary.recovered or 0) + rec["recovered"]

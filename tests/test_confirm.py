@@ -124,8 +124,8 @@ def test_finish_does_not_confirm_a_band_candidate_on_a_blob_wider_than_a_spot():
         prep = prepare(vol, VOX, VOX, model.info.normalize, True, None)
         det = finish(model, prep, cands, 0.7, DetectSettings())
         assert "extended" not in det.points.columns
-        kept[name] = len(det.points)
-    assert kept == {"spot": 2, "blob": 1}
+        kept[name] = (len(det.points), det.diagnostics["n_extended"])
+    assert kept == {"spot": (2, 0), "blob": (1, 1)}  # the blob refused, and counted
     # the threshold search's cache: a refinement reused at another threshold (the same candidates
     # above the band's floor) gives what a fresh finish gives; other candidates are refined anew
     cache = {}
@@ -151,4 +151,4 @@ def test_cli_confirm_flags_reach_the_run_settings(tmp_path, monkeypatch, flag, c
     run = json.loads((tmp_path / "p.run.json").read_text())
     assert run["settings"]["detect"]["confirm"]["enabled"] is confirm
     assert run["settings"]["detect"]["adaptive"]["enabled"] is adaptive
-    assert run["confirmed"] == 0  # every spot is above the threshold here
+    assert run["confirmed"] == 0 and run["refused_extended"] == 0  # every spot is above the threshold here

@@ -280,6 +280,9 @@ def finish(model, prep: Prepared, cands: Candidates, prob_thresh: float, setting
     n_above = int(np.sum(np.asarray(prob) >= prob_thresh))
     kept = confirmed(p_all, fit, prob_thresh, band)  # the band's points only where their fits confirm them
     n_confirmed = int(np.sum(kept & (p_all < prob_thresh) & ~split))
+    in_band = band.enabled and band.reject_extended
+    n_extended = int(np.sum((p_all < prob_thresh) & (p_all >= band.floor_prob) & fit[EXTENDED_COLUMN].to_numpy(bool)
+                            & ~split)) if in_band else 0  # band points refused as wider than a spot
     dup, idx = np.zeros(len(refined), bool), np.flatnonzero(kept)
     dup[idx] = duplicates(refined[idx], p_all[idx], prep.image_voxel_um, settings.min_separation_um)
     if dup.any() or not kept.all():
@@ -292,7 +295,7 @@ def finish(model, prep: Prepared, cands: Candidates, prob_thresh: float, setting
     df = points_frame(refined, p_all, prep.image_voxel_um, split, fit.drop(columns=[EXTENDED_COLUMN], errors="ignore"))
     t_refine = time.perf_counter() - t0
     diag = dict(n_blocks=cands.n_blocks, n_voxels_read=cands.n_voxels_read, n_voxels=cands.n_voxels,
-                n_detections=n_above, n_confirmed=n_confirmed, n_split=int(split.sum()),
+                n_detections=n_above, n_confirmed=n_confirmed, n_extended=n_extended, n_split=int(split.sum()),
                 n_duplicates=int(dup.sum()), n_near=n_near,
                 prob_thresh=float(prob_thresh), threshold_by=threshold_by,
                 seconds={**prep.seconds, **cands.seconds, "refine": t_refine})
