@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from kt_stardist.errors import InputError
-from kt_stardist.predict.detect import Candidates, confirmed, finish
+from kt_stardist.predict.detect import Candidates, confirmed, finish, texture_warning
 from kt_stardist.settings import ConfirmBand, DetectSettings, replace
 
 VOX = (0.3, 0.13, 0.13)
@@ -60,6 +60,13 @@ def test_an_extended_fit_is_not_confirmed_and_leaves_no_column():
     fit["extended"] = [True, True, False]
     assert confirmed(prob, fit, 0.7, band).tolist() == [True, False, True]
     assert confirmed(prob, fit, 0.7, replace(band, reject_extended=False)).tolist() == [True, True, True]
+
+
+def test_texture_warning_speaks_when_many_band_points_are_wider_than_spots():
+    assert texture_warning(9, 2) is None            # a few: a merged pair or a noisy width
+    assert texture_warning(30, 80) is None          # many spots, fewer wide band points
+    w = texture_warning(61, 25, "frame 0: ")
+    assert w.startswith("frame 0: 61 detections") and "textured nucleus" in w and "\n" not in w
 
 
 def test_confirm_band_settings_are_validated():

@@ -34,7 +34,8 @@ from kt_stardist.predict.screen import screen, screen_lazy
 from kt_stardist.settings import DetectSettings, replace
 
 __all__ = ["Candidates", "Detection", "detect", "network_candidates", "finish", "thresholds_of",
-           "adaptive_threshold", "candidate_floor", "confirmed", "calibration_warning", "points_frame"]
+           "adaptive_threshold", "candidate_floor", "confirmed", "calibration_warning", "texture_warning",
+           "points_frame"]
 
 
 @dataclass
@@ -250,6 +251,22 @@ def calibration_warning(n_near: int, n_above: int, prob_thresh: float, reference
             f"--prob-thresh {lo:.2f}")
 
 
+#: :func:`texture_warning` speaks from this many band points refused as wider than a spot
+MIN_EXTENDED_WARN = 10
+
+
+def texture_warning(n_extended: int, n_above: int, where: str = "") -> str | None:
+    """A one-line warning when many of the confirm band's detections were refused because their
+    fits spread wider than a spot (``n_extended``, at least :data:`MIN_EXTENDED_WARN` and at
+    least half the ``n_above`` detections above the threshold): the image has bright structure
+    at about a spot's scale (a textured nucleus), where spots are easily missed; or None."""
+    if n_extended < MIN_EXTENDED_WARN or n_extended < 0.5 * n_above:
+        return None
+    return (f"{where}{n_extended} detections below the probability threshold lie on bright structure wider "
+            f"than a spot (a textured nucleus?) and were not kept ({n_above} above it): spots on such "
+            f"structure are easily missed here; check the result (e.g. --report)")
+
+
 def finish(model, prep: Prepared, cands: Candidates, prob_thresh: float, settings: DetectSettings,
            spot_channel: int = 0, threshold_by: str = "given", confirm: bool = True,
            cache: dict | None = None) -> Detection:
@@ -307,6 +324,9 @@ def finish(model, prep: Prepared, cands: Candidates, prob_thresh: float, setting
                             "fits kept (run.json 'psf' says how many per frame)")
     ref = model.info.validation.get("near_ratio") if hasattr(model, "info") else None
     w = calibration_warning(n_near, n_above, prob_thresh, ref, settings.near_band)
+    if w:
+        warnings.append(w)
+    w = texture_warning(n_extended, n_above)
     if w:
         warnings.append(w)
     inst = kept[:len(pts)]  # the network's instances kept (label images); split points come after them
