@@ -297,9 +297,8 @@ def finish(model, prep: Prepared, cands: Candidates, prob_thresh: float, setting
     n_above = int(np.sum(np.asarray(prob) >= prob_thresh))
     kept = confirmed(p_all, fit, prob_thresh, band)  # the band's points only where their fits confirm them
     n_confirmed = int(np.sum(kept & (p_all < prob_thresh) & ~split))
-    in_band = band.enabled and band.reject_extended
-    n_extended = int(np.sum((p_all < prob_thresh) & (p_all >= band.floor_prob) & fit[EXTENDED_COLUMN].to_numpy(bool)
-                            & ~split)) if in_band else 0  # band points refused as wider than a spot
+    wide = fit[EXTENDED_COLUMN].to_numpy(bool) & (p_all < prob_thresh) & (p_all >= band.floor_prob) & ~split
+    n_extended = int(wide.sum()) if band.enabled and band.reject_extended else 0  # refused: wider than a spot
     dup, idx = np.zeros(len(refined), bool), np.flatnonzero(kept)
     dup[idx] = duplicates(refined[idx], p_all[idx], prep.image_voxel_um, settings.min_separation_um)
     if dup.any() or not kept.all():
