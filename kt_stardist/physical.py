@@ -320,12 +320,13 @@ def training_shape(shape_px, voxel_size_um) -> tuple:
     return tuple(int(max(8, math.floor(k + 1e-9))) for k in s)
 
 
-def random_condition(rng: np.random.Generator, shape_px=(32, 96, 96)) -> Condition:
+def random_condition(rng: np.random.Generator, shape_px=(32, 96, 96), p_dense=0.2, p_nucleus=0.2) -> Condition:
     """A random recipe for training: optics, camera, sample and voxel size drawn within the
     panel's ranges (NA 1.2–1.45, depth 0–10 µm, voxels 0.05–0.2 × 0.15–0.5 µm, sCMOS/EMCCD/
     ideal, 8/12/16 bits, hot pixels, nuclei, dense clusters, thin stacks, deconvolved), with
     its shape from :func:`training_shape` (``shape_px`` at the reference voxel size). Discrete
-    steps keep the kernel cache useful."""
+    steps keep the kernel cache useful. ``p_dense`` and ``p_nucleus``: the chance of a dense
+    cluster and of a bright textured nucleus (the draws are the same whatever they are)."""
     lu = lambda a, b: float(np.exp(rng.uniform(np.log(a), np.log(b))))  # noqa: E731
     pick = lambda seq: seq[int(rng.integers(len(seq)))]  # noqa: E731
     immersion = str(rng.choice(["oil", "silicone", "water"], p=[0.6, 0.25, 0.15]))
@@ -343,7 +344,7 @@ def random_condition(rng: np.random.Generator, shape_px=(32, 96, 96)) -> Conditi
     # sample
     peak = lu(15, 500)
     cell = peak * lu(0.03, 1.0)
-    dense = rng.random() < 0.2
+    dense = rng.random() < p_dense
     deconvolved = rng.random() < 0.1
     sample = Sample(
         layout="real" if rng.random() < 0.3 else "plate",
@@ -359,7 +360,7 @@ def random_condition(rng: np.random.Generator, shape_px=(32, 96, 96)) -> Conditi
         n_blobs=int(rng.integers(0, 10)), blob_photons=cell * float(rng.uniform(0.2, 1.5)),
         autofluor_photons=cell * float(rng.uniform(0.05, 0.5)),
         illumination_variation=float(rng.uniform(0, 0.5)),
-        nucleus_photons=cell * float(rng.uniform(2, 6)) if rng.random() < 0.2 else 0.0,
+        nucleus_photons=cell * float(rng.uniform(2, 6)) if rng.random() < p_nucleus else 0.0,
         deconvolved=deconvolved)
     # camera
     bits = int(rng.choice([16, 12, 8], p=[0.7, 0.2, 0.1]))
@@ -386,8 +387,9 @@ def random_condition(rng: np.random.Generator, shape_px=(32, 96, 96)) -> Conditi
     return Condition("random", optics, camera, sample, vox, shape, "training mix")
 
 
-def physical_training_pairs(shape_px=(32, 96, 96), seed=None):
-    """Endless training examples from a random mix of conditions (:func:`random_condition`):
+def physical_training_pairs(shape_px=(32, 96, 96), seed=None, p_dense=0.2, p_nucleus=0.2):
+    """Endless training examples from a random mix of conditions (:func:`random_condition`,
+    with its ``p_dense`` and ``p_nucleus``):
     ``(image ZYX float32 raw counts, points DataFrame z, y, x px, voxel_size_um)``.
 
     ``shape_px`` is the size at 0.3 × 0.13 × 0.13 µm; other voxel sizes get the shape that
@@ -401,6 +403,6 @@ def physical_training_pairs(shape_px=(32, 96, 96), seed=None):
     ss = np.random.SeedSequence(seed, spawn_key=(TRAIN_KEY,))
     while True:
         rng = np.random.default_rng(ss.spawn(1)[0])
-        cond = random_condition(rng, shape0)
+        cond = random_condition(rng, shape0, p_dense=p_dense, p_nucleus=p_nucleus)
         image, points, vox, _ = _simulate(cond, rng, cond.shape_px, TRAIN_DEPTH_STEP_UM)
         yield np.ascontiguousarray(image, dtype=np.float32), points, vox

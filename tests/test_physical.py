@@ -10,8 +10,10 @@ from scipy.spatial import cKDTree
 from kt_stardist.camera import Camera, apply_camera, camera_maps
 from kt_stardist.errors import InputError
 from kt_stardist.optics import Optics, fwhm_um, psf_kernel, render_points, spot_kernel
-from kt_stardist.physical import (CONDITIONS, PANEL_SEED_MIN, physical_training_pairs, simulate_condition,
-                                  training_shape)
+from kt_stardist.channels import layout
+from kt_stardist.physical import (CONDITIONS, PANEL_SEED_MIN, physical_training_pairs, random_condition,
+                                  simulate_condition, training_shape)
+from kt_stardist.train.data import PHYSICAL_KINDS, simulated_pairs
 
 OIL = dict(NA=1.4, wvl=0.51, ns=1.515, ni=1.515, ni0=1.515, model="vectorial")
 
@@ -195,6 +197,23 @@ def test_training_mix():
     assert image.dtype == np.float32 and image.ndim == 3
     assert np.array_equal(image, b[0]) and vox == b[2]
     assert {"z", "y", "x"} <= set(points.columns)
+
+
+def test_crowded_mix_draws_more_clusters_and_nuclei_from_the_same_draws():
+    def draw(n=300, **p):  # one generator per example, as physical_training_pairs
+        return [random_condition(np.random.default_rng([11, i]), (32, 96, 96), **p) for i in range(n)]
+
+    plain, crowded = draw(), draw(**PHYSICAL_KINDS["physical_crowded"])
+    share = lambda cs, f: np.mean([f(c.sample) for c in cs])  # noqa: E731
+    nucleus, dense = (lambda s: s.nucleus_photons > 0), (lambda s: s.sister_distance_um == (0.35, 0.7))
+    assert 0.12 < share(plain, nucleus) < 0.28 and 0.12 < share(plain, dense) < 0.28
+    assert 0.4 < share(crowded, nucleus) < 0.6 and 0.4 < share(crowded, dense) < 0.6
+    # the defaults are the plain mix's (the shipped stages' volumes unchanged); optics are drawn
+    # before the sample, so each example keeps its microscope
+    assert draw(50) == draw(50, p_dense=0.2, p_nucleus=0.2)
+    assert [c.optics for c in plain] == [c.optics for c in crowded]
+    with pytest.raises(InputError, match="physical_crowded"):
+        simulated_pairs(1, (12, 48, 48), 0, layout("egfp@t-1,t,t+1"), ("mid", "physical_crowded"))
 
 
 # --------------------------------------------------------------------------- bad input

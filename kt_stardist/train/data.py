@@ -20,8 +20,12 @@ from kt_stardist.errors import InputError
 __all__ = ["example_data", "folder_data", "read_pairs", "simulated_pairs", "to_arrays", "SIM_KINDS",
            "WARMUP_KINDS"]
 
+#: physical kinds of simulated volume and what they change in
+#: :func:`kt_stardist.physical.physical_training_pairs`: ``physical_crowded`` draws a dense
+#: cluster and a bright textured nucleus each with chance 0.5 (0.2 in ``physical``)
+PHYSICAL_KINDS = {"physical": {}, "physical_crowded": dict(p_dense=0.5, p_nucleus=0.5)}
 #: kinds of simulated volume :func:`simulated_pairs` knows besides the SNR presets
-SIM_KINDS = ("random", "physical")
+SIM_KINDS = ("random",) + tuple(PHYSICAL_KINDS)
 #: presets the warm-up epochs train on (spots clearly visible: a network starting from scratch
 #: on the full mix keeps its probability map flat for hundreds of steps)
 WARMUP_KINDS = ("easy", "mid")
@@ -95,7 +99,8 @@ def simulated_pairs(n, shape_px, seed, lay=None, kinds=("easy", "mid")):
     """``n`` simulated pairs (module docstring) from :func:`kt_stardist.simulate.training_pairs`.
 
     ``kinds`` are cycled: SNR preset names, ``random`` (every parameter drawn from wide ranges)
-    or ``physical`` (physical PSFs, cameras and samples; drawn voxel sizes). Each kind has its
+    or ``physical`` (physical PSFs, cameras and samples; drawn voxel sizes; ``physical_crowded``:
+    more dense clusters and bright nuclei, :data:`PHYSICAL_KINDS`). Each kind has its
     own reproducible stream of seeds. ``lay``: the model's channel layout (None: EGFP only).
     """
     from kt_stardist.channels import layout
@@ -110,14 +115,15 @@ def simulated_pairs(n, shape_px, seed, lay=None, kinds=("easy", "mid")):
     if not kinds or bad:
         raise InputError(f"simulation kinds: expected names from {', '.join(SNR_PRESETS)}, "
                          f"{', '.join(SIM_KINDS)}; got {list(kinds)}")
-    if "physical" in kinds and (lay.n_fluor > 1 or lay.temporal):
-        raise InputError(f"simulation kind 'physical' renders one EGFP frame; the model takes the {lay.name} layout")
+    phys = [s for s in kinds if s in PHYSICAL_KINDS]
+    if phys and (lay.n_fluor > 1 or lay.temporal):
+        raise InputError(f"simulation kind {phys[0]!r} renders one EGFP frame; the model takes the {lay.name} layout")
 
     def stream(kind, k):
-        if kind == "physical":
+        if kind in PHYSICAL_KINDS:
             from kt_stardist.physical import physical_training_pairs
 
-            for img, df, vs in physical_training_pairs(tuple(shape_px), seed=[seed, k]):
+            for img, df, vs in physical_training_pairs(tuple(shape_px), seed=[seed, k], **PHYSICAL_KINDS[kind]):
                 yield img[..., None], df, vs
             return
         for img, df in training_pairs(tuple(shape_px), seed=[seed, k], randomize=kind == "random",
