@@ -16,6 +16,10 @@ starting from the previous stage's weights:
    model meets microscopes unlike the Gaussian simulator. Training seeds never coincide with
    the robustness panel's.
 
+``crowded`` (not a default stage) continues the default model with ``physical_crowded``
+volumes added to the mix (half of them with a dense cluster, half with a bright textured
+nucleus): the shipped ``nuclei`` model, ``--model nuclei``.
+
 Thresholds are chosen by each stage through the prediction path on its validation mix; with
 ``--frame-val`` they are chosen again on frame-sized validation volumes (61×512×512 easy/mid
 Gaussian frames plus physical volumes), which have more haze and empty space than crops. The
@@ -24,6 +28,7 @@ cases as ``scripts/benchmark.py``) and copied into the package.
 
     python scripts/train_default_model.py                         # all stages from scratch (~1.5 h on 2 cores)
     python scripts/train_default_model.py --from default --stages physical   # how the shipped model was made
+    python scripts/train_default_model.py --from default --stages crowded --out kt_stardist/pretrained/kt-nuclei
     python scripts/train_default_model.py --resume ...            # continue an interrupted stage
     python scripts/train_default_model.py --evaluate-only         # re-evaluate the shipped model
     python scripts/train_default_model.py --calibrate-only --frame-val 4 0   # record its calibration (4 Gaussian frames)
@@ -76,7 +81,18 @@ STAGES = {
         train=TrainSettings(epochs=12, **{**_FRAME_LIKE, "lr": 3e-4}),
         simulation=SimulationMix(n=36, shape_px=(48, 192, 192),
                                  kinds=("easy", "mid", "hard", "very_hard", "random", "physical"), n_val=6)),
+    # not a stage of the default model: the shipped ``nuclei`` model (--from default --stages
+    # crowded --out kt_stardist/pretrained/kt-nuclei). The same mix with crowded physical volumes
+    # added (dense clusters, bright nuclei), on volumes of its own (training seed offset 1:
+    # ``--seed`` is added to it)
+    "crowded": FinetuneSettings(
+        train=TrainSettings(epochs=12, **{**_FRAME_LIKE, "lr": 3e-4, "seed": 1}),
+        simulation=SimulationMix(n=42, shape_px=(48, 192, 192),
+                                 kinds=("easy", "mid", "hard", "very_hard", "random", "physical",
+                                        "physical_crowded"), n_val=7)),
 }
+#: the default model's stages (``crowded`` makes the ``nuclei`` model from the default one)
+DEFAULT_STAGES = ("start", "robust", "faint", "physical")
 
 
 def frame_thresholds(folder, n_frames, n_physical, seed):
@@ -171,7 +187,8 @@ def main(argv=None):
     ap.add_argument("--out", default=str(ROOT / "kt_stardist" / "pretrained" / "kt-default"))
     ap.add_argument("--from", dest="from_model", default=None,
                     help="start the first stage from this model folder ('default': the shipped model)")
-    ap.add_argument("--stages", nargs="+", default=list(STAGES), choices=list(STAGES))
+    ap.add_argument("--stages", nargs="+", default=list(DEFAULT_STAGES), choices=list(STAGES),
+                    help=f"stages to run, in order (default: {' '.join(DEFAULT_STAGES)}, the default model's)")
     ap.add_argument("--epochs", type=int, default=None, help="override every stage's epochs")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true")
@@ -212,8 +229,9 @@ def main(argv=None):
         previous = _describe_source(prev) if prev is not None else None
         for name in a.stages:
             st = STAGES[name]
-            st = replace(st, train__seed=a.seed) if a.epochs is None else replace(st, train__seed=a.seed,
-                                                                                   train__epochs=a.epochs)
+            seed = st.train.seed + a.seed  # a stage's own offset (0 but for ``crowded``) plus --seed
+            st = replace(st, train__seed=seed) if a.epochs is None else replace(st, train__seed=seed,
+                                                                                train__epochs=a.epochs)
             folder = work / name
             t1 = time.time()
             model, rep = train.finetune(folder, st, from_model=prev, resume=a.resume)
