@@ -67,6 +67,8 @@ def test_texture_warning_speaks_when_many_band_points_are_wider_than_spots():
     assert texture_warning(30, 80) is None          # many spots, fewer wide band points
     w = texture_warning(61, 25, "frame 0: ")
     assert w.startswith("frame 0: 61 detections") and "textured nucleus" in w and "\n" not in w
+    assert "--model nuclei" in w                    # the model trained with such backgrounds
+    assert "--model nuclei" not in texture_warning(61, 25, model_name="kt-nuclei")
 
 
 def test_confirm_band_settings_are_validated():

@@ -20,7 +20,8 @@ def add_arguments(p):
     d, r = DetectSettings(), RefineSettings()
     p.add_argument("images", nargs="+", metavar="IMAGE", help="TIFF/OME-TIFF or file.h5:/dataset")
     p.add_argument("--model", metavar="DIR", help="model folder, or a shipped model: 'default' (EGFP, 1 channel; "
-                   "the default), 'temporal' (EGFP of frames t-1, t, t+1: more spots found on very dim "
+                   "the default), 'nuclei' (EGFP, trained with bright textured nuclei: for spots over bright nuclear "
+                   "backgrounds), 'temporal' (EGFP of frames t-1, t, t+1: more spots found on very dim "
                    "time-lapses), '2ch' (EGFP + mCherry channels) or '6ch' (EGFP + mCherry of frames t-1, t, "
                    "t+1); see the README")
     out = p.add_mutually_exclusive_group(required=True)

@@ -38,11 +38,14 @@ __all__ = [
 #: the shipped default model (package data)
 PRETRAINED_DIR = Path(__file__).resolve().parents[1] / "pretrained"
 DEFAULT_MODEL_DIR = PRETRAINED_DIR / "kt-default"
-#: shipped models by name (``--model NAME``): ``default`` (EGFP, 1 channel), ``temporal`` (EGFP
-#: of frames t-1, t, t+1: better recall on very dim time-lapses), ``2ch`` (EGFP + mCherry) and
-#: ``6ch`` (EGFP + mCherry of frames t-1, t, t+1); see the README's layout table
-SHIPPED_MODELS = {"default": DEFAULT_MODEL_DIR, "temporal": PRETRAINED_DIR / "kt-temporal",
-                  "2ch": PRETRAINED_DIR / "kt-2ch", "6ch": PRETRAINED_DIR / "kt-6ch"}
+#: shipped models by name (``--model NAME``): ``default`` (EGFP, 1 channel), ``nuclei`` (EGFP, 1
+#: channel, trained with more bright textured nuclei and dense clusters: for spots over bright
+#: nuclear backgrounds), ``temporal`` (EGFP of frames t-1, t, t+1: better recall on very dim
+#: time-lapses), ``2ch`` (EGFP + mCherry) and ``6ch`` (EGFP + mCherry of frames t-1, t, t+1);
+#: see the README's layout table and robustness panel
+SHIPPED_MODELS = {"default": DEFAULT_MODEL_DIR, "nuclei": PRETRAINED_DIR / "kt-nuclei",
+                  "temporal": PRETRAINED_DIR / "kt-temporal", "2ch": PRETRAINED_DIR / "kt-2ch",
+                  "6ch": PRETRAINED_DIR / "kt-6ch"}
 
 #: weights files looked for, in order (Keras 3's own format ends in .weights.h5)
 WEIGHT_FILES = ("weights_best.h5", "weights_best.weights.h5", "weights_last.h5", "weights_last.weights.h5")

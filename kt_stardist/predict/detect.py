@@ -253,18 +253,22 @@ def calibration_warning(n_near: int, n_above: int, prob_thresh: float, reference
 
 #: :func:`texture_warning` speaks from this many band points refused as wider than a spot
 MIN_EXTENDED_WARN = 10
+#: the name (model.json) of the shipped model trained with bright nuclei (``--model nuclei``)
+NUCLEI_MODEL_NAME = "kt-nuclei"
 
 
-def texture_warning(n_extended: int, n_above: int, where: str = "") -> str | None:
+def texture_warning(n_extended: int, n_above: int, where: str = "", model_name: str | None = None) -> str | None:
     """A one-line warning when many of the confirm band's detections were refused because their
     fits spread wider than a spot (``n_extended``, at least :data:`MIN_EXTENDED_WARN` and at
     least half the ``n_above`` detections above the threshold): the image has bright structure
-    at about a spot's scale (a textured nucleus), where spots are easily missed; or None."""
+    at about a spot's scale (a textured nucleus), where spots are easily missed; or None. Unless
+    ``model_name`` is the nuclei model's, it says to try that model (``--model nuclei``)."""
     if n_extended < MIN_EXTENDED_WARN or n_extended < 0.5 * n_above:
         return None
+    hint = "" if model_name == NUCLEI_MODEL_NAME else "; the model trained with such backgrounds may find more: --model nuclei"
     return (f"{where}{n_extended} detections below the probability threshold lie on bright structure wider "
             f"than a spot (a textured nucleus?) and were not kept ({n_above} above it): spots on such "
-            f"structure are easily missed here; check the result (e.g. --report)")
+            f"structure are easily missed here; check the result (e.g. --report){hint}")
 
 
 def finish(model, prep: Prepared, cands: Candidates, prob_thresh: float, settings: DetectSettings,
@@ -325,7 +329,7 @@ def finish(model, prep: Prepared, cands: Candidates, prob_thresh: float, setting
     w = calibration_warning(n_near, n_above, prob_thresh, ref, settings.near_band)
     if w:
         warnings.append(w)
-    w = texture_warning(n_extended, n_above)
+    w = texture_warning(n_extended, n_above, model_name=getattr(getattr(model, "info", None), "name", None))
     if w:
         warnings.append(w)
     inst = kept[:len(pts)]  # the network's instances kept (label images); split points come after them
