@@ -240,9 +240,10 @@ def _merge_image(path, tasks, parts_ok):
 
 
 def _image_warnings(metas, model_info, th_prob, settings):
-    """One calibration warning for the whole image (summed over frames), plus the frames' other
-    warnings without repeats (a camera defect is the same in every frame)."""
-    from kt_stardist.predict import calibration_warning
+    """One calibration warning for the whole image (summed over frames; no lower threshold
+    suggested when a frame's texture warning speaks), plus the frames' other warnings without
+    repeats (a camera defect is the same in every frame)."""
+    from kt_stardist.predict import calibration_warning, texture_warning
 
     out, seen = [], set()
     for m in metas:
@@ -257,7 +258,9 @@ def _image_warnings(metas, model_info, th_prob, settings):
     above = sum(m.get("n_detections", 0) for m in metas)
     used = [m["prob_thresh"] for m in metas if m.get("prob_thresh") is not None]  # per frame (adaptive)
     prob = float(np.median(used)) if used else (settings.detect.prob_thresh or th_prob)
-    w = calibration_warning(near, above, prob, model_info.validation.get("near_ratio"), settings.detect.near_band)
+    textured = any(texture_warning(m.get("n_extended", 0), m.get("n_detections", 0)) for m in metas)
+    w = calibration_warning(near, above, prob, model_info.validation.get("near_ratio"), settings.detect.near_band,
+                            suggest=not textured)
     return out + ([w] if w else [])
 
 

@@ -71,6 +71,28 @@ def test_texture_warning_speaks_when_many_band_points_are_wider_than_spots():
     assert "--model nuclei" not in texture_warning(61, 25, model_name="kt-nuclei")
 
 
+def test_calibration_warning_suggests_no_lower_threshold_over_textured_structure():
+    """A lower threshold on a bright textured nucleus adds the nucleus's grains (panel volume:
+    F1 0.33 -> 0.19 at the suggested 0.63), so where the texture warning speaks the calibration
+    warning names none; the whole-image warning of a run follows its frames."""
+    from types import SimpleNamespace
+
+    from kt_stardist.pipeline import _image_warnings
+    from kt_stardist.predict.detect import calibration_warning
+    from kt_stardist.settings import PipelineSettings
+
+    assert calibration_warning(37, 16, 0.78, 0.04, 0.15).endswith("try --prob-thresh 0.63")
+    w = calibration_warning(37, 16, 0.78, 0.04, 0.15, suggest=False)
+    assert "looks unlike" in w and "try --prob-thresh" not in w and "\n" not in w
+    assert calibration_warning(5, 16, 0.78, 0.04, 0.15, suggest=False) is None  # too few to speak
+    info = SimpleNamespace(validation={"near_ratio": 0.04})
+    frame = dict(warnings=[], n_near=37, n_detections=16, prob_thresh=0.78)
+    plain = _image_warnings([{**frame, "n_extended": 2}], info, 0.78, PipelineSettings())
+    textured = _image_warnings([{**frame, "n_extended": 61}], info, 0.78, PipelineSettings())
+    assert [w for w in plain if "try --prob-thresh" in w]
+    assert [w for w in textured if "looks unlike" in w] and not [w for w in textured if "try --prob-thresh" in w]
+
+
 def test_confirm_band_settings_are_validated():
     with pytest.raises(InputError, match="confirm band"):
         ConfirmBand(floor_prob=1.2)

@@ -16,7 +16,8 @@ TensorFlow is imported only when a model is loaded.
 
 from kt_stardist.predict.blocks import Block, block_geometry, owns, plan_blocks
 from kt_stardist.predict.detect import (Candidates, Detection, adaptive_threshold, calibration_warning, candidate_floor,
-                                        detect, finish, network_candidates, points_frame, thresholds_of)
+                                        detect, finish, network_candidates, points_frame, texture_warning,
+                                        thresholds_of)
 from kt_stardist.predict.frames import (check_image_for_model, detect_frame, detect_image, frame_input,
                                        iter_detect_image, label_image)
 from kt_stardist.predict.preprocess import (Prepared, exceeds_memory, points_to_image_px, prepare, rescale_volume,
@@ -25,7 +26,7 @@ from kt_stardist.predict.refine import refine_and_split, refine_points
 from kt_stardist.predict.screen import screen, screen_lazy
 
 __all__ = [
-    "detect", "Detection", "Candidates", "network_candidates", "finish", "thresholds_of", "adaptive_threshold", "candidate_floor", "calibration_warning",
+    "detect", "Detection", "Candidates", "network_candidates", "finish", "thresholds_of", "adaptive_threshold", "candidate_floor", "calibration_warning", "texture_warning",
     "points_frame", "detect_frame", "detect_image", "iter_detect_image", "frame_input", "check_image_for_model", "label_image",
     "prepare", "Prepared", "exceeds_memory", "zoom_factors", "rescale_volume", "points_to_image_px",
     "screen", "screen_lazy", "plan_blocks", "block_geometry", "owns", "Block", "refine_points",
