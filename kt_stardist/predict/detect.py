@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from kt_stardist.model import SHIPPED_MODELS
 from kt_stardist.predict.blocks import block_geometry, owns, plan_blocks
 from kt_stardist.predict.preprocess import Prepared, prepare
 from kt_stardist.predict.refine import EXTENDED_COLUMN, refine_and_split
@@ -256,8 +257,8 @@ def calibration_warning(n_near: int, n_above: int, prob_thresh: float, reference
 
 #: :func:`texture_warning` speaks from this many band points refused as wider than a spot
 MIN_EXTENDED_WARN = 10
-#: the name (model.json) of the shipped model trained with bright nuclei (``--model nuclei``)
-NUCLEI_MODEL_NAME = "kt-nuclei"
+#: the name (its folder's) of the shipped model trained with bright nuclei (``--model nuclei``)
+NUCLEI_MODEL_NAME = SHIPPED_MODELS["nuclei"].name
 
 
 def texture_warning(n_extended: int, n_above: int, where: str = "", model_name: str | None = None) -> str | None:
