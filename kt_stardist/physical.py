@@ -38,6 +38,7 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 from scipy import ndimage
 
 from kt_stardist.camera import Camera, apply_camera
@@ -45,8 +46,8 @@ from kt_stardist.defaults import VOXEL_SIZE_UM
 from kt_stardist.errors import InputError
 from kt_stardist.optics import KERNEL_HALF_UM, Optics, _voxel, render_points, spot_kernel
 from kt_stardist.settings import to_dict
-from kt_stardist.simulate import (SimParams, _background, _background_scene, _Grid, _points_table, _smooth_noise,
-                                  layout_from_real, layout_plate)
+from kt_stardist.simulate import (SimParams, _background, _background_scene, _Grid, _points_table, _Scene,
+                                  _smooth_noise, layout_from_real, layout_plate)
 from kt_stardist.validate import check_shape
 
 __all__ = ["Sample", "Condition", "CONDITIONS", "simulate_condition", "simulate_physical",
@@ -212,7 +213,10 @@ def _sim_params(smp: Sample, vox) -> SimParams:
                      autofluor_photons=smp.autofluor_photons, illumination_variation=smp.illumination_variation)
 
 
-def _simulate(cond: Condition, rng, shape, depth_step_um=DEPTH_STEP_UM):
+def _simulate(cond: Condition, rng, shape, depth_step_um=DEPTH_STEP_UM, n_frames=None, motion_rng=None):
+    """One volume (``n_frames`` None) or a movie of ``n_frames`` (motion from ``motion_rng``, so
+    frame 0 is the bytes of the single volume): ``(counts, points, voxel size, info)``; a movie's
+    counts are (T, Z, Y, X) and its points have a ``t`` column and ``track_id``."""
     vox = np.asarray(cond.voxel_size_um, float)
     smp, optics = cond.sample, cond.optics
     p = _sim_params(smp, vox)
@@ -224,13 +228,50 @@ def _simulate(cond: Condition, rng, shape, depth_step_um=DEPTH_STEP_UM):
     peak = smp.peak_photons * np.exp(rng.normal(0, smp.brightness_spread, n))
     # background: simulate.py's cell haze, blobs, autofluorescence and illumination field
     grid = _Grid(shape, vox)
-    bg_c, illum_c = _background(grid, p, _background_scene(rng, p, centre_um, np.asarray(shape) * vox))
-    photons = grid.upsample(bg_c)
-    if smp.nucleus_photons > 0:
-        photons += _nucleus(rng, shape, vox, centre_um, smp.nucleus_photons)
-    illum = grid.upsample(illum_c)
-    photons *= illum
-    # spots, each through the PSF at its own depth
+    scene_bg = _background_scene(rng, p, centre_um, np.asarray(shape) * vox)
+    nucleus = _nucleus(rng, shape, vox, centre_um, smp.nucleus_photons) if smp.nucleus_photons > 0 else None
+    scene = None if n_frames is None else _Scene.of_layout(motion_rng, df, centre_um, peak, vox,
+                                                           smp.plate_diameter_um / 2)
+    frames, tables = [], []
+    for t in range(1 if n_frames is None else int(n_frames)):
+        shift = np.zeros(3)
+        if scene is not None:
+            pos_um, peak, _, shift = scene.frame(motion_rng, t, p)
+        bg_c, illum_c = _background(grid, p, scene_bg, shift)
+        photons = grid.upsample(bg_c)
+        if nucleus is not None:
+            photons += nucleus
+        illum = grid.upsample(illum_c)
+        photons *= illum
+        truth, total, peak_ph = _render_spots(photons, pos_um, peak, illum, cond, centre_um, depth_step_um)
+        counts, defects = apply_camera(photons, cond.camera, rng)
+        if smp.deconvolved:
+            img = ndimage.gaussian_filter(counts.astype(np.float32), np.asarray(DECON_SMOOTH_UM) / vox)
+            img -= np.median(img)
+            counts = np.maximum(img, 0, out=img)
+        points = _points_table(truth, df, 1.0, shape, photons=total, peak_photons=peak_ph)
+        if scene is not None:
+            points.insert(0, "t", t)
+            points["track_id"] = points["point_id"]
+        frames.append(counts)
+        tables.append(points)
+    info = dict(condition=cond.name, description=cond.description, optics=optics.to_dict(),
+                camera=cond.camera.to_dict(), sample=smp.to_dict(), voxel_size_um=tuple(vox.tolist()),
+                shape_px=tuple(shape), hot_yx=defects["hot_yx"], dead_yx=defects["dead_yx"],
+                peak_photons_median=float(np.median(peak_ph)) if n else 0.0,
+                truth="centre of mass of each spot's core (>= half its maximum), px (z, y, x)")
+    if scene is None:
+        return frames[0], tables[0], tuple(vox.tolist()), info
+    return np.stack(frames), pd.concat(tables, ignore_index=True), tuple(vox.tolist()), info
+
+
+def _render_spots(photons, pos_um, peak, illum, cond, centre_um, depth_step_um):
+    """Add each spot through the PSF at its own depth to ``photons`` (in place); ``peak``: its
+    brightest voxel's photons before the illumination field. Returns (truth px, total photons,
+    peak photons) per spot (NaN / 0 for spots whose kernel cannot reach the volume)."""
+    vox = np.asarray(cond.voxel_size_um, float)
+    smp, optics, shape = cond.sample, cond.optics, photons.shape
+    n = len(pos_um)
     pts_px = pos_um / vox
     if optics.mismatched:
         depth = np.clip(optics.depth_um + pos_um[:, 0] - centre_um[0], 0, 30)
@@ -249,47 +290,50 @@ def _simulate(cond: Condition, rng, shape, depth_step_um=DEPTH_STEP_UM):
                         sharpen=2.0 if smp.deconvolved else 1.0)
         total[i] = peak[i] / k.peak_fraction * gain[i]
         _, truth[i], peak_ph[i] = render_points(shape, pts_px[i], total[i], k, out=photons)
-    counts, defects = apply_camera(photons, cond.camera, rng)
-    if smp.deconvolved:
-        img = ndimage.gaussian_filter(counts.astype(np.float32), np.asarray(DECON_SMOOTH_UM) / vox)
-        img -= np.median(img)
-        counts = np.maximum(img, 0, out=img)
-    points = _points_table(truth, df, 1.0, shape, photons=total, peak_photons=peak_ph)
-    info = dict(condition=cond.name, description=cond.description, optics=optics.to_dict(),
-                camera=cond.camera.to_dict(), sample=smp.to_dict(), voxel_size_um=tuple(vox.tolist()),
-                shape_px=tuple(shape), hot_yx=defects["hot_yx"], dead_yx=defects["dead_yx"],
-                peak_photons_median=float(np.median(peak_ph)) if n else 0.0,
-                truth="centre of mass of each spot's core (>= half its maximum), px (z, y, x)")
-    return counts, points, tuple(vox.tolist()), info
+    return truth, total, peak_ph
 
 
-def simulate_physical(condition: Condition, seed=None, shape_px=None):
-    """Simulate one volume of a :class:`Condition` (any recipe). ``seed``: anything
-    :func:`numpy.random.default_rng` takes. Returns as :func:`simulate_condition`."""
+def simulate_physical(condition: Condition, seed=None, shape_px=None, n_frames=None):
+    """Simulate one volume of a :class:`Condition` (any recipe), or a movie of ``n_frames``.
+    ``seed``: anything :func:`numpy.random.default_rng` takes. Returns as
+    :func:`simulate_condition`."""
     if not isinstance(condition, Condition):
         raise InputError(f"condition: expected a Condition, got {type(condition).__name__}")
     shape = check_shape(condition.shape_px if shape_px is None else shape_px, "shape_px")
-    return _simulate(condition, np.random.default_rng(seed), shape)
+    if n_frames is not None and (isinstance(n_frames, bool) or not isinstance(n_frames, (int, np.integer))
+                                 or n_frames < 1):
+        raise InputError(f"n_frames: expected a positive integer, got {n_frames!r}")
+    rng = np.random.default_rng(seed)
+    motion = None if n_frames is None else rng.spawn(1)[0]  # its own stream: frame 0 is the volume's bytes
+    return _simulate(condition, rng, shape, n_frames=n_frames, motion_rng=motion)
 
 
-def simulate_condition(name: str, seed: int, shape_px=None):
-    """Simulate one volume of the named condition (:data:`CONDITIONS`).
+def simulate_condition(name: str, seed: int, shape_px=None, n_frames=None):
+    """Simulate one volume of the named condition (:data:`CONDITIONS`), or a movie.
 
     Parameters
     ----------
     name : a key of :data:`CONDITIONS`.
     seed : integer ≥ :data:`PANEL_SEED_MIN`; the same seed gives the same bytes.
     shape_px : (Z, Y, X) to override the condition's default shape.
+    n_frames : None (one volume) or the frames of a movie of the same cell: the spots move as
+        in :func:`kt_stardist.simulate.simulate_timelapse` (plate drift, rotation and
+        oscillation, pair oscillation, sister breathing, random walk, bleaching, blinking, at
+        its default amplitudes), the cell's haze and blobs follow the plate, a nucleus stays;
+        every frame has its own camera noise on the same sensor (maps, hot and dead pixels).
+        Frame 0 is the single volume of the same seed, byte for byte.
 
     Returns
     -------
-    image : (Z, Y, X) raw counts, uint16 (uint8 for 8-bit cameras); float32 for ``deconvolved``.
+    image : (Z, Y, X) raw counts, uint16 (uint8 for 8-bit cameras); float32 for ``deconvolved``;
+        (T, Z, Y, X) for a movie.
     points : DataFrame ``z, y, x`` (px, float: centre of mass of each spot's core), ``pair_id``,
-        ``sister``, ``point_id``, ``photons`` (total), ``peak_photons``; points inside the volume.
+        ``sister``, ``point_id``, ``photons`` (total), ``peak_photons``; points inside the volume;
+        a movie's also ``t`` and ``track_id`` (stable over frames).
     voxel_size_um : (z, y, x).
     info : dict: ``condition``, ``description``, ``optics``, ``camera``, ``sample`` (dicts),
         ``voxel_size_um``, ``shape_px``, ``hot_yx``, ``dead_yx`` ((N, 2) px),
-        ``peak_photons_median``, ``truth``.
+        ``peak_photons_median`` (of the last frame), ``truth``.
     """
     if name not in CONDITIONS:
         raise InputError(f"condition: unknown name {name!r}; expected one of {sorted(CONDITIONS)}")
@@ -297,7 +341,7 @@ def simulate_condition(name: str, seed: int, shape_px=None):
         raise InputError(f"seed: panel seeds are integers ≥ {PANEL_SEED_MIN} (training uses its own stream), "
                          f"got {seed!r}")
     ss = np.random.SeedSequence(int(seed), spawn_key=(PANEL_KEY,))
-    return simulate_physical(CONDITIONS[name], ss, shape_px)
+    return simulate_physical(CONDITIONS[name], ss, shape_px, n_frames=n_frames)
 
 
 # --------------------------------------------------------------------------- training mix
@@ -387,10 +431,12 @@ def random_condition(rng: np.random.Generator, shape_px=(32, 96, 96), p_dense=0.
     return Condition("random", optics, camera, sample, vox, shape, "training mix")
 
 
-def physical_training_pairs(shape_px=(32, 96, 96), seed=None, p_dense=0.2, p_nucleus=0.2):
+def physical_training_pairs(shape_px=(32, 96, 96), seed=None, p_dense=0.2, p_nucleus=0.2, temporal=False):
     """Endless training examples from a random mix of conditions (:func:`random_condition`,
     with its ``p_dense`` and ``p_nucleus``):
-    ``(image ZYX float32 raw counts, points DataFrame z, y, x px, voxel_size_um)``.
+    ``(image ZYX float32 raw counts, points DataFrame z, y, x px, voxel_size_um)``; with
+    ``temporal`` the image is ZYXC, frames t-1, t, t+1 of one cell (:func:`simulate_condition`'s
+    movies) as 3 channels, and the points are frame t's.
 
     ``shape_px`` is the size at 0.3 × 0.13 × 0.13 µm; other voxel sizes get the shape that
     covers about the same µm extent (at most 2× the voxel count, :func:`training_shape`).
@@ -404,5 +450,11 @@ def physical_training_pairs(shape_px=(32, 96, 96), seed=None, p_dense=0.2, p_nuc
     while True:
         rng = np.random.default_rng(ss.spawn(1)[0])
         cond = random_condition(rng, shape0, p_dense=p_dense, p_nucleus=p_nucleus)
-        image, points, vox, _ = _simulate(cond, rng, cond.shape_px, TRAIN_DEPTH_STEP_UM)
-        yield np.ascontiguousarray(image, dtype=np.float32), points, vox
+        if not temporal:
+            image, points, vox, _ = _simulate(cond, rng, cond.shape_px, TRAIN_DEPTH_STEP_UM)
+            yield np.ascontiguousarray(image, dtype=np.float32), points, vox
+            continue
+        movie, pts, vox, _ = _simulate(cond, rng, cond.shape_px, TRAIN_DEPTH_STEP_UM, n_frames=3,
+                                       motion_rng=rng.spawn(1)[0])
+        points = pts[pts["t"] == 1].drop(columns=["t"]).reset_index(drop=True)
+        yield np.ascontiguousarray(np.moveaxis(movie, 0, -1), dtype=np.float32), points, vox

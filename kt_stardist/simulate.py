@@ -656,13 +656,34 @@ class _Scene:
         s = np.array([p.sigma_axial_um, p.sigma_lateral_um, p.sigma_lateral_um])
         self.sig_um = s * np.exp(rng.normal(0, p.sigma_spread, (n, 1)))
         self.bg = _background_scene(rng, p, centre_um, shape_um)
-        # time-lapse state
+        self._init_motion(rng)
+
+    @classmethod
+    def of_layout(cls, rng, df, centre_um, bright, vox, radius_um):
+        """A scene of a layout drawn elsewhere (``df`` as :func:`layout_plate` returns it,
+        ``bright`` photons per spot): only the motion is drawn, from ``rng``; the plate's
+        normal is the layout's direction of least spread. No background scene, no widths."""
+        self = cls.__new__(cls)
+        self.vox = np.asarray(vox, float)
+        self.df = df
+        self.pos0 = df[["z_um", "y_um", "x_um"]].to_numpy(float)
+        c = self.pos0 - self.pos0.mean(0) if len(df) >= 3 else np.eye(3)
+        normal = np.linalg.svd(c, full_matrices=False)[2][-1]
+        self.plate = dict(centre=np.asarray(centre_um, float), normal=_unit(normal), radius=float(radius_um))
+        self.bright = np.asarray(bright, float)
+        self.sig_um = self.bg = None
+        self._init_motion(rng)
+        return self
+
+    def _init_motion(self, rng):
+        """The time-lapse state: drift direction, phases of pairs and plate, rotation axis."""
+        n = len(self.df)
         self.drift_dir = _random_unit(rng)
         self.pair_phase = rng.uniform(0, 2 * math.pi, n)
         self.breathe_phase = rng.uniform(0, 2 * math.pi, n)
         self.osc_phase = rng.uniform(0, 2 * math.pi)
         self.rot_axis = _random_unit(rng)
-        pair = df["pair_id"].to_numpy()
+        pair = self.df["pair_id"].to_numpy()
         # phases shared by the two sisters of a pair
         for k in np.unique(pair[pair >= 0]):
             idx = np.flatnonzero(pair == k)

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pandas as pd
 import psfmodels
 import pytest
 from scipy.spatial import cKDTree
@@ -212,8 +213,38 @@ def test_crowded_mix_draws_more_clusters_and_nuclei_from_the_same_draws():
     # before the sample, so each example keeps its microscope
     assert draw(50) == draw(50, p_dense=0.2, p_nucleus=0.2)
     assert [c.optics for c in plain] == [c.optics for c in crowded]
-    with pytest.raises(InputError, match="physical_crowded"):
-        simulated_pairs(1, (12, 48, 48), 0, layout("egfp@t-1,t,t+1"), ("mid", "physical_crowded"))
+    with pytest.raises(InputError, match="physical_crowded"):  # no mCherry in physical volumes
+        simulated_pairs(1, (12, 48, 48), 0, layout("egfp+mcherry"), ("mid", "physical_crowded"))
+
+
+def test_physical_movie_moves_the_spots_with_fresh_noise_on_the_same_sensor():
+    shape = (16, 64, 64)
+    one, p1, vox, info = simulate_condition("hot_pixels", PANEL_SEED_MIN + 7, shape)
+    movie, pts, vox_m, info_m = simulate_condition("hot_pixels", PANEL_SEED_MIN + 7, shape, n_frames=3)
+    assert movie.shape == (3,) + shape and movie.dtype == one.dtype and vox_m == vox
+    assert np.array_equal(movie[0], one)  # frame 0 is the volume of the same seed
+    first = pts[pts["t"] == 0].drop(columns=["t", "track_id"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(first, p1)
+    # the spots move (plate oscillation, drift, walk: ~0.05-0.5 µm per frame), tracks stay
+    a, b = (pts[pts["t"] == t].set_index("track_id")[["z", "y", "x"]] for t in (0, 1))
+    step_um = np.linalg.norm(((b - a.reindex(b.index)).dropna() * np.asarray(vox)).to_numpy(), axis=1)
+    assert len(step_um) >= 0.8 * len(a) and 0.05 < np.median(step_um) < 0.6
+    # every frame its own noise, the same hot columns
+    assert not np.array_equal(movie[1], movie[2])
+    hy, hx = np.asarray(info_m["hot_yx"]).T
+    assert len(hy) and np.array_equal(info_m["hot_yx"], info["hot_yx"])
+    assert (movie[:, :, hy, hx].min(axis=(0, 1)) > 1.3 * np.median(movie)).all()  # hot in every plane and frame
+    with pytest.raises(InputError, match="n_frames"):
+        simulate_condition("hot_pixels", PANEL_SEED_MIN, shape, n_frames=0)
+
+
+def test_temporal_training_pairs_stack_three_frames_of_one_cell():
+    (img, pts, vs, kind), = simulated_pairs(1, (12, 48, 48), 0, layout("egfp@t-1,t,t+1"), ("physical",))
+    assert img.ndim == 4 and img.shape[-1] == 3 and kind == "physical" and len(pts)
+    plain = next(physical_training_pairs((12, 48, 48), seed=[0, 0]))
+    movie = next(physical_training_pairs((12, 48, 48), seed=[0, 0], temporal=True))
+    assert np.array_equal(movie[0][..., 0], plain[0])  # t-1 is the single volume of the same draw
+    assert not np.array_equal(movie[0][..., 1], movie[0][..., 0])
 
 
 # --------------------------------------------------------------------------- bad input

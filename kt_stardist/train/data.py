@@ -116,15 +116,16 @@ def simulated_pairs(n, shape_px, seed, lay=None, kinds=("easy", "mid")):
         raise InputError(f"simulation kinds: expected names from {', '.join(SNR_PRESETS)}, "
                          f"{', '.join(SIM_KINDS)}; got {list(kinds)}")
     phys = [s for s in kinds if s in PHYSICAL_KINDS]
-    if phys and (lay.n_fluor > 1 or lay.temporal):
-        raise InputError(f"simulation kind {phys[0]!r} renders one EGFP frame; the model takes the {lay.name} layout")
+    if phys and lay.n_fluor > 1:
+        raise InputError(f"simulation kind {phys[0]!r} renders EGFP only; the model takes the {lay.name} layout")
 
     def stream(kind, k):
         if kind in PHYSICAL_KINDS:
             from kt_stardist.physical import physical_training_pairs
 
-            for img, df, vs in physical_training_pairs(tuple(shape_px), seed=[seed, k], **PHYSICAL_KINDS[kind]):
-                yield img[..., None], df, vs
+            for img, df, vs in physical_training_pairs(tuple(shape_px), seed=[seed, k], temporal=lay.temporal,
+                                                       **PHYSICAL_KINDS[kind]):
+                yield (img if lay.temporal else img[..., None]), df, vs
             return
         for img, df in training_pairs(tuple(shape_px), seed=[seed, k], randomize=kind == "random",
                                       snr="mid" if kind == "random" else kind, channels=lay.n_fluor,
