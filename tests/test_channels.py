@@ -46,27 +46,3 @@ def test_channel_pick_and_lazy_stack():
     lazy = stack_frames(da.from_array(a, chunks=(1, 2, 4, 4, 2)), 2, layout("egfp@t-1,t,t+1"))
     assert hasattr(lazy, "compute")  # nothing read
     assert np.array_equal(lazy.compute(), stack_frames(a, 2, layout("egfp@t-1,t,t+1")))
-
-
-def test_embed_input_kernel_places_each_channel_at_its_signal():
-    from kt_stardist.channels import layout
-    from kt_stardist.model import embed_input_kernel
-
-    rng = np.random.default_rng(0)
-    k2, b = rng.normal(size=(3, 3, 3, 2, 4)), rng.normal(size=4)
-    fresh6 = [rng.normal(size=(3, 3, 3, 6, 4)), np.zeros(4)]
-    kernel, bias = embed_input_kernel([k2, b], fresh6, layout("egfp+mcherry"), layout("egfp+mcherry@t-1,t,t+1"))
-    # time-major: egfp@t-1, mcherry@t-1, egfp@t, mcherry@t, egfp@t+1, mcherry@t+1
-    assert np.array_equal(kernel[..., 2, :], k2[..., 0, :]) and np.array_equal(kernel[..., 3, :], k2[..., 1, :])
-    assert not kernel[..., [0, 1, 4, 5], :].any() and np.array_equal(bias, b)
-    # 1 channel -> 2 channels: EGFP kept, mCherry from zero
-    kernel, _ = embed_input_kernel([k2[..., :1, :], b], [fresh6[0][..., :2, :], b], layout("egfp"),
-                                   layout("egfp+mcherry"))
-    assert np.array_equal(kernel[..., 0, :], k2[..., 0, :]) and not kernel[..., 1, :].any()
-    # no place for mCherry in an EGFP-only model; other kernel sizes or output channels: not embedded
-    assert embed_input_kernel([k2, b], [fresh6[0][..., :3, :], b], layout("egfp+mcherry"),
-                              layout("egfp@t-1,t,t+1")) is None
-    assert embed_input_kernel([k2[..., :1, :], b], [rng.normal(size=(1, 3, 3, 3, 4)), b], layout("egfp"),
-                              layout("egfp@t-1,t,t+1")) is None
-    assert embed_input_kernel([k2[..., :1, :], b], [rng.normal(size=(3, 3, 3, 3, 8)), np.zeros(8)],
-                              layout("egfp"), layout("egfp@t-1,t,t+1")) is None

@@ -79,7 +79,7 @@ def test_pretrain_folder(pretrained):
 
 
 @pytest.mark.slow
-def test_transfer_copies_matching_layers_and_embeds_new_input_channels(pretrained):
+def test_transfer_copies_matching_layers_only(pretrained):
     from kt_stardist.configs import load_config
     from kt_stardist.model import build_model, load_model, transfer_weights
 
@@ -88,21 +88,14 @@ def test_transfer_copies_matching_layers_and_embeds_new_input_channels(pretraine
     before = _weights_by_index(dst)
     rep = transfer_weights(pretrained, dst)
     after, ref = _weights_by_index(dst), _weights_by_index(src)
-    assert len(rep["copied"]) + len(rep["embedded"]) + len(rep["fresh"]) == len(after) == 15
-    assert [n.split(":")[0] for n in rep["embedded"]] == ["0"]  # first conv: 1 -> 3 input channels
-    assert [n.split(":")[0] for n in rep["fresh"]] == ["14"]    # the dist head (16 rays, not 48)
-    assert _equal(after[14], before[14]) and not _equal(after[14], ref[14])
-    for k in range(1, 14):
-        assert _equal(after[k], ref[k]) and not _equal(after[k], before[k]), k
-    kernel, bias = after[0]
-    assert np.array_equal(kernel[..., 1, :], ref[0][0][..., 0, :]) and np.array_equal(bias, ref[0][1])
-    assert not kernel[..., [0, 2], :].any()  # frames t-1 and t+1 start at zero weight
-    # so the new model starts as the old one's function of frame t: the same probabilities
-    x = np.random.default_rng(0).normal(size=(1, 16, 32, 32, 3)).astype(np.float32)
-    x[..., [0, 2]] *= 5  # whatever the neighbour frames hold
-    p_dst = dst.stardist.keras_model.predict(x, verbose=0)[0]
-    p_src = src.stardist.keras_model.predict(x[..., 1:2], verbose=0)[0]
-    np.testing.assert_array_equal(p_dst, p_src)
+    assert len(rep["copied"]) + len(rep["fresh"]) == len(after) == 15
+    fresh = {int(n.split(":")[0]) for n in rep["fresh"]}
+    assert fresh == {0, 14}  # first conv (3 input channels) and the dist head (16 rays)
+    for k in range(len(after)):
+        if k in fresh:
+            assert not _equal(after[k], ref[k]) and _equal(after[k], before[k])
+        else:
+            assert _equal(after[k], ref[k]) and not _equal(after[k], before[k])
 
 
 @pytest.mark.slow
@@ -129,8 +122,7 @@ def test_finetune_cli_other_rays_channels_freeze_resume(pretrained, user_data, t
     info = read_info(out)
     assert info.channels == "egfp@t-1,t,t+1" and info.layout.n_channel_in == 3 and info.layout.temporal
     assert info.label_radius_um == 0.5 and info.training["steps"] == 2 and info.training["job"] == "finetune"
-    assert [n.split(":")[0] for n in info.training["transfer"]["fresh"]] == ["14"]
-    assert [n.split(":")[0] for n in info.training["transfer"]["embedded"]] == ["0"]
+    assert [n.split(":")[0] for n in info.training["transfer"]["fresh"]] == ["0", "14"]
     th = json.loads((out / "thresholds.json").read_text())
     assert 0 < th["prob"] < 1 and th["nms"] in ThresholdSearch().nms_threshs
     assert "detect" in info.validation["by"] and info.validation["volumes"] >= 1

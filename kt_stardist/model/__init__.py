@@ -31,8 +31,7 @@ from kt_stardist.model.info import ModelInfo, Normalization, Thresholds, read_in
 __all__ = [
     "KtModel", "ModelInfo", "Normalization", "Thresholds", "PRETRAINED_DIR", "DEFAULT_MODEL_DIR",
     "SHIPPED_MODELS", "model_folder",
-    "load_model", "build_model", "check_model_folder", "transfer_weights", "embed_input_kernel", "weighted_layers",
-    "save_weights",
+    "load_model", "build_model", "check_model_folder", "transfer_weights", "weighted_layers", "save_weights",
     "write_json", "MAX_RAYS",
 ]
 
@@ -304,15 +303,10 @@ def transfer_weights(src, dst: KtModel, log=None) -> dict:
     order), then compares arrays: a layer is copied when all its arrays equal the source's; any
     other layer is put back to its fresh initial weights (Keras would copy e.g. the bias of a
     layer whose kernel does not fit), so a layer is either wholly transferred or wholly fresh.
-    The one exception is the first convolution when only the input channels differ (e.g. a
-    1-channel model to a temporal one): it is *embedded* (:func:`embed_input_kernel`): each
-    source channel's kernel goes to the target channel holding the same signal (EGFP of frame t
-    for EGFP), the other channels get zero weights, so the new model starts as the source's
-    function of those channels and learns the others' weights from zero.
 
     ``src``: a KtModel or model folder; ``dst``: a KtModel (same U-Net depth; rays, channels may
-    differ). Returns ``dict(copied=[...], embedded=[...], fresh=[...])`` of ``"<k>:<layer name>"``
-    (k: index among weighted layers).
+    differ). Returns ``dict(copied=[...], fresh=[...])`` of ``"<k>:<layer name>"`` (k: index
+    among weighted layers).
     """
     import warnings
 
@@ -330,45 +324,13 @@ def transfer_weights(src, dst: KtModel, log=None) -> dict:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             dst.stardist.keras_model.load_weights(h5, skip_mismatch=True)
-    copied, embedded, fresh = [], [], []
+    copied, fresh = [], []
     for k, (ls, ld) in enumerate(zip(src_layers, dst_layers)):
         ws, wd = ls.get_weights(), ld.get_weights()
         same = len(ws) == len(wd) and all(a.shape == b.shape and np.array_equal(a, b) for a, b in zip(ws, wd))
-        name = f"{k}:{ld.name}"
-        if same:
-            copied.append(name)
-            continue
-        emb = embed_input_kernel(ws, initial[k], src.layout, dst.layout) if k == 0 else None
-        ld.set_weights(initial[k] if emb is None else emb)  # keras copies a mismatched layer's bias: undo
-        (fresh if emb is None else embedded).append(name)
+        if not same:  # keras copies matching arrays of a mismatched layer too (its bias): undo, all fresh
+            ld.set_weights(initial[k])
+        (copied if same else fresh).append(f"{k}:{ld.name}")
     if log is not None:
-        log(f"weights: copied {len(copied)} of {len(dst_layers)} layers; "
-            + (f"input channels embedded: {', '.join(embedded)}; " if embedded else "")
-            + f"fresh: {', '.join(fresh) or 'none'}")
-    return {"copied": copied, "embedded": embedded, "fresh": fresh}
-
-
-def embed_input_kernel(src_weights, dst_weights, src_layout, dst_layout):
-    """The first convolution's ``[kernel (kz, ky, kx, C_in, C_out), bias]`` for ``dst_layout``
-    from the source's for ``src_layout``: each source input channel's kernel is copied to the
-    target channel of the same name in :attr:`ChannelLayout.order` (``egfp`` and ``egfp@t`` are
-    the same signal: EGFP of the frame being detected), the target's other channels get zeros,
-    and the bias is copied. None when the kernels differ in anything but the input channels or
-    a source channel has no place in the target."""
-    if len(src_weights) != len(dst_weights) or len(src_weights) < 1:
-        return None
-    ks, kd = src_weights[0], dst_weights[0]
-    if ks.ndim != 5 or ks.shape[:3] != kd.shape[:3] or ks.shape[4] != kd.shape[4]:
-        return None
-    if ks.shape[3] != src_layout.n_channel_in or kd.shape[3] != dst_layout.n_channel_in:
-        return None
-    if any(a.shape != b.shape for a, b in zip(src_weights[1:], dst_weights[1:])):
-        return None
-    centre = lambda name: name[:-2] if name.endswith("@t") else name  # noqa: E731
-    target = {centre(n): i for i, n in enumerate(dst_layout.order)}
-    if any(centre(n) not in target for n in src_layout.order):
-        return None
-    kernel = np.zeros_like(kd)
-    for i, n in enumerate(src_layout.order):
-        kernel[..., target[centre(n)], :] = ks[..., i, :]
-    return [kernel] + [np.array(w, copy=True) for w in src_weights[1:]]
+        log(f"weights: copied {len(copied)} of {len(dst_layers)} layers; fresh: {', '.join(fresh) or 'none'}")
+    return {"copied": copied, "fresh": fresh}

@@ -107,8 +107,7 @@ def finetune(out, settings: FinetuneSettings = FinetuneSettings(), *, from_model
     Every image goes through prediction's preprocessing (defect repair, rescaling to the model's
     voxel size, normalisation; :func:`kt_stardist.train.data.to_arrays`), points become spheres of
     the config's label radius (µm) at the model's voxel size. Weights come from ``from_model``
-    (every layer whose shape matches; the first convolution embedded when only its input channels differ;
-    the log lists both and the fresh layers). Thresholds are chosen by point
+    (every layer whose shape matches; the log lists fresh layers). Thresholds are chosen by point
     F1 of the full detection on the held-out frames and validation simulations. The model folder
     gets config.json, model.json, train_settings.json, weights_best.h5, weights_last.h5,
     thresholds.json, thresholds_search.csv, history.csv, history.png and TensorBoard logs.
@@ -174,8 +173,7 @@ def finetune(out, settings: FinetuneSettings = FinetuneSettings(), *, from_model
             transfer = transfer_weights(from_model, model, log=log)
             model.save_info(training=dict(transferred_from=str(from_model), transfer=transfer))
     _save_settings(model, settings)
-    tinfo = transfer if transfer else model.info.training.get("transfer", {})
-    fresh = tuple(tinfo.get("fresh", ())) + tuple(tinfo.get("embedded", ()))  # trained while the rest is frozen
+    fresh = transfer["fresh"] if transfer else model.info.training.get("transfer", {}).get("fresh", ())
     aug = make_augmenter(**({} if tr.augment_intensity else GEOMETRIC_AUGMENT))
     hist = fit(model, X, Y, X_val, Y_val, epochs=tr.epochs, steps_per_epoch=tr.steps_per_epoch, lr=tr.lr,
                augmenter=aug, seed=tr.seed, freeze_epochs=tr.freeze_epochs if (from_model is not None or fresh) else 0,
