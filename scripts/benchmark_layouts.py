@@ -12,6 +12,12 @@ drift 0.24 µm and random walk 0.12 µm per frame), where stacking frames can hu
 
     python scripts/benchmark_layouts.py --models kt_stardist/pretrained/kt-temporal models/kt-2ch ...
         [--model DIR] [--n 2] [--shape 48 256 256] [--presets easy mid hard very_hard fast]
+        [--conditions all | NAME ...] [--panel-seed K]
+
+``--conditions`` adds 3-frame movies of the robustness panel's conditions
+(``kt_stardist.physical.simulate_condition(..., n_frames=3)``: psfmodels optics, cameras with hot
+pixels, nuclei, other voxel sizes; panel seeds), EGFP only: does a temporal model hold up on
+microscopes unlike the Gaussian simulator?
 
 Each model's input is made by ``kt_stardist.channels.stack_frames`` from its own layout (what
 ``predict`` does), so the table's rows differ only in the model.
@@ -51,7 +57,23 @@ def movie_cases(presets, n, shape, seed=0, channels=1):
                 params = dataclasses.replace(simulate.SimParams.preset("mid"), **FAST)
             img, df = simulate.simulate_timelapse(3, tuple(shape), seed=s, snr="mid" if snr == "fast" else snr,
                                                   params=params, layout="plate", channels=channels)
-            out.append((snr, s, img, df[df["t"] == 1][["z", "y", "x"]].to_numpy(float)))
+            out.append((snr, s, img, df[df["t"] == 1][["z", "y", "x"]].to_numpy(float), simulate.VOXEL_SIZE_UM))
+    return out
+
+
+def physical_cases(conditions, n, seed=0):
+    """(group ``physical: <condition>``, seed, movie TZYX1, truth of the middle frame (N, 3) px,
+    voxel size µm): 3-frame movies of the robustness panel's conditions (physical optics and
+    cameras, each condition's own shape and voxel size, panel seeds: never trained on), EGFP only."""
+    from kt_stardist.physical import CONDITIONS, PANEL_SEED_MIN, simulate_condition
+
+    out = []
+    for name in (list(CONDITIONS) if conditions == ["all"] else conditions):
+        for i in range(n):
+            s = PANEL_SEED_MIN + int(seed) + i
+            img, df, vs, _ = simulate_condition(name, s, n_frames=3)
+            out.append((f"physical: {name}", s, np.asarray(img)[..., None],
+                        df[df["t"] == 1][["z", "y", "x"]].to_numpy(float), tuple(vs)))
     return out
 
 
@@ -68,7 +90,11 @@ def main(argv=None):
                     help="model folders of other layouts (2, 3 or 6 input channels), each beside --model")
     ap.add_argument("--n", type=int, default=2, help="movies per preset (default 2)")
     ap.add_argument("--shape", nargs=3, type=int, default=[48, 256, 256])
-    ap.add_argument("--presets", nargs="+", default=["easy", "mid", "hard", "very_hard", "fast"])
+    ap.add_argument("--presets", nargs="*", default=["easy", "mid", "hard", "very_hard", "fast"])
+    ap.add_argument("--conditions", nargs="*", default=[],
+                    help="robustness-panel conditions as 3-frame physical movies ('all': every one; EGFP only, "
+                         "so for 1- and 3-channel models)")
+    ap.add_argument("--panel-seed", type=int, default=0, help="offset of the physical movies' panel seeds")
     a = ap.parse_args(argv)
 
     import pandas as pd
@@ -85,13 +111,16 @@ def main(argv=None):
     for name, m in models.items():
         print(f"{name}: {m.name}, {m.n_channel_in} input channel(s), layout {m.layout.name}, thresholds "
               f"{m.thresholds.prob:.2f} / {m.thresholds.nms:.2f}", file=sys.stderr)
-    cases = movie_cases(a.presets, a.n, a.shape, channels=max(m.layout.n_fluor for m in loaded))
+    n_fluor = max(m.layout.n_fluor for m in loaded)
+    if a.conditions and n_fluor > 1:
+        raise SystemExit("benchmark_layouts: physical movies are EGFP only; --conditions takes 1- and 3-channel models")
+    cases = movie_cases(a.presets, a.n, a.shape, channels=n_fluor) + physical_cases(a.conditions, a.n, a.panel_seed)
     rows = []
-    for group, seed, movie, truth in cases:
+    for group, seed, movie, truth, vox in cases:
         for name, m in models.items():
             x = stack_frames(movie, 1, m.layout)
             t0 = time.perf_counter()
-            det = detect(m, x, spot_channel=m.layout.spot_channel)
+            det = detect(m, x, voxel_size_um=vox, spot_channel=m.layout.spot_channel)
             dt = time.perf_counter() - t0
             mt = match_points(truth, det.points[["z", "y", "x"]].to_numpy(float), det.prepared.image_voxel_um, 0.5)
             rows.append(dict(group=group, seed=seed, layout=name, tp=mt.tp, fp=mt.fp, fn=mt.fn,
@@ -101,7 +130,8 @@ def main(argv=None):
     per = pd.DataFrame(rows)
     g = per.groupby(["group", "layout"], sort=False)
     tab = g[["tp", "fp", "fn", "sq"]].sum().reset_index()
-    print(f"\n{len(cases)} held-out 3-frame movies {tuple(a.shape)} px ({a.n} per set), scored at the middle "
+    print(f"\n{len(cases)} held-out 3-frame movies ({tuple(a.shape)} px; physical: each condition's own), {a.n} per "
+          f"set, scored at the middle "
           f"frame, 0.5 µm; seconds = median per volume")
     print("| set | layout | precision | recall | F1 | RMSE nm | s |")
     print("|---|---|---|---|---|---|---|")
