@@ -131,8 +131,7 @@ def main(argv=None):
     g = per.groupby(["group", "layout"], sort=False)
     tab = g[["tp", "fp", "fn", "sq"]].sum().reset_index()
     print(f"\n{len(cases)} held-out 3-frame movies ({tuple(a.shape)} px; physical: each condition's own), {a.n} per "
-          f"set, scored at the middle "
-          f"frame, 0.5 µm; seconds = median per volume")
+          "set, scored at the middle frame, 0.5 µm; seconds = median per volume")
     print("| set | layout | precision | recall | F1 | RMSE nm | s |")
     print("|---|---|---|---|---|---|---|")
     for _, r in tab.iterrows():
