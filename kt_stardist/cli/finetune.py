@@ -41,7 +41,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--sim-snrs", nargs="+", default=list(sim.kinds), metavar="KIND",
                         help="kinds of simulated volume, cycled: SNR presets (easy, mid, hard, very_hard), "
                              "random (domain-randomised) and/or physical (physical optics, cameras, samples; "
-                             "physical_crowded: more dense clusters and bright nuclei); "
+                             "physical_crowded: more dense clusters and bright nuclei; EGFP only, movies for "
+                             "--channels 3); "
                              f"default: {' '.join(sim.kinds)}")
     parser.add_argument("--warmup", type=int, metavar="E",
                         help="epochs on the easy/mid simulations (and your frames) before the full mix "
