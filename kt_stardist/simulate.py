@@ -620,6 +620,15 @@ def _layout_name(layout, randomize):
     return layout
 
 
+def _least_spread_axis(pos_um):
+    """Unit direction (z, y, x) along which points spread least (a plate's normal); z for
+    fewer than 3 points."""
+    pos = np.asarray(pos_um, float).reshape(-1, 3)
+    if len(pos) < 3:
+        return np.array([1.0, 0.0, 0.0])
+    return np.linalg.svd(pos - pos.mean(0), full_matrices=False)[2][-1]
+
+
 class _Scene:
     """Kinetochores and background geometry of one simulation (µm), evolving over frames."""
 
@@ -638,8 +647,7 @@ class _Scene:
             normal = np.array([1.0, 0, 0])
         elif p.layout == "real":
             df = layout_from_real(rng, p, centre_um)
-            c = df[["z_um", "y_um", "x_um"]].to_numpy()
-            normal = np.linalg.svd(c - c.mean(0), full_matrices=False)[2][2]
+            normal = _least_spread_axis(df[["z_um", "y_um", "x_um"]].to_numpy())
         else:
             normal = _random_unit(rng)
             df = layout_plate(rng, p, centre_um, normal=normal)
@@ -667,9 +675,8 @@ class _Scene:
         self.vox = np.asarray(vox, float)
         self.df = df
         self.pos0 = df[["z_um", "y_um", "x_um"]].to_numpy(float)
-        c = self.pos0 - self.pos0.mean(0) if len(df) >= 3 else np.eye(3)
-        normal = np.linalg.svd(c, full_matrices=False)[2][-1]
-        self.plate = dict(centre=np.asarray(centre_um, float), normal=_unit(normal), radius=float(radius_um))
+        self.plate = dict(centre=np.asarray(centre_um, float), normal=_unit(_least_spread_axis(self.pos0)),
+                          radius=float(radius_um))
         self.bright = np.asarray(bright, float)
         self.sig_um = self.bg = None
         self._init_motion(rng)
