@@ -1,7 +1,7 @@
 """Benchmark detection, linking and track-aided recovery on held-out simulated time-lapses.
 
     python scripts/benchmark_time.py [--quick] [--presets mid hard very_hard] [--movies 2]
-        [--frames 10] [--shape 40 112 112] [--false-alarm 1e-3]
+        [--frames 10] [--shape 40 112 112] [--false-alarm 1e-3] [--conditions all | NAME ...]
 
 Per preset: each frame of :func:`kt_stardist.simulate.simulate_timelapse` movies (seeds from
 10000, never used in training nor in choosing the tracking settings, which used seeds 20000+) is
@@ -20,6 +20,12 @@ identity switch (:func:`kt_stardist.tracks.pair_tracks_intact`, pairs from
 :func:`kt_stardist.pairs.assign_pairs` with ``use_tracks`` and :func:`kt_stardist.tracks.link_pair_tracks`).
 *Complete*: intact and detected (or recovered) in every frame. s/frame: tracking and recovery
 (detection: a line below). One markdown table.
+
+``--conditions`` adds movies of the robustness panel's conditions
+(:func:`kt_stardist.physical.simulate_condition` with ``n_frames``: psfmodels optics, real camera
+noise, hot pixels, nuclei, each condition's own shape and voxel size; panel seeds from
+``PANEL_SEED_MIN + --panel-seed``): optics and cameras the model was never trained on, the camera
+gain and zero that recovery needs estimated from the movie as ``predict`` does.
 """
 
 from __future__ import annotations
@@ -98,17 +104,33 @@ def link(linker, det, image, vox, settings, gap, recover):
     return link_and_recover(assign_pairs(det, vox), vox, image[..., 0] if recover else None, settings, gap=gap)
 
 
-def run_preset(model, snr, args, vox, settings):
-    from kt_stardist.simulate import simulate_timelapse
+PRESETS = ("easy", "mid", "hard", "very_hard")
 
+
+def movies(kind, args):
+    """(movie (T, Z, Y, X, 1), truth with ``t`` and ``track_id``, voxel size µm) of each held-out
+    movie of a Gaussian preset or a robustness-panel condition."""
+    if kind in PRESETS:
+        from kt_stardist.simulate import simulate_timelapse
+
+        for k in range(args.movies):
+            seed = SEED0 + 100 * PRESETS.index(kind) + k
+            image, truth = simulate_timelapse(args.frames, tuple(args.shape), seed=seed, snr=kind)
+            yield image, truth.reset_index(drop=True), tuple(VOXEL_SIZE_UM)
+        return
+    from kt_stardist.physical import PANEL_SEED_MIN, simulate_condition
+
+    for k in range(args.movies):
+        image, truth, vs, _ = simulate_condition(kind, PANEL_SEED_MIN + args.panel_seed + k, n_frames=args.frames)
+        yield image[..., None], truth.reset_index(drop=True), tuple(vs)
+
+
+def run_preset(model, snr, args, settings):
     acc = {(lk, tag): {k: 0 for k in ("tp", "fp", "fn", "rec", "rec_ok", "s")} for lk in LINKERS for tag in "01"}
     link_n = {key: [0, 0, 0] for key in acc}
     pairs = {key: [0, 0, 0] for key in acc}
     secs_detect = 0.0
-    for k in range(args.movies):
-        seed = SEED0 + 100 * ["easy", "mid", "hard", "very_hard"].index(snr) + k
-        image, truth = simulate_timelapse(args.frames, tuple(args.shape), seed=seed, snr=snr)
-        truth = truth.reset_index(drop=True)
+    for image, truth, vox in movies(snr, args):
         t0 = time.perf_counter()
         det = detect_movie(model, image, vox)
         secs_detect += time.perf_counter() - t0
@@ -159,7 +181,7 @@ def markdown(df):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="1 movie of 6 frames of 32x96x96 px per preset")
-    ap.add_argument("--presets", nargs="+", default=["mid", "hard", "very_hard"])
+    ap.add_argument("--presets", nargs="*", default=["mid", "hard", "very_hard"])
     ap.add_argument("--movies", type=int, default=2)
     ap.add_argument("--frames", type=int, default=10)
     ap.add_argument("--shape", type=int, nargs=3, default=[40, 112, 112], metavar=("Z", "Y", "X"))
@@ -167,23 +189,30 @@ def main(argv=None):
                     help="gap closing of the tracker, frames (default %(default)s)")
     ap.add_argument("--false-alarm", type=float, default=RecoverSettings().false_alarm)
     ap.add_argument("--model", help="model folder (default: the shipped one)")
+    ap.add_argument("--conditions", nargs="*", default=[],
+                    help="robustness-panel conditions as physical movies ('all': every one), after the presets")
+    ap.add_argument("--panel-seed", type=int, default=0, help="offset of the physical movies' panel seeds")
     args = ap.parse_args(argv)
     if args.quick:
         args.movies, args.frames, args.shape = 1, 6, [32, 96, 96]
     from kt_stardist.model import load_model
+    from kt_stardist.physical import CONDITIONS
 
+    unknown = sorted(set(args.conditions) - set(CONDITIONS) - {"all"})
+    if unknown:
+        raise SystemExit(f"benchmark_time: unknown condition(s) {unknown}; expected 'all' or some of {sorted(CONDITIONS)}")
+    kinds = list(args.presets) + (list(CONDITIONS) if "all" in args.conditions else list(args.conditions))
     model = load_model(args.model)
-    vox = tuple(VOXEL_SIZE_UM)
     settings = RecoverSettings(false_alarm=args.false_alarm, max_gap_frames=min(args.gap, 2) or 1)
     rows, detect_s = [], {}
     t0 = time.perf_counter()
-    for snr in args.presets:
-        r, detect_s[snr] = run_preset(model, snr, args, vox, settings)
+    for snr in kinds:
+        r, detect_s[snr] = run_preset(model, snr, args, settings)
         rows += r
         print(f"{snr} done ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
     table = pd.DataFrame(rows)
     print(f"\nSimulated time-lapses: {args.movies} movie(s) x {args.frames} frames of "
-          f"{'x'.join(map(str, args.shape))} px per preset, seeds {SEED0}+, model {model.name}, stored "
+          f"{'x'.join(map(str, args.shape))} px per preset (conditions: their own shape), seeds {SEED0}+, model {model.name}, stored "
           f"thresholds; linking gap {args.gap}, recovery false_alarm {args.false_alarm:g}. "
           f"s/frame: tracking and recovery.\n")
     print(markdown(table))
