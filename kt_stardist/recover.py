@@ -144,12 +144,7 @@ def background_lr(volume, points_px, voxel_size_um=VOXEL_SIZE_UM, settings: Reco
     settings = settings or RecoverSettings()
     vs = np.asarray(voxel_size_um, np.float64)
     pts = np.asarray(points_px, np.float64).reshape(-1, 3)
-    shape = np.array(volume.shape)
-    if len(pts):
-        lo = np.maximum(pts.min(0) - 2.0 / vs, 0)
-        hi = np.minimum(pts.max(0) + 2.0 / vs, shape - 1)
-    else:
-        lo, hi = np.zeros(3), shape - 1.0
+    lo, hi = _calibration_region(pts, volume.shape, vs)
     tree = cKDTree(pts * vs) if len(pts) else None
     reach = _reach_um(settings)
     rng = np.random.default_rng(seed)
@@ -165,6 +160,41 @@ def background_lr(volume, points_px, voxel_size_um=VOXEL_SIZE_UM, settings: Reco
         if r is not None:
             out.append(r[2])
     return np.asarray(out)
+
+
+def _calibration_region(pts, shape, vs):
+    """(lo, hi) px corners of the box :func:`background_lr` draws its places from: the points'
+    bounding box grown by 2 µm (the whole volume without points), inside the volume."""
+    shape = np.asarray(shape, np.float64)
+    if not len(pts):
+        return np.zeros(3), shape - 1.0
+    return np.maximum(pts.min(0) - 2.0 / vs, 0), np.minimum(pts.max(0) + 2.0 / vs, shape - 1)
+
+
+def _half_px(settings, vs):
+    """Half-size (px, z, y, x) of :func:`spot_lr`'s window around a place's nearest voxel."""
+    return np.maximum(np.ceil(np.asarray(settings.window_um) / vs - 1e-9).astype(int), 1)
+
+
+class _Box:
+    """One frame (Z, Y, X) of which only the box holding every window a search needs was read,
+    in its own dtype: ``shape`` is the frame's and slices (within the box) read as from the
+    frame, so :func:`spot_lr` and :func:`background_lr` give the same numbers on it."""
+
+    def __init__(self, frame, lo_px, hi_px, half_px):
+        """The box holds the window of any place whose nearest voxel lies in ``lo_px .. hi_px``."""
+        from kt_stardist import outofcore as O
+
+        self.shape = tuple(int(n) for n in frame.shape)
+        lo = np.maximum(np.floor(lo_px).astype(int) - half_px, 0)
+        hi = np.minimum(np.ceil(hi_px).astype(int) + half_px + 1, self.shape)
+        self.lo = lo
+        self.data = O.read(frame, tuple(slice(int(a), int(max(a, b))) for a, b in zip(lo, hi)))
+
+    def __getitem__(self, slices):
+        if any(sl.start < a or sl.stop > a + n for sl, a, n in zip(slices, self.lo, self.data.shape)):
+            raise IndexError(f"recovery window {slices} outside the box read at {tuple(self.lo)}")
+        return self.data[tuple(slice(sl.start - a, sl.stop - a) for sl, a in zip(slices, self.lo))]
 
 
 def _reach_um(settings):
@@ -207,7 +237,7 @@ def spot_lr(volume, position_px, neighbours_px=(), voxel_size_um=VOXEL_SIZE_UM,
     settings = settings or RecoverSettings()
     vs = np.asarray(voxel_size_um, np.float64)
     pos = np.asarray(position_px, np.float64)
-    half = np.maximum(np.ceil(np.asarray(settings.window_um) / vs - 1e-9).astype(int), 1)
+    half = _half_px(settings, vs)
     c = np.round(pos).astype(int)
     lo, hi = np.maximum(c - half, 0), np.minimum(c + half + 1, volume.shape)
     if np.any(hi - lo < 2):
@@ -306,14 +336,24 @@ def recover_points(df, movie, voxel_size_um=VOXEL_SIZE_UM, settings: RecoverSett
     pts_all = df[["z", "y", "x"]].to_numpy(np.float64)
     found, done = [], 0
     seen = set(zip(t_all.tolist(), df["track_id"].to_numpy().tolist()))  # (t, track) already there
+    half = _half_px(settings, vs)
     for t, cand in gaps.groupby("t", sort=True):
-        vol = np.asarray(movie[int(t)], np.float64)
+        frame = movie[int(t)]  # read below only where searched (a lazy movie stays on disk)
         if gain is None or zero is None:  # once per movie: the camera is the same in every frame
+            from kt_stardist.outofcore import is_lazy
             from kt_stardist.predict.mle import estimate_camera
 
-            cam = estimate_camera(vol, gain=gain)
+            # float64 planes (a lazy frame is cast plane by plane as it is read)
+            cam = estimate_camera(frame.astype(np.float64) if is_lazy(frame) else np.asarray(frame, np.float64),
+                                  gain=gain)
             gain, zero = cam.gain, (cam.offset if zero is None else zero)
         placed = list(pts_all[t_all == t])
+        where = cand[["z", "y", "x"]].to_numpy(np.float64)
+        lo, hi = where.min(0), where.max(0)
+        if threshold is None and settings.calibration_windows:  # the background places too
+            c_lo, c_hi = _calibration_region(np.asarray(placed).reshape(-1, 3), shape, vs)
+            lo, hi = np.minimum(lo, c_lo), np.maximum(hi, c_hi)
+        vol = _Box(frame, np.round(lo), np.round(hi), half)
         if threshold is None:  # once per movie, on the first frame searched
             dof = (null_dof(background_lr(vol, np.asarray(placed), vs, settings, gain, zero))
                    if settings.calibration_windows else LR_DOF)

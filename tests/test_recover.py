@@ -77,6 +77,44 @@ def test_missed_spot_is_recovered_into_its_track():
     assert out["recovered"].dtype == bool and (~out["recovered"]).sum() == len(det)
 
 
+def test_searches_read_only_a_box_of_each_frame_with_the_same_numbers():
+    """Recovery reads the box around a frame's searched places (and the calibration region), in
+    the frame's dtype: the windows, the calibration and the recovered table are those of the
+    whole frame read as float64, for a numpy or a lazy (dask) movie alike."""
+    import dask.array as da
+
+    from kt_stardist.recover import _Box, _calibration_region, _half_px, spot_lr
+
+    pts = truth()
+    mov = np.round(movie(pts, peak=150.0)).astype(np.uint16)
+    frame, st = mov[2], RecoverSettings()
+    places = np.array([[0.2, 3.4, 44.6], [7.0, 20.0, 20.0], [13.4, 47.2, 1.6]])  # at the frame's edges too
+    box = _Box(frame, np.round(places.min(0)), np.round(places.max(0)), _half_px(st, VOX))
+    assert box.data.dtype == np.uint16 and box.data.shape == SHAPE  # these places span the frame
+    inner = _Box(frame, np.array([7.0, 20, 20]), np.array([7.0, 20, 20]), _half_px(st, VOX))
+    assert inner.data.size < frame.size / 10
+    full = frame.astype(np.float64)
+    for b, ps in ((box, places), (inner, places[1:2])):
+        for p in ps:
+            got, want = spot_lr(b, p, pts.query("t == 2")[["z", "y", "x"]].to_numpy()[:1], VOX, st, GAIN, OFFSET), \
+                spot_lr(full, p, pts.query("t == 2")[["z", "y", "x"]].to_numpy()[:1], VOX, st, GAIN, OFFSET)
+            assert (got is None) == (want is None)
+            if got is not None:
+                assert np.array_equal(got[0], want[0]) and got[1:] == want[1:]
+    with pytest.raises(IndexError, match="outside the box"):
+        spot_lr(inner, places[0], (), VOX, st, GAIN, OFFSET)
+    det = pts.query("t == 2")[["z", "y", "x"]].to_numpy()[1:3]
+    lo, hi = _calibration_region(det, SHAPE, VOX)
+    cal = _Box(frame, np.round(lo), np.round(hi), _half_px(st, VOX))
+    assert np.array_equal(background_lr(cal, det, VOX, st, GAIN, OFFSET), background_lr(full, det, VOX, st, GAIN, OFFSET))
+    # the whole search, as before (each frame read whole as float64) and lazily
+    det = linked(detections(pts, {(2, 3), (4, 0)}))  # two frames searched, each its own box
+    want = recover_points(det, mov.astype(np.float64), VOX)
+    assert want["recovered"].sum() == 2
+    pd.testing.assert_frame_equal(recover_points(det, mov, VOX), want)
+    pd.testing.assert_frame_equal(recover_points(det, da.from_array(mov, chunks=(1, 7, 24, 24)), VOX), want)
+
+
 def test_gap_of_two_frames_recovered():
     pts = truth()
     det = linked(detections(pts, {(2, 4), (3, 4)}))
@@ -192,8 +230,9 @@ def test_cli_track_with_image(tmp_path, capsys):
 
 
 def test_cli_predict_track_recovers_a_missed_spot(tmp_path, monkeypatch, capsys):
-    """kt-stardist predict MOVIE --track: a spot the detector missed in a middle frame comes back
-    with recovered=True (counted in the log and run.json); --no-recover leaves the gap."""
+    """kt-stardist predict MOVIE (tracks by default on a time-lapse): a spot the detector missed
+    in a middle frame comes back with recovered=True (counted in the log and run.json);
+    --no-recover leaves the gap; --no-track links nothing."""
     import dataclasses
     import json
 
@@ -217,7 +256,7 @@ def test_cli_predict_track_recovers_a_missed_spot(tmp_path, monkeypatch, capsys)
     monkeypatch.setattr(P, "detect_frame", missing_one)
     monkeypatch.setattr(M, "load_model", lambda path=None, weights=None: SpotModel())
     fast, out = ["--prob-thresh", "0.7"], tmp_path / "o"  # the stand-in's few candidates: fast
-    assert main(["predict", str(tif), *fast, "--track", "--out-dir", str(out)]) == 0
+    assert main(["predict", str(tif), *fast, "--out-dir", str(out)]) == 0
     assert "(1 recovered from tracks)" in capsys.readouterr().err
     got = io.read_points(out / "movie.csv")
     rec = got[got["recovered"]]
@@ -225,12 +264,20 @@ def test_cli_predict_track_recovers_a_missed_spot(tmp_path, monkeypatch, capsys)
     assert (got.groupby("track_id").size() == 4).sum() == 6  # six whole tracks, the gap filled
     run = json.loads((out / "movie.run.json").read_text())
     assert run["recovered"] == 1 and run["settings"]["recover"] is True
+    assert run["tracked"] is True and run["settings"]["tracks"] is None  # on by default: a time-lapse
     # --no-recover: the gap stays; the detections of the first run are reused (recovery is not detection)
     assert main(["predict", str(tif), *fast, "--track", "--no-recover", "--out-dir", str(out)]) == 0
     assert "(0 computed, 4 already done)" in capsys.readouterr().err
     got = io.read_points(out / "movie.csv")
     assert len(got) == len(pts) - 1 and "recovered" not in got.columns
     assert "recovered" not in json.loads((out / "movie.run.json").read_text())
+    # --no-track: points of every frame, neither linked nor recovered; detections reused again
+    assert main(["predict", str(tif), *fast, "--no-track", "--out-dir", str(out)]) == 0
+    assert "(0 computed, 4 already done)" in capsys.readouterr().err
+    got = io.read_points(out / "movie.csv")
+    assert len(got) == len(pts) - 1 and "track_id" not in got.columns and "recovered" not in got.columns
+    run = json.loads((out / "movie.run.json").read_text())
+    assert run["tracked"] is False and run["settings"]["tracks"] is False
 
 
 def test_end_positions_carried_by_sister_or_common_motion():
