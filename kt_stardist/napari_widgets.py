@@ -176,7 +176,9 @@ class PredictWidget(_Job):
                                      tooltip="a model folder (kt-stardist finetune); added to the list")
         self.voxel_z, self.voxel_yx = self._voxel_fields()
         self.pairs = CheckBox(text="sister pairs", value=False)
-        self.tracks = CheckBox(text="tracks over time", value=False)
+        self.tracks = CheckBox(text="tracks over time (time-lapses)", value=True,
+                               tooltip="link a time-lapse's points over frames and recover spots a track "
+                                       "missed for 1-2 frames, as `kt-stardist predict` does by default")
         self.settings = PipelineSettings()
         fields = [self.model, self.model_folder, self.voxel_z, self.voxel_yx, self.pairs, self.tracks]
         super().__init__(napari_viewer, fields)
@@ -205,7 +207,8 @@ class PredictWidget(_Job):
     def _job(self):
         layer = self.image.value
         img = self._image(layer, self.voxel_z, self.voxel_yx)
-        settings = replace(self.settings, pairs=self.pairs.value, tracks=self.tracks.value)
+        # checked: predict's default (tracks for time-lapses only); unchecked: none
+        settings = replace(self.settings, pairs=self.pairs.value, tracks=None if self.tracks.value else False)
 
         def done(result):
             self._add_points(layer, *result)

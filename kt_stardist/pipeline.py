@@ -38,14 +38,17 @@ RUN_JSON = "run.json"
 
 
 def postprocess(df, settings: PipelineSettings, voxel_size_um, image=None):
-    """Sister pairs and tracks on a whole image's points (``t`` column), as asked; with tracks,
-    ``settings.recover`` and ``image`` (the :class:`kt_stardist.io.Image` the points come from,
-    a time-lapse) also track-aided recovery in its spot channel (``recovered`` column)."""
+    """Sister pairs and tracks on a whole image's points (``t`` column), as asked (tracks by
+    default on a time-lapse: :meth:`PipelineSettings.tracks_for` of ``image``'s frames, else of
+    the frames in ``df``); with tracks, ``settings.recover`` and ``image`` (the
+    :class:`kt_stardist.io.Image` the points come from, a time-lapse) also track-aided recovery in
+    its spot channel (``recovered`` column)."""
     if settings.pairs and len(df):
         from kt_stardist.pairs import assign_pairs
 
         df = assign_pairs(df, voxel_size_um=voxel_size_um)
-    if settings.tracks and len(df):
+    n_frames = image.n_frames if image is not None else (int(df["t"].max()) + 1 if len(df) else 0)
+    if settings.tracks_for(n_frames) and len(df):
         from kt_stardist.tracks import link_and_recover
 
         recover = settings.recover and image is not None and image.n_frames > 1
@@ -71,7 +74,7 @@ def iter_find_points(model, image, settings: PipelineSettings | None = None, sho
             df, dets = stop.value
             break
         yield t, n + 1, f"frame {t + 1} of {n}" if n > 1 else "finding spots"
-    yield n, n + 1, "sister pairs and tracks" if (settings.pairs or settings.tracks) else "done"
+    yield n, n + 1, "sister pairs and tracks" if (settings.pairs or settings.tracks_for(n)) else "done"
     return postprocess(df, settings, vs, image), dets
 
 
@@ -374,7 +377,7 @@ def _run(inputs, *, out, out_dir, model_dir, settings, axes, voxel_size_um, labe
                               voxel_size_from="--voxel-size" if voxel_size_um is not None else
                               ("file" if image.voxel_size_um is not None else "model default")),
                    model=record, settings=to_dict(settings), frames=len(tks), frames_missing=missing,
-                   points=int(len(df)), warnings=warnings,
+                   points=int(len(df)), tracked=settings.tracks_for(image.n_frames), warnings=warnings,
                    seconds_per_frame=_stage_seconds(metas), output=str(dest),
                    prob_thresh=_thresholds_used(metas, th.prob),
                    duplicates_dropped=int(sum(m.get("n_duplicates", 0) for m in metas)),

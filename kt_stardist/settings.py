@@ -258,16 +258,22 @@ class DetectSettings:
 class PipelineSettings:
     """A whole ``predict`` run: ``detect`` settings, the spot ``channel`` of a multichannel image
     for 1-fluorophore models (None: 0), and what follows detection: sister ``pairs`` and
-    ``tracks`` over time (:mod:`kt_stardist.pairs`, :mod:`kt_stardist.tracks`). With tracks on
-    a time-lapse, ``recover``: spots missed for 1-2 frames of a track are searched for in the
-    image (:func:`kt_stardist.tracks.link_and_recover`, settings ``recovery``)."""
+    ``tracks`` over time (:mod:`kt_stardist.pairs`, :mod:`kt_stardist.tracks`; None: on for
+    time-lapses, off for single volumes, :meth:`tracks_for`). With tracks on a time-lapse,
+    ``recover``: spots missed for 1-2 frames of a track are searched for in the image
+    (:func:`kt_stardist.tracks.link_and_recover`, settings ``recovery``)."""
 
     detect: DetectSettings = field(default_factory=DetectSettings)
     channel: int | None = None
     pairs: bool = False
-    tracks: bool = False
+    tracks: bool | None = None
     recover: bool = True
     recovery: RecoverSettings = field(default_factory=lambda: RecoverSettings())
+
+    def tracks_for(self, n_frames: int) -> bool:
+        """Whether an image of ``n_frames`` frames is tracked: ``tracks`` when set, else
+        whether it is a time-lapse (2 frames or more)."""
+        return bool(self.tracks) if self.tracks is not None else int(n_frames) > 1
 
 
 @dataclass(frozen=True)

@@ -362,14 +362,14 @@ def test_cli_3d_4d_and_two_channels(tmp_path, monkeypatch):
     # time-lapse, temporal model (t-1, t, t+1 as channels): every frame
     tl = np.stack([vol, vol * 0.9 + 10, vol])
     io.write_image(tmp_path / "b.tif", tl, axes="TZYX", voxel_size_um=VOX)
-    assert _cli(monkeypatch, [str(tmp_path / "b.tif"), "--out-dir", str(tmp_path / "o")], SpotModel(3)) == 0
+    assert _cli(monkeypatch, [str(tmp_path / "b.tif"), "--out-dir", str(tmp_path / "o"), "--no-track"], SpotModel(3)) == 0
     df = pd.read_csv(tmp_path / "o" / "b.csv")
     assert list(df.columns) == COLUMNS and sorted(df.t.unique()) == [0, 1, 2]
     assert all(_near_truth(g) for _, g in df.groupby("t"))
     assert (tmp_path / "o" / "run.json").is_file() and (tmp_path / "o" / "b.run.json").is_file()
-    # chained: sister pairs and tracks in the same command, in-process or batch alike
+    # chained: sister pairs and tracks (a time-lapse's default) in the same command, in-process or batch alike
     for target in (["--out", str(tmp_path / "bt.csv")], ["--out-dir", str(tmp_path / "bt")]):
-        assert _cli(monkeypatch, [str(tmp_path / "b.tif"), *target, "--pairs", "--track"], SpotModel(3)) == 0
+        assert _cli(monkeypatch, [str(tmp_path / "b.tif"), *target, "--pairs"], SpotModel(3)) == 0
     bt, bt2 = pd.read_csv(tmp_path / "bt.csv"), pd.read_csv(tmp_path / "bt" / "b.csv")
     assert {"pair_id", "sister", "track_id"} <= set(bt.columns)
     assert bt.track_id.notna().all() and len(bt) == 3 * len(TRUTH)

@@ -18,6 +18,16 @@ def test_round_trip_and_nested_replace():
     assert isinstance(to_dict(s)["detect"]["block_size_px"], list)
 
 
+def test_tracks_default_follows_the_frames_and_a_choice_round_trips():
+    auto = PipelineSettings()
+    assert auto.tracks is None and auto.tracks_for(18) and not auto.tracks_for(1)
+    for choice in (True, False):
+        s = replace(auto, tracks=choice)
+        assert from_json(PipelineSettings, to_json(s)) == s
+        assert s.tracks_for(18) is choice and s.tracks_for(1) is choice
+    assert from_json(PipelineSettings, to_json(auto)).tracks is None  # "tracks": null, not false
+
+
 def test_bad_values_and_unknown_keys_are_one_line_errors():
     with pytest.raises(InputError, match="unknown setting"):
         from_json(DetectSettings, json.dumps({"prob_tresh": 0.5}))

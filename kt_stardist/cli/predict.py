@@ -7,7 +7,9 @@ DESCRIPTION = (
     "Find kinetochores with a StarDist model in 3D volumes or time-lapses (every frame). "
     "Writes one points CSV per image (t, z, y, x in px with sub-voxel precision, z_um, y_um, x_um, "
     "prob, split) and a run record beside it (<name>.run.json: version, model, thresholds, settings, "
-    "input, voxel size, seconds, warnings). Images at another voxel size than the model's are "
+    "input, voxel size, seconds, warnings). A time-lapse's points are linked over frames (track_id) and "
+    "spots a track missed for 1-2 frames searched for in the image (recovered=True); --no-track turns "
+    "that off. Images at another voxel size than the model's are "
     "rescaled to it and the points mapped back to the image's own pixels. Camera defects (hot or "
     "dead pixel columns) are repaired first. Every frame is its own resumable task: rerun an "
     "interrupted command to finish it."
@@ -56,10 +58,14 @@ def add_arguments(p):
                    help=f"frames larger than this as float32 are read and predicted block by block, "
                         f"with the same points (default {d.max_in_memory_gb:g}; 0: always)")
     p.add_argument("--pairs", action="store_true", help="also assign sister pairs (pair_id, sister), as `pairs`")
-    p.add_argument("--track", action="store_true", help="also link points over frames (track_id), as `track`; "
-                   "on a time-lapse, spots missed for 1-2 frames of a track are searched for in the image "
-                   "(recovered=True when a likelihood-ratio test passes)")
-    p.add_argument("--no-recover", action="store_true", help="with --track: do not recover missed spots")
+    tr = p.add_mutually_exclusive_group()
+    tr.add_argument("--track", dest="track", action="store_const", const=True, default=None,
+                    help="link points over frames (track_id), as `track` (the default for time-lapses); "
+                         "spots missed for 1-2 frames of a track are searched for in the image "
+                         "(recovered=True when a likelihood-ratio test passes)")
+    tr.add_argument("--no-track", dest="track", action="store_const", const=False,
+                    help="do not link a time-lapse's points over frames (no track_id, nothing recovered)")
+    p.add_argument("--no-recover", action="store_true", help="with tracks: do not recover missed spots")
     b = p.add_argument_group("batch (one task per frame, resumable, on dask)")
     b.add_argument("--workers", type=int, default=1, metavar="N",
                    help="local worker processes (default 1: in this process); jobs with --cluster")
