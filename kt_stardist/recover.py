@@ -189,7 +189,7 @@ class _Box:
         lo = np.maximum(np.floor(lo_px).astype(int) - half_px, 0)
         hi = np.minimum(np.ceil(hi_px).astype(int) + half_px + 1, self.shape)
         self.lo = lo
-        self.data = O.read(frame, tuple(slice(int(a), int(max(a, b))) for a, b in zip(lo, hi)))
+        self.data = O.read(frame, tuple(slice(int(a), int(b)) for a, b in zip(lo, hi)))
 
     def __getitem__(self, slices):
         if any(sl.start < a or sl.stop > a + n for sl, a, n in zip(slices, self.lo, self.data.shape)):
@@ -340,12 +340,11 @@ def recover_points(df, movie, voxel_size_um=VOXEL_SIZE_UM, settings: RecoverSett
     for t, cand in gaps.groupby("t", sort=True):
         frame = movie[int(t)]  # read below only where searched (a lazy movie stays on disk)
         if gain is None or zero is None:  # once per movie: the camera is the same in every frame
-            from kt_stardist.outofcore import is_lazy
+            from kt_stardist.outofcore import as_lazy
             from kt_stardist.predict.mle import estimate_camera
 
-            # float64 planes (a lazy frame is cast plane by plane as it is read)
-            cam = estimate_camera(frame.astype(np.float64) if is_lazy(frame) else np.asarray(frame, np.float64),
-                                  gain=gain)
+            # its 8 planes read and cast to float64 one by one, never the whole frame
+            cam = estimate_camera(as_lazy(frame).astype(np.float64), gain=gain)
             gain, zero = cam.gain, (cam.offset if zero is None else zero)
         placed = list(pts_all[t_all == t])
         where = cand[["z", "y", "x"]].to_numpy(np.float64)
