@@ -189,7 +189,8 @@ def evaluate_points(
         Points tables with columns ``z, y, x`` (px) and, for time-lapses, ``t``. When ``t`` is in
         both, points are matched within each frame (a frame present in only one table counts all
         its points as FN or FP); when in neither, the tables are one frame. ``t`` in only one
-        table is an error.
+        table is an error unless it holds a single frame (``predict`` writes ``t`` = 0 for a
+        volume; the other table's points are that frame).
     voxel_size_um, cutoff_um, metric, weights
         As in :func:`match_points`.
 
@@ -206,8 +207,11 @@ def evaluate_points(
 
     has_t = ("t" in gt_df.columns, "t" in pred_df.columns)
     if has_t[0] != has_t[1]:
-        which = "ground truth" if has_t[0] else "prediction"
-        raise InputError(f"only the {which} points have a 't' column: both or neither must have time")
+        which, timed = ("ground truth", gt_df) if has_t[0] else ("prediction", pred_df)
+        if timed["t"].nunique() > 1:
+            raise InputError(f"only the {which} points have a 't' column, with {timed['t'].nunique()} frames: "
+                             f"both or neither must have time")
+        has_t = (False, False)  # one frame (e.g. predict's t = 0 for a volume) against a volume's points
     gt, pred = _zyx(gt_df, "ground truth"), _zyx(pred_df, "prediction")
     if has_t[0]:
         tg, tp_ = gt_df["t"].to_numpy(), pred_df["t"].to_numpy()

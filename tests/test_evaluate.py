@@ -114,8 +114,12 @@ def test_evaluate_points_per_frame_and_overall():
     # no time column: one frame, so points of different frames can match (four points at x=10)
     per1, ov1 = evaluate_points(gt.drop(columns="t"), pred.drop(columns="t"), VOX, 0.5)
     assert len(per1) == 1 and "t" not in per1 and (ov1["tp"], ov1["fp"], ov1["fn"]) == (4, 1, 1)
-    with pytest.raises(InputError, match="'t'"):
+    with pytest.raises(InputError, match="ground truth points have a 't' column, with 3 frames"):
         evaluate_points(gt, pred.drop(columns="t"))
+    # a volume's points against predict's output for it (t = 0 throughout): one frame
+    one = pred[pred["t"] == 0]
+    per2, ov2 = evaluate_points(gt[gt["t"] == 0].drop(columns="t"), one, VOX, 0.5)
+    assert len(per2) == 1 and (ov2["tp"], ov2["fp"], ov2["fn"]) == (2, 0, 0)
 
 
 def test_cli_evaluate(tmp_path, capsys):
