@@ -339,3 +339,25 @@ def test_gram_matches_einsum_and_does_not_depend_on_blas_threads():
     np.testing.assert_array_equal(one, two)
     np.testing.assert_allclose(one, np.einsum("bnp,bnq->bpq", J * w[..., None], J), rtol=1e-12)
     np.testing.assert_allclose(mle.gram(J), np.einsum("bnp,bnq->bpq", J, J), rtol=1e-12)
+
+
+def test_spot_photons_of_many_spots_is_the_sum_of_each_bit_for_bit():
+    """The fitted neighbours held fixed in a fit are evaluated in one batch
+    (``_MleFitter.neighbour_photons``): the same sums as adding them one by one, for the
+    Gaussian model and a measured PSF, so the fits do not change."""
+    from kt_stardist.predict.psf import SplinePsf
+
+    rng = np.random.default_rng(5)
+    coords = _grid((7, 9, 9)) + 3
+    centres = rng.uniform(2, 9, (5, 3))
+    photons = rng.uniform(100, 3000, 5)
+    sigma = rng.uniform(0.8, 2.0, (5, 3))
+    g = np.stack(np.meshgrid(*[np.arange(-8, 9) / 2] * 3, indexing="ij"), -1).reshape(-1, 3)
+    psf = SplinePsf(mle.spot_photons(g, np.zeros(3), 1.0, np.array([1.2, 1.0, 1.0])).reshape(17, 17, 17),
+                    (2, 2, 2), tuple(VOX))
+    for model in (None, psf):
+        one_by_one = np.zeros(len(coords))
+        for c, n, s in zip(centres, photons, sigma):
+            one_by_one += mle.spot_photons(coords, c, n, s, spots=model)
+        np.testing.assert_array_equal(mle.spot_photons(coords, centres, photons, sigma, spots=model), one_by_one)
+        assert mle.spot_photons(coords, centres[0], photons[0], sigma[0], spots=model).shape == (len(coords),)
