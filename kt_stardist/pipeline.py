@@ -131,6 +131,8 @@ def run_frame(task, model_dir=None, axes=None, voxel_size_um=None, settings=None
         meta["psf_note"] = d["psf_note"]
         if d.get("psf") is not None:
             d["psf"].save(part.with_suffix(".psf.npz"))
+    if d.get("psf_bias_note"):  # refine gauss: the measured PSF's bias taken off the fits, or why not
+        meta["psf_bias"] = dict(nm=d.get("psf_bias_nm"), note=d["psf_bias_note"])
     with atomic_write(part.with_suffix(".json"), "w") as f:
         json.dump(meta, f, default=float)
     write_points(det.points, part, voxel_size_um=det.prepared.image_voxel_um)
@@ -387,6 +389,9 @@ def _run(inputs, *, out, out_dir, model_dir, settings, axes, voxel_size_um, labe
             rec["recovered"] = int(df["recovered"].sum())
             summary.recovered = (summary.recovered or 0) + rec["recovered"]
         write_points(df, dest, voxel_size_um=vs)
+        bias = {str(m["t"]): m["psf_bias"] for m in metas if "psf_bias" in m and "t" in m}
+        if bias:
+            rec["psf_bias"] = bias
         if settings.detect.refine.method == "spline":
             from kt_stardist.predict.psf import merge_frames
 

@@ -77,6 +77,11 @@ class RefineSettings:
     ``rescue_spread``: a failed fit is refitted with its group from the detections, every width
     held at the image's PSF (a prior of this relative sd) before it falls back to the centroid
     (0: no refit).
+    ``psf_bias`` (``gauss``): after the fits, the image's PSF is measured as ``spline`` does and
+    the offset a Gaussian fit makes on it (an aberrated widefield PSF's axial tail pulls the fit
+    40-60 nm in z) is taken off every accepted fit, where it reaches ``psf_bias_min_nm`` (nm) on
+    some axis (:meth:`kt_stardist.predict.refine._MleFitter.correct_bias`; the run record's
+    ``psf_bias`` says per frame what was taken off, or why nothing).
     """
 
     method: str = "gauss"
@@ -96,6 +101,8 @@ class RefineSettings:
     rescue_spread: float = 0.02
     psf_min_spots: int = 15
     psf_passes: int = 2
+    psf_bias: bool = True
+    psf_bias_min_nm: float = 10.0
 
     def __post_init__(self):
         if self.method not in REFINE_METHODS:
@@ -110,6 +117,11 @@ class RefineSettings:
             v = getattr(self, name)
             if not (isinstance(v, int) and v >= 1):
                 raise InputError(f"refine {name} must be a whole number >= 1, got {v!r}")
+        if not isinstance(self.psf_bias, bool):
+            raise InputError(f"refine psf_bias must be true or false, got {self.psf_bias!r}")
+        b = self.psf_bias_min_nm
+        if not (isinstance(b, (int, float)) and not isinstance(b, bool) and b >= 0):
+            raise InputError(f"refine psf_bias_min_nm must be a number >= 0 (nm), got {b!r}")
 
 
 @dataclass(frozen=True)

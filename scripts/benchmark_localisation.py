@@ -25,10 +25,11 @@ maximum-likelihood methods, spots with ``fit_ok``), ``fit_ok`` share, the median
 refinement time of a whole 61 × 1000 × 1000 frame (median of repeats, every method). Prints
 markdown tables. ``--joint-scales 1.0 1.25`` runs the maximum-likelihood methods with each
 ``RefineSettings.joint_scale`` (how far apart detections are still fitted jointly) side by
-side on the same volumes.
+side on the same volumes. ``gauss_nobias``: the Gaussian fits without the PSF bias correction
+(``RefineSettings(psf_bias=False)``; ``gauss`` is the default, with it).
 
     python scripts/benchmark_localisation.py [--quick] [--n 2] [--shape 32 128 128] [--repeats 3]
-        [--methods lsq gauss spline] [--sets easy mid ... reference emccd] [--joint-scales 1.0 1.25]
+        [--methods lsq gauss_nobias gauss spline] [--sets easy mid ... reference emccd] [--joint-scales 1.0 1.25]
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ sys.path.insert(0, str(HERE.parent))
 GRID = np.array([1, 2, 2])
 PRESETS = ("easy", "mid", "hard")
 CONDITIONS = ("reference", "aberrated_widefield", "confocal_water", "emccd")
-METHODS = ("lsq", "gauss", "spline")
+METHODS = ("lsq", "gauss_nobias", "gauss", "spline")
 SIGMA_COLUMNS = ["sigma_z_nm", "sigma_y_nm", "sigma_x_nm"]
 
 
@@ -73,14 +74,15 @@ def gaussian_sets(n, shape, seed, only=None):
 
 
 def physical_sets(n, shape, seed, only=None):
+    """Like :func:`gaussian_sets` for the robustness panel: :data:`CONDITIONS` at ``shape``, or
+    (``only``) any panel condition named there, the others at their own shape and voxel size."""
+    from kt_stardist.physical import CONDITIONS as PANEL
     from kt_stardist.physical import PANEL_SEED_MIN, simulate_condition
 
-    for name in CONDITIONS:
-        if only is not None and name not in only:
-            continue
+    for name in (CONDITIONS if only is None else [s for s in only if s in PANEL]):
         vols = []
         for i in range(n):
-            img, df, vs, _ = simulate_condition(name, PANEL_SEED_MIN + seed + i, shape)
+            img, df, vs, _ = simulate_condition(name, PANEL_SEED_MIN + seed + i, shape if name in CONDITIONS else None)
             vols.append((np.asarray(img, np.float32), df, tuple(vs)))
         yield name, vols
 
@@ -95,7 +97,12 @@ def refine(vol, starts, vs, method, joint_scale=None):
 
     t0 = time.perf_counter()
     joint = {} if joint_scale is None else dict(joint_scale=joint_scale)
-    settings = RefineSettings(method="lsq", passes=2) if method == "lsq" else RefineSettings(method=method, **joint)
+    if method == "lsq":
+        settings = RefineSettings(method="lsq", passes=2)
+    elif method == "gauss_nobias":
+        settings = RefineSettings(method="gauss", psf_bias=False, **joint)
+    else:
+        settings = RefineSettings(method=method, **joint)
     with warnings.catch_warnings():  # the spline's fallback is counted in the table
         warnings.simplefilter("ignore")
         pts, _, fit = refine_and_split(vol, starts, vs, settings, SplitSettings(enabled=False), return_fit=True)
@@ -240,7 +247,7 @@ def main(argv=None):
     ap.add_argument("--joint-scales", nargs="+", type=float, metavar="S",
                     help="RefineSettings.joint_scale values side by side (default: the default only)")
     ap.add_argument("--sets", nargs="+", metavar="SET", help="only these sets (e.g. mid 'mid close' reference "
-                    "aberrated_widefield confocal_water emccd; default all)")
+                    "aberrated_widefield confocal_water emccd, or any other panel condition at its own shape; default all)")
     a = ap.parse_args(argv)
     if a.quick:
         a.n, a.repeats = 1, 2
@@ -253,7 +260,8 @@ def main(argv=None):
     rows = evaluate(gaussian_sets(a.n, tuple(a.shape), a.seed, a.sets), methods, scales)
     rows += evaluate(physical_sets(a.n, tuple(a.physical_shape), a.seed, a.sets), methods, scales)
     df = pd.DataFrame(rows)
-    print(f"# Localisation: least squares (lsq) vs maximum likelihood: Gaussian (gauss), measured PSF (spline)\n\n"
+    print(f"# Localisation: least squares (lsq) vs maximum likelihood: Gaussian (gauss_nobias; gauss: with the "
+          f"PSF bias correction), measured PSF (spline)\n\n"
           f"Starts: true positions on the (1, 2, 2) grid; {a.n} volume(s) per set; errors 3D, nm; "
           f"CRLB from each ML fit's Fisher information (rms over fit_ok spots; lsq: the Gaussian's); "
           f"std(err/σ) per axis z, y, x; bias_z: median z error; psf: spots the PSF was measured from, "

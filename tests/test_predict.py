@@ -349,6 +349,12 @@ def test_cli_3d_4d_and_two_channels(tmp_path, monkeypatch):
     assert run["image"]["voxel_size_um"] == list(VOX) and run["image"]["voxel_size_from"] == "file"
     assert run["settings"]["detect"]["split"]["enabled"] is True and run["kt_stardist_version"]
     assert {"network", "refine"} <= set(run["seconds_per_frame"])
+    # the PSF bias correction says per frame what it did (here: too few spots to measure a PSF)
+    assert run["psf_bias"]["0"]["nm"] is None and "fewer than 15" in run["psf_bias"]["0"]["note"]
+    assert _cli(monkeypatch, [str(tmp_path / "a.tif"), "--out", str(tmp_path / "nb.csv"), "--no-psf-bias"],
+                SpotModel()) == 0
+    nb = json.loads((tmp_path / "nb.run.json").read_text())
+    assert nb["settings"]["detect"]["refine"]["psf_bias"] is False and "psf_bias" not in nb
     # --no-split reaches the refinement; the settings are recorded
     assert _cli(monkeypatch, [str(tmp_path / "a.tif"), "--out", str(tmp_path / "n.csv"), "--no-split"],
                 SpotModel()) == 0

@@ -105,7 +105,7 @@ def test_spline_psf_reproduces_the_skewed_psf():
 def test_spline_fit_unbiased_where_the_gaussian_is_not():
     vol, truth = render(2, n_z=1)
     starts = np.round(truth / [1, 2, 2]) * [1, 2, 2]
-    pts_g, _, _ = fit(vol, starts, "gauss")
+    pts_g, _, _ = fit(vol, starts, "gauss", psf_bias=False)
     pts_s, _, fit_s = fit(vol, starts, "spline")
     err_g = (pts_g - truth) * np.asarray(VOXEL_UM) * 1000
     err_s = (pts_s - truth) * np.asarray(VOXEL_UM) * 1000
@@ -164,3 +164,60 @@ def test_run_file_holds_each_frames_psf_or_why_not(tmp_path):
     np.testing.assert_array_equal(back.values, psf.values)
     none = P.merge_frames([(0, None, "3 spots")], tmp_path / "none.psf.npz")
     assert none["path"] is None and not (tmp_path / "none.psf.npz").exists()
+
+
+def _gaussian_psf(sigma_px, oversample=(2, 2, 2), half_px=(4, 5, 5)):
+    """A voxel-integrated Gaussian PSF as a :class:`SplinePsf` (sampled on its fine grid)."""
+    grid = [np.arange(-h * o, h * o + 1) / o for h, o in zip(half_px, oversample)]
+    u = np.stack(np.meshgrid(*grid, indexing="ij"), -1)
+    vals = spot_photons(u.reshape(-1, 3), np.zeros(3), 1.0, np.asarray(sigma_px)).reshape(u.shape[:-1])
+    return P.SplinePsf(vals, oversample, VOXEL_UM)
+
+
+def test_gaussian_bias_zero_for_a_gaussian_psf_and_the_fits_own_for_a_skewed_one():
+    half, sigma0 = np.array([2.0, 3.0, 3.0]), np.array([1.1, 1.0, 1.0])
+    flat = P.gaussian_bias_px(_gaussian_psf((1.1, 1.0, 1.0)), PHOTONS, BACKGROUND, half, sigma0)
+    assert np.all(np.abs(flat * np.asarray(VOXEL_UM) * 1000) < 1.0), flat
+    # the skewed PSF: the bias predicted from its measured spline is the one the Gaussian fits make
+    psf, note, _ = measured(0)
+    bias_nm = P.gaussian_bias_px(psf, PHOTONS, BACKGROUND, half, sigma0) * np.asarray(VOXEL_UM) * 1000
+    vol, truth = render(2, n_z=1)
+    pts_g, _, _ = fit(vol, np.round(truth / [1, 2, 2]) * [1, 2, 2], "gauss", psf_bias=False)
+    seen_nm = np.median((pts_g - truth) * np.asarray(VOXEL_UM) * 1000, axis=0)
+    assert seen_nm[0] > 12 and abs(bias_nm[0] - seen_nm[0]) < 0.25 * seen_nm[0], (bias_nm, seen_nm)
+    assert np.all(np.abs(bias_nm[1:]) < 2.0)
+
+
+def test_psf_bias_correction_takes_the_gaussian_z_bias_off():
+    vol, truth = render(2, n_z=1)
+    starts = np.round(truth / [1, 2, 2]) * [1, 2, 2]
+    pts_g, _, fit_g = fit(vol, starts, "gauss", psf_bias=False)
+    pts_c, _, fit_c = fit(vol, starts, "gauss")  # the default
+    err_c = (pts_c - truth) * np.asarray(VOXEL_UM) * 1000
+    assert fit_g.attrs["psf_bias_nm"] is None and fit_g.attrs["psf_bias_note"] is None  # off: nothing done
+    assert fit_c.attrs["psf_bias_nm"][0] > 12 and "corrected" in fit_c.attrs["psf_bias_note"]
+    assert np.all(np.abs(np.median(err_c, axis=0)) < 4)
+    np.testing.assert_allclose(pts_g - pts_c, np.tile(fit_c.attrs["psf_bias_nm"], (len(pts_c), 1))
+                               / (np.asarray(VOXEL_UM) * 1000))  # one shift, every accepted fit
+    np.testing.assert_array_equal(fit_c["fit_ok"], fit_g["fit_ok"])
+
+
+def test_psf_bias_leaves_gaussian_spots_and_too_few_spots_alone():
+    few, truth = render(4, n_z=1, step=(12, 40, 40))  # 2 × 2 spots: no PSF
+    pts_g, _, _ = fit(few, np.round(truth), "gauss", psf_bias=False)
+    pts_c, _, fit_c = fit(few, np.round(truth), "gauss")
+    np.testing.assert_array_equal(pts_c, pts_g)
+    assert fit_c.attrs["psf_bias_nm"] is None and "fewer than 15" in fit_c.attrs["psf_bias_note"]
+
+
+def test_psf_bias_below_the_floor_moves_nothing(monkeypatch):
+    import sys
+
+    here = sys.modules[__name__]
+    monkeypatch.setattr(here, "skewed", lambda u: spot_photons(u, np.zeros(3), 1.0, np.array(PARTS[0][2])))
+    vol, truth = render(2, n_z=1)  # symmetric Gaussian spots
+    starts = np.round(truth)
+    pts_g, _, _ = fit(vol, starts, "gauss", psf_bias=False)
+    pts_c, _, fit_c = fit(vol, starts, "gauss")
+    np.testing.assert_array_equal(pts_c, pts_g)
+    assert fit_c.attrs["psf_bias_nm"] is None and "not corrected" in fit_c.attrs["psf_bias_note"]

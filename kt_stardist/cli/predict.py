@@ -50,6 +50,9 @@ def add_arguments(p):
     p.add_argument("--refine", choices=list(REFINE_METHODS),
                    help=f"sub-voxel refinement (default {r.method}; spline: fit the PSF measured from the "
                         f"image's own isolated spots, Gaussian kept when too few; lsq: the former least squares)")
+    p.add_argument("--no-psf-bias", action="store_true",
+                   help="gauss refinement: do not take off the offset a Gaussian fit makes on the image's own "
+                        "PSF (measured from its isolated spots; an aberrated PSF's axial tail pulls fits 40-60 nm)")
     p.add_argument("--no-split", action="store_true",
                    help="do not look inside detections for a merged close sister (gauss refinement only)")
     p.add_argument("--no-defect-repair", action="store_true",
@@ -91,6 +94,8 @@ def settings_from_args(args):
         changes["confirm__enabled"] = False
     if args.refine is not None:
         changes["refine__method"] = args.refine
+    if args.no_psf_bias:
+        changes["refine__psf_bias"] = False
     if args.no_split:
         changes["split__enabled"] = False
     if args.no_defect_repair:

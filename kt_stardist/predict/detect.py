@@ -329,6 +329,8 @@ def finish(model, prep: Prepared, cands: Candidates, prob_thresh: float, setting
         if fit.attrs.get("psf") is None and fit.attrs.get("psf_note"):
             warnings.append("refine spline: too few isolated well-fitted spots to measure the PSF, Gaussian "
                             "fits kept (run.json 'psf' says how many per frame)")
+    if fit.attrs.get("psf_bias_note"):  # refine gauss with psf_bias: what was taken off (pipeline.run_frame)
+        diag.update(psf_bias_nm=fit.attrs.get("psf_bias_nm"), psf_bias_note=fit.attrs["psf_bias_note"])
     ref = model.info.validation.get("near_ratio") if hasattr(model, "info") else None
     textured = texture_warning(n_extended, n_above, model_name=getattr(getattr(model, "info", None), "name", None))
     calibration = calibration_warning(n_near, n_above, prob_thresh, ref, settings.near_band, suggest=textured is None)

@@ -491,6 +491,8 @@ class _MleFitter(_Fitter):
         self.spot_model = None   # the spot model of the fits (None: Gaussian; spline: the measured PSF)
         self.measured = None     # the PSF measured from the image (spline method), a SplinePsf
         self.psf_note = None     # how it was measured, or why not (spline method)
+        self.bias_nm = None      # the PSF bias taken off the Gaussian fits (z, y, x nm; psf_bias)
+        self.bias_note = None    # what correct_bias did, or why not
 
     def extend(self, new_pts):
         """Add points (M, 3) px (second spots of split detections), unfitted."""
@@ -529,13 +531,13 @@ class _MleFitter(_Fitter):
         ``members`` (not among them), each with the current spot model."""
         from kt_stardist.predict.mle import spot_photons
 
-        fixed = np.zeros(len(coords))
         near = set().union(*(self.tree.query_ball_point(self.pts_um[i], self.settings.neighbour_um)
                              for i in members))
-        for j in sorted(near - set(members)):
-            if self.spots[j] is not None:
-                fixed += spot_photons(coords, *self.spots[j], spots=self.spot_model)
-        return fixed
+        fitted = [self.spots[j] for j in sorted(near - set(members)) if self.spots[j] is not None]
+        if not fitted:
+            return np.zeros(len(coords))
+        return spot_photons(coords, np.array([f[0] for f in fitted]), np.array([f[1] for f in fitted]),
+                            np.array([f[2] for f in fitted]), spots=self.spot_model)
 
     def fit_groups(self, groups, own_cell=False, with_fixed=False, fresh=False, width=None, restart=False,
                    only=None):
@@ -743,19 +745,51 @@ class _MleFitter(_Fitter):
         if partners:
             self.fit_groups(partners, with_fixed=True)
 
+    def _build_psf(self, box_px=2):
+        """:func:`kt_stardist.predict.psf.build_psf` of the current fits: (SplinePsf or None, note)."""
+        from kt_stardist.predict.psf import build_psf
+
+        return build_psf(self.vol, self.out, self.photons, self.background + self.camera.shift, self.ok,
+                         self.vs, self.half + box_px, self.camera.photons,
+                         min_spots=self.settings.psf_min_spots, isolation_px=self.half,
+                         neighbours=lambda i, coords: self.neighbour_photons([i], coords))
+
+    def correct_bias(self):
+        """The ``gauss`` method's PSF bias correction (``RefineSettings.psf_bias``): the image's
+        PSF is measured from its well-fitted isolated spots (as the ``spline`` method does), the
+        place where a Gaussian fit puts a spot of that PSF is computed
+        (:func:`kt_stardist.predict.psf.gaussian_bias_px`, the median spot's photons and
+        background) and taken off every accepted fit. Nothing moves with fewer than
+        ``psf_min_spots`` spots, or where the bias is below ``psf_bias_min_nm`` on every axis
+        (a Gaussian-like PSF). ``bias_nm`` / ``bias_note`` say what was done."""
+        from kt_stardist.predict.psf import gaussian_bias_px
+
+        psf, note = self._build_psf()
+        if psf is None:
+            self.bias_note = f"no PSF bias correction: {note}"
+            return
+        good = self.ok & np.isfinite(self.photons) & np.isfinite(self.background)
+        width = self.psf if self.psf is not None else self.sigma0
+        prior = (width, self.settings.width_spread) if self.settings.width_spread > 0 else None
+        bias = gaussian_bias_px(psf, np.median(self.photons[good]), np.median(self.background[good]) + self.camera.shift,
+                                self.half, width, self.bounds, sigma_prior=prior)
+        bias_nm = bias * self.vs * 1000.0
+        if not np.any(np.abs(bias_nm) >= self.settings.psf_bias_min_nm):
+            self.bias_note = (f"PSF from {psf.n_spots} spots, Gaussian bias {np.round(bias_nm, 1).tolist()} nm "
+                              f"(z, y, x): below {self.settings.psf_bias_min_nm} nm, not corrected")
+            return
+        self.out[self.ok] -= bias
+        self.bias_nm = bias_nm
+        self.bias_note = f"PSF from {psf.n_spots} spots, Gaussian bias {np.round(bias_nm, 1).tolist()} nm (z, y, x) corrected"
+
     def measure_psf(self, passes, max_group, box_px=2):
         """The ``spline`` method, after the Gaussian passes: the image's PSF is measured from its
         well-fitted isolated spots (:func:`kt_stardist.predict.psf.build_psf`, box: the fit
         window + ``box_px`` px), every group is refitted with it (``passes`` passes), the PSF is
         measured again from these fits and the groups refitted once more. With too few spots
         the Gaussian fits stay (``psf_note`` says why)."""
-        from kt_stardist.predict.psf import build_psf
-
         for _ in range(2):
-            psf, note = build_psf(self.vol, self.out, self.photons, self.background + self.camera.shift, self.ok,
-                                  self.vs, self.half + box_px, self.camera.photons,
-                                  min_spots=self.settings.psf_min_spots, isolation_px=self.half,
-                                  neighbours=lambda i, coords: self.neighbour_photons([i], coords))
+            psf, note = self._build_psf(box_px)
             if psf is None:
                 self.psf_note = self.psf_note or note
                 return
@@ -772,7 +806,9 @@ class _MleFitter(_Fitter):
         tab = _fit_table(self.ok, reported_sigma_nm(crlb_nm, self.overdispersion), self.photons, self.background,
                          self.extended)
         # a list, not an array: pandas compares attrs when it concatenates tables
-        tab.attrs.update(crlb_nm=crlb_nm.tolist(), psf=self.measured, psf_note=self.psf_note)
+        tab.attrs.update(crlb_nm=crlb_nm.tolist(), psf=self.measured, psf_note=self.psf_note,
+                         psf_bias_nm=None if self.bias_nm is None else self.bias_nm.tolist(),
+                         psf_bias_note=self.bias_note)
         return tab
 
 
@@ -873,6 +909,8 @@ def refine_and_split(volume, points_px, voxel_size_um=VOXEL_SIZE_UM, settings: R
     method = settings.method
 
     def result(points, par, fitter=None):
+        if method == "gauss" and settings.psf_bias and isinstance(fitter, _MleFitter):
+            fitter.correct_bias()  # in place: ``points`` is ``fitter.out``
         if not return_fit:
             return points, par
         if isinstance(fitter, _MleFitter):
