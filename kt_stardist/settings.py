@@ -80,7 +80,9 @@ class RefineSettings:
     ``psf_bias`` (``gauss``): after the fits, the image's PSF is measured as ``spline`` does and
     the offset a Gaussian fit makes on it (an aberrated widefield PSF's axial tail pulls the fit
     40-60 nm in z) is taken off every accepted fit, where it reaches ``psf_bias_min_nm`` (nm) on
-    some axis (:meth:`kt_stardist.predict.refine._MleFitter.correct_bias`; the run record's
+    some axis and ``psf_bias_min_se`` × its standard error there (the spots' median position
+    uncertainty over the square root of the spots the PSF came from: a PSF measured from dim
+    spots is noisy), on those axes only (:meth:`kt_stardist.predict.refine._MleFitter.correct_bias`; the run record's
     ``psf_bias`` says per frame what was taken off, or why nothing).
     """
 
@@ -103,6 +105,7 @@ class RefineSettings:
     psf_passes: int = 2
     psf_bias: bool = True
     psf_bias_min_nm: float = 10.0
+    psf_bias_min_se: float = 4.5
 
     def __post_init__(self):
         if self.method not in REFINE_METHODS:
@@ -119,9 +122,10 @@ class RefineSettings:
                 raise InputError(f"refine {name} must be a whole number >= 1, got {v!r}")
         if not isinstance(self.psf_bias, bool):
             raise InputError(f"refine psf_bias must be true or false, got {self.psf_bias!r}")
-        b = self.psf_bias_min_nm
-        if not (isinstance(b, (int, float)) and not isinstance(b, bool) and b >= 0):
-            raise InputError(f"refine psf_bias_min_nm must be a number >= 0 (nm), got {b!r}")
+        for name in ("psf_bias_min_nm", "psf_bias_min_se"):
+            b = getattr(self, name)
+            if not (isinstance(b, (int, float)) and not isinstance(b, bool) and b >= 0):
+                raise InputError(f"refine {name} must be a number >= 0, got {b!r}")
 
 
 @dataclass(frozen=True)

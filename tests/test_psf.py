@@ -195,11 +195,16 @@ def test_psf_bias_correction_takes_the_gaussian_z_bias_off():
     pts_c, _, fit_c = fit(vol, starts, "gauss")  # the default
     err_c = (pts_c - truth) * np.asarray(VOXEL_UM) * 1000
     assert fit_g.attrs["psf_bias_nm"] is None and fit_g.attrs["psf_bias_note"] is None  # off: nothing done
-    assert fit_c.attrs["psf_bias_nm"][0] > 12 and "corrected" in fit_c.attrs["psf_bias_note"]
+    assert fit_c.attrs["psf_bias_nm"][0] > 12 and "taken off" in fit_c.attrs["psf_bias_note"]
     assert np.all(np.abs(np.median(err_c, axis=0)) < 4)
     np.testing.assert_allclose(pts_g - pts_c, np.tile(fit_c.attrs["psf_bias_nm"], (len(pts_c), 1))
                                / (np.asarray(VOXEL_UM) * 1000))  # one shift, every accepted fit
     np.testing.assert_array_equal(fit_c["fit_ok"], fit_g["fit_ok"])
+    assert fit_c.attrs["psf_bias_nm"][1:] == [0.0, 0.0]  # y, x: within their floor, left alone
+    # a bias within a few standard errors of the PSF's noise is not taken off
+    pts_n, _, fit_n = fit(vol, starts, "gauss", psf_bias_min_se=1e3)
+    np.testing.assert_array_equal(pts_n, pts_g)
+    assert "not corrected" in fit_n.attrs["psf_bias_note"] and fit_n.attrs["psf_bias_nm"] is None
 
 
 def test_psf_bias_leaves_gaussian_spots_and_too_few_spots_alone():

@@ -759,9 +759,11 @@ class _MleFitter(_Fitter):
         PSF is measured from its well-fitted isolated spots (as the ``spline`` method does), the
         place where a Gaussian fit puts a spot of that PSF is computed
         (:func:`kt_stardist.predict.psf.gaussian_bias_px`, the median spot's photons and
-        background) and taken off every accepted fit. Nothing moves with fewer than
-        ``psf_min_spots`` spots, or where the bias is below ``psf_bias_min_nm`` on every axis
-        (a Gaussian-like PSF). ``bias_nm`` / ``bias_note`` say what was done."""
+        background) and taken off every accepted fit, on each axis where it reaches both
+        ``psf_bias_min_nm`` and ``psf_bias_min_se`` × its standard error (the median position
+        uncertainty of the fitted spots over the square root of the spots averaged: on dim data
+        the measured PSF is noisy). Nothing moves with fewer than ``psf_min_spots`` spots or on a
+        Gaussian-like PSF. ``bias_nm`` / ``bias_note`` say what was done."""
         from kt_stardist.predict.psf import gaussian_bias_px
 
         psf, note = self._build_psf()
@@ -774,13 +776,21 @@ class _MleFitter(_Fitter):
         bias = gaussian_bias_px(psf, np.median(self.photons[good]), np.median(self.background[good]) + self.camera.shift,
                                 self.half, width, self.bounds, sigma_prior=prior)
         bias_nm = bias * self.vs * 1000.0
-        if not np.any(np.abs(bias_nm) >= self.settings.psf_bias_min_nm):
-            self.bias_note = (f"PSF from {psf.n_spots} spots, Gaussian bias {np.round(bias_nm, 1).tolist()} nm "
-                              f"(z, y, x): below {self.settings.psf_bias_min_nm} nm, not corrected")
+        # how far the measured PSF's noise moves the estimate: a spot's position uncertainty
+        # averaged over the spots the PSF came from
+        se_nm = np.median(self.crlb_px[good] * self.overdispersion[good, None], axis=0) * self.vs * 1000.0 \
+            / np.sqrt(psf.n_spots)
+        floor = np.maximum(self.settings.psf_bias_min_nm, self.settings.psf_bias_min_se * se_nm)
+        take = np.abs(bias_nm) >= floor
+        said = (f"PSF from {psf.n_spots} spots, Gaussian bias {np.round(bias_nm, 1).tolist()} nm "
+                f"± {np.round(se_nm, 1).tolist()} (z, y, x)")
+        if not take.any():
+            self.bias_note = f"{said}: within {np.round(floor, 1).tolist()} nm, not corrected"
             return
-        self.out[self.ok] -= bias
+        bias_nm = np.where(take, bias_nm, 0.0)
+        self.out[self.ok] -= bias_nm / (self.vs * 1000.0)
         self.bias_nm = bias_nm
-        self.bias_note = f"PSF from {psf.n_spots} spots, Gaussian bias {np.round(bias_nm, 1).tolist()} nm (z, y, x) corrected"
+        self.bias_note = f"{said}: {np.round(bias_nm, 1).tolist()} nm taken off"
 
     def measure_psf(self, passes, max_group, box_px=2):
         """The ``spline`` method, after the Gaussian passes: the image's PSF is measured from its
