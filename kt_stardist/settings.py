@@ -79,7 +79,7 @@ class RefineSettings:
     (0: no refit).
     ``psf_bias`` (``gauss``): after the fits, the image's PSF is measured as ``spline`` does and
     the offset a Gaussian fit makes on it (an aberrated widefield PSF's axial tail pulls the fit
-    40-60 nm in z) is taken off every accepted fit, where it reaches ``psf_bias_min_nm`` (nm) on
+    30-60 nm in z) is taken off every accepted fit, where it reaches ``psf_bias_min_nm`` (nm) on
     some axis and ``psf_bias_min_se`` × its standard error there (the spots' median position
     uncertainty over the square root of the spots the PSF came from: a PSF measured from dim
     spots is noisy), on those axes only (:meth:`kt_stardist.predict.refine._MleFitter.correct_bias`; the run record's

@@ -216,8 +216,8 @@ def _core_centre_px(psf: SplinePsf, fine=4):
     step = 1.0 / (psf.oversample * fine)
     axes = [np.arange(-h, h + s / 2, s) for h, s in zip(psf.half_px, step)]
     # only where the core can be: around the samples at or above half the core's level, 2 samples
-    # wider (the spline between samples stays far below the level beyond); the fine grid's points
-    # there are the same, so the same sums
+    # wider (the spline between samples stays far below the level beyond); the same fine-grid
+    # points as the whole box, so the same centre up to the sums' rounding (< 1e-7 px)
     near = np.argwhere(psf.values >= 0.5 * CORE_FRACTION * psf.values.max())
     lo = (near.min(0) - 2 - psf.centre_index) / psf.oversample
     hi = (near.max(0) + 2 - psf.centre_index) / psf.oversample
