@@ -154,10 +154,20 @@ class HeatmapModel:
         return tuple(self.settings.voxel_size_um)
 
 
+def _keras():
+    """Keras, TensorFlow imported as kt-stardist imports it (its settings, quietly)."""
+    from kt_stardist.model.stardist_backend import import_tensorflow
+
+    import_tensorflow()
+    import keras
+
+    return keras
+
+
 def build_heatmap_unet(settings: HeatmapSettings):
     """csbdeep's 3D U-Net, one input and one sigmoid output channel (fully convolutional); the
     last layer's bias starts the output at ``settings.prior_prob``."""
-    import keras
+    keras = _keras()
     from csbdeep.internals.nets import custom_unet
 
     net = custom_unet((None, None, None, 1), last_activation="sigmoid", n_depth=settings.n_depth,
@@ -290,7 +300,7 @@ def train_heatmap(train_pairs, val_pairs, settings: HeatmapSettings = HeatmapSet
     ``warmup_fraction`` of the steps on the easy/mid pairs only when harder kinds are mixed in), then choose the
     peak threshold on ``val_pairs`` by point F1. Returns a :class:`HeatmapModel`; its
     ``training`` records steps, batch, seconds (training only), validation F1 and threshold."""
-    import keras
+    keras = _keras()
 
     from kt_stardist.train.data import WARMUP_KINDS
 

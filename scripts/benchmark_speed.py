@@ -25,6 +25,12 @@ a commit, without uncommitted work in the checkout)::
 
     python scripts/benchmark_speed.py --frames 18 [--stock-frames 2] [--compare-src /tmp/old] [--src /tmp/new]
 
+Stock StarDist imports TensorFlow with TensorFlow's own settings, as a user's script does;
+``--stock-tf-settings`` gives it kt-stardist's instead
+(:data:`kt_stardist.model.stardist_backend.TF_ENVIRONMENT`: oneDNN, which TensorFlow turns on
+by itself only on CPUs with AVX-512 neural-network instructions), so that both sides run the
+same convolutions.
+
 StarDist's own n_tiles guess for a 61 x 1000 x 1000 frame is (3, 13, 13): 507 tiles, each with
 a halo of the receptive field; an explicit ``stardist:1x4x4`` tiling is much faster (and needs
 more memory), so the default runs both.
@@ -48,10 +54,20 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 
-def worker(method, model_dir, vol_path, out_path):
+def stock_tensorflow(same_settings):
+    """Import TensorFlow for stock StarDist: with its own settings (as a user's script does;
+    kt-stardist's loader then leaves them) or, ``same_settings``, with kt-stardist's."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if not same_settings:
+        import tensorflow  # noqa: F401
+
+
+def worker(method, model_dir, vol_path, out_path, stock_tf_settings=False):
     from benchmark_peers import peak_memory_gb  # this process's own high-water mark (not ru_maxrss)
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if method != "kt":
+        stock_tensorflow(stock_tf_settings)
     from kt_stardist import predict as P
     from kt_stardist.normalize import normalize
 
@@ -122,9 +138,9 @@ def write_movie(path, n_frames, shape, seed, batch=2):
     return pd.concat(truth, ignore_index=True)
 
 
-def stock_worker(model_dir, movie, n_frames, out_path):
+def stock_worker(model_dir, movie, n_frames, out_path, stock_tf_settings=False):
     """Stock StarDist on the first ``n_frames`` of a movie file: points per frame (t, z, y, x)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    stock_tensorflow(stock_tf_settings)
     import tifffile
 
     from kt_stardist import predict as P
@@ -196,7 +212,8 @@ def movie_main(a):
         if a.stock_frames:
             for n in sorted({1, a.stock_frames}):
                 out = os.path.join(tmp, f"stock_{n}.npy")
-                cmd = [sys.executable, os.path.abspath(__file__), "--_stock", movie, str(n), out] + model
+                cmd = [sys.executable, os.path.abspath(__file__), "--_stock", movie, str(n), out] + model + \
+                    (["--stock-tf-settings"] if a.stock_tf_settings else [])
                 print(f"stock StarDist: {n} frame(s) ({rep + 1}/{a.repeat}) ...", file=sys.stderr, flush=True)
                 sec, gb = measure(cmd, cwd=tmp)
                 r = res.setdefault(("stock", n), dict(seconds=[], peak_gb=0.0))
@@ -234,7 +251,8 @@ def movie_main(a):
         pf = per_frame("stock", ns) if ns > 1 else med(("stock", 1)) - 7.0
         whole = med(("stock", 1)) + pf * (a.frames - 1)
         label = "" if ns == a.frames else f" (extrapolated from {ns} frames)"
-        print(f"| stock StarDist `predict_instances` n_tiles (1, 4, 4) | {med(('stock', 1)):.1f} | {pf:.2f} | "
+        tf_note = "kt-stardist's TensorFlow settings" if a.stock_tf_settings else "TensorFlow's own settings"
+        print(f"| stock StarDist `predict_instances` n_tiles (1, 4, 4), {tf_note} | {med(('stock', 1)):.1f} | {pf:.2f} | "
               f"{whole:.1f}{label} | {max(res[('stock', k)]['peak_gb'] for k in {1, ns}):.2f} | "
               f"{f1_truth(np.load(res[('stock', ns)]['npy'])):.3f} |")
         kt1, ktn = med(("kt", 1)), per_frame("kt", a.frames)
@@ -274,15 +292,17 @@ def main():
     ap.add_argument("--src", default=None,
                     help="movie mode: run 'this tree' from this source tree (default: the installed kt_stardist)")
     ap.add_argument("--workdir", default=None, help="movie mode: folder for the movie and outputs (kept)")
+    ap.add_argument("--stock-tf-settings", action="store_true",
+                    help="stock StarDist with kt-stardist's TensorFlow settings (oneDNN) instead of TensorFlow's own")
     ap.add_argument("--_worker", nargs=3, help=argparse.SUPPRESS)
     ap.add_argument("--_stock", nargs=3, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a._stock:
-        return stock_worker(a.model, a._stock[0], a._stock[1], a._stock[2])
+        return stock_worker(a.model, a._stock[0], a._stock[1], a._stock[2], a.stock_tf_settings)
     if a.frames:
         return movie_main(a)
     if a._worker:
-        return worker(a._worker[0], a.model, a._worker[1], a._worker[2])
+        return worker(a._worker[0], a.model, a._worker[1], a._worker[2], a.stock_tf_settings)
 
     import _simdata
     from kt_stardist.evaluate import match_points
@@ -297,7 +317,8 @@ def main():
         for rep in range(a.repeat):
             for m in a.methods.split(","):
                 out = os.path.join(tmp, m.replace(":", "_") + ".json")
-                cmd = [sys.executable, __file__, "--_worker", m, vp, out] + (["--model", a.model] if a.model else [])
+                cmd = [sys.executable, __file__, "--_worker", m, vp, out] + (["--model", a.model] if a.model else []) + \
+                    (["--stock-tf-settings"] if a.stock_tf_settings else [])
                 print(f"running {m} ({rep + 1}/{a.repeat}) ...", file=sys.stderr, flush=True)
                 subprocess.run(cmd, check=True)
                 r = json.load(open(out))

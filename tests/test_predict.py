@@ -622,18 +622,25 @@ def test_screen_thresholds_the_dog_and_keeps_every_true_spot(shape):
 
 def test_tensorflow_import_skips_unused_optional_packages_which_still_import_after():
     """Start-up: scikit-learn, IPython and pyplot are not imported with TensorFlow (Keras only
-    wraps them), yet import normally afterwards, and a model still loads and predicts."""
+    wraps them), yet import normally afterwards, and a model still loads and predicts. The
+    oneDNN settings are set for TensorFlow, except where the user's environment says otherwise."""
+    import os
     import subprocess
     import sys
 
-    code = ("import sys; from kt_stardist.model.stardist_backend import import_tensorflow, SKIPPED_AT_IMPORT; "
+    code = ("import os, sys; from kt_stardist.model.stardist_backend import import_tensorflow, SKIPPED_AT_IMPORT; "
             "import_tensorflow(); import tensorflow as tf; "
             "print(sorted(m for m in SKIPPED_AT_IMPORT if m in sys.modules)); "
             "import importlib.util as u; print([u.find_spec(m.split('.')[0]) is not None for m in SKIPPED_AT_IMPORT]); "
             "print(all(sys.modules.get(m, 1) is not None for m in SKIPPED_AT_IMPORT)); "
-            "print(float(tf.reduce_sum(tf.ones(3))))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+            "print(float(tf.reduce_sum(tf.ones(3)))); "
+            "print(os.environ['TF_ENABLE_ONEDNN_OPTS'], os.environ['TF_ONEDNN_USE_SYSTEM_ALLOCATOR'])")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TF_ENABLE_ONEDNN", "TF_ONEDNN"))}
+    env["TF_ENABLE_ONEDNN_OPTS"] = "0"  # the user's choice stays
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env=env).stdout.split("\n")
     assert out[0] == "[]" and out[2] == "True" and out[3] == "3.0", out
+    assert out[4] == "0 1", out
 
 
 def test_find_points_step_by_step_equals_find_points():
