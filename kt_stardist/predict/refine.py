@@ -787,9 +787,9 @@ class _MleFitter(_Fitter):
         if not take.any():
             self.bias_note = f"{said}: within {np.round(floor, 1).tolist()} nm, not corrected"
             return
-        bias_nm = np.where(take, bias_nm, 0.0)
-        self.out[self.ok] -= bias_nm / (self.vs * 1000.0)
-        self.bias_nm = bias_nm
+        shift = np.where(take, bias, 0.0)  # px
+        self.out[self.ok] -= shift
+        self.bias_nm = bias_nm = shift * self.vs * 1000.0
         self.bias_note = f"{said}: {np.round(bias_nm, 1).tolist()} nm taken off"
 
     def measure_psf(self, passes, max_group, box_px=2):
